@@ -1,0 +1,5 @@
+"""`python -m core` runs the CLI."""
+
+from core.cli import main
+
+main()

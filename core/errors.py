@@ -1,0 +1,66 @@
+"""Typed errors: every failure a user can cause carries a title and a one-line message."""
+
+from __future__ import annotations
+
+
+class MirageError(Exception):
+    """An expected failure: the CLI prints `error: <message>` and exits 1; the TUI shows a modal."""
+
+    title = "Error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, title: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if title:
+            self.title = title
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class WorkspaceError(MirageError):
+    title = "Workspace"
+
+
+class ConfigError(MirageError):
+    title = "Configuration"
+    exit_code = 2
+
+
+class BadInput(MirageError):
+    """Bad data in a file: names the file, the line (or row) and the field."""
+
+    title = "Bad input"
+
+    def __init__(self, path, message: str, *, line: int | None = None, field: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if field:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.reason = message
+
+
+class NotFound(MirageError):
+    title = "Not found"
+
+
+class ModelError(MirageError):
+    title = "Model"
+
+
+class EndpointError(MirageError):
+    title = "Endpoint"
+
+
+class JobError(MirageError):
+    title = "Job"
+
+
+class Cancelled(MirageError):
+    title = "Cancelled"

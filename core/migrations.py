@@ -1,0 +1,194 @@
+"""Ordered schema migrations, each recorded by name in `_migrations` and applied on every open.
+
+Add a change as a new function at the end, decorated with `@migration`; never edit one that has
+shipped. Each runs in its own transaction together with its record, so a crash leaves the
+database at the previous version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied(db: sqlite_utils.Database) -> list[str]:
+    if "_migrations" not in db.table_names():
+        return []
+    return [r["name"] for r in db.query("select name from _migrations order by rowid")]
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    conn = db.conn
+    conn.execute(
+        "create table if not exists _migrations (name text primary key, applied_at text not null)"
+    )
+    done = set(applied(db))
+    ran = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while we waited for the lock.
+            if conn.execute(
+                "select 1 from _migrations where name = ?", (fn.__name__,)
+            ).fetchone():
+                conn.execute("COMMIT")
+                continue
+            fn(db)
+            conn.execute(
+                "insert into _migrations (name, applied_at) values (?, ?)",
+                (fn.__name__, _dt.datetime.now(_dt.timezone.utc).isoformat()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        ran.append(fn.__name__)
+    return ran
+
+
+@migration
+def m001_initial(db):
+    db.executescript(
+        """
+        create table datasets (
+            id integer primary key,
+            name text not null unique,
+            kind text not null default 'imitation',      -- imitation | subset
+            status text not null default 'ready',        -- importing | ready
+            format text,
+            source text,                                 -- file(s) or parent dataset it came from
+            meta text not null default '{}',             -- json: provenance, subset spec, ...
+            created_at text not null
+        );
+        create table examples (
+            id integer primary key,
+            dataset_id integer not null references datasets(id) on delete cascade,
+            idx integer not null,                        -- position in the source
+            source text,                                 -- file name or upstream source label
+            conversation text not null,                  -- json [{role, content}]
+            user_text text not null,                     -- user turns joined, for search/coverage
+            assistant_text text not null,
+            n_tokens integer not null,
+            content_hash text not null,
+            meta text not null default '{}',
+            unique (dataset_id, content_hash)
+        );
+        create index examples_dataset on examples(dataset_id, idx);
+
+        create table subset_members (
+            subset_id integer not null references datasets(id) on delete cascade,
+            example_id integer not null references examples(id) on delete cascade,
+            primary key (subset_id, example_id)
+        );
+
+        create table suites (
+            id integer primary key,
+            name text not null unique,
+            kind text not null,                          -- qa | mc | code | prompts
+            status text not null default 'ready',
+            format text,
+            source text,
+            meta text not null default '{}',
+            created_at text not null
+        );
+        create table items (
+            id integer primary key,
+            suite_id integer not null references suites(id) on delete cascade,
+            idx integer not null,
+            key text,                                    -- upstream id (task_id, ...), if any
+            prompt text not null,
+            task text not null default 'all',
+            gold text not null default '[]',             -- json: answer aliases / correct letter
+            choices text,                                -- json list for mc
+            tests text,                                  -- code: test source
+            entry_point text,
+            content_hash text not null,
+            meta text not null default '{}',
+            unique (suite_id, content_hash)
+        );
+        create index items_suite on items(suite_id, idx);
+        create index items_task on items(suite_id, task);
+
+        create table models (
+            id integer primary key,
+            name text not null unique,
+            kind text not null,                          -- hf | packaged | openai | adapter | recorded
+            spec text not null default '{}',             -- json; never holds a secret
+            created_at text not null
+        );
+
+        create table jobs (
+            id integer primary key,
+            name text not null,
+            kind text not null,                          -- finetune | generate | coverage | collect | ...
+            status text not null default 'queued',
+            pid integer,
+            pid_started text,                            -- process start time, guards pid reuse
+            lane text,                                   -- jobs in one lane run one at a time
+            step integer not null default 0,
+            total_steps integer,
+            loss real,
+            config text not null default '{}',
+            error text,
+            parent_id integer references jobs(id),
+            created_at text not null,
+            started_at text,
+            finished_at text,
+            updated_at text
+        );
+        create table job_events (
+            id integer primary key,
+            job_id integer not null references jobs(id) on delete cascade,
+            time text not null,
+            step integer,
+            total_steps integer,
+            loss real,
+            lr real,
+            tokens_per_s real,
+            eta_s real,
+            message text,
+            data text
+        );
+        create index job_events_job on job_events(job_id, id);
+
+        create table generations (
+            id integer primary key,
+            model text not null,                         -- model name in the registry
+            fingerprint text not null,                   -- model fingerprint (weights/adapter/endpoint)
+            item_id integer not null references items(id) on delete cascade,
+            prompt text not null,                        -- the rendered prompt sent
+            decoding text not null default '{}',         -- json: temperature, max_new_tokens, stop, style...
+            cache_key text not null unique,              -- hash(fingerprint, prompt, decoding)
+            output text not null,
+            meta text not null default '{}',             -- json: usage, latency, prompt style...
+            created_at text not null
+        );
+        create index generations_item on generations(item_id, model);
+        create index generations_model on generations(model);
+
+        create table scores (
+            id integer primary key,
+            generation_id integer not null references generations(id) on delete cascade,
+            metric text not null,
+            version text not null,
+            inputs_hash text not null,
+            value real,                                  -- null when it could not be computed
+            meta text not null default '{}',
+            created_at text not null,
+            unique (generation_id, metric, inputs_hash)
+        );
+        create index scores_metric on scores(metric);
+        """
+    )

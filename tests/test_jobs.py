@@ -1,0 +1,67 @@
+"""The background job runner: lifecycle, kill -9 then resume, cancel, lanes."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from core import jobs
+from core.errors import JobError
+
+
+def wait_for(pred, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_foreground_job_runs_to_done(ws):
+    seen = []
+    jid = jobs.submit(ws, "selftest", "t", {"steps": 4, "sleep": 0}, detach=False, on_event=seen.append)
+    job = jobs.get_job(ws, jid)
+    assert (job["status"], job["step"], job["total_steps"]) == ("done", 4, 4)
+    assert job["loss"] == pytest.approx(0.25)
+    assert [e["step"] for e in seen if e.get("step")] == [1, 2, 3, 4]
+
+
+def test_failed_job_records_error(ws):
+    jid = jobs.submit(ws, "selftest", "t", {"steps": 1, "sleep": 0, "fail": True}, detach=False)
+    job = jobs.get_job(ws, jid)
+    assert job["status"] == "failed" and job["error"] == "asked to fail"
+
+
+def test_kill_9_reads_interrupted_then_resume_continues(ws):
+    jid = jobs.submit(ws, "selftest", "t", {"steps": 40, "sleep": 0.05})
+    wait_for(lambda: jobs.get_job(ws, jid)["step"] >= 5)
+    os.kill(jobs.get_job(ws, jid)["pid"], signal.SIGKILL)
+    wait_for(lambda: jobs.get_job(ws, jid)["status"] == "interrupted")
+    stopped_at = jobs.get_job(ws, jid)["step"]
+    assert 5 <= stopped_at < 40
+    jobs.resume(ws, jid)
+    wait_for(lambda: jobs.get_job(ws, jid)["status"] == "done")
+    steps = [e["step"] for e in jobs.events(ws, jid) if e["step"]]
+    # every step recorded once up to the kill, and the resumed run picks up after the checkpoint
+    assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))
+    with pytest.raises(JobError, match="done"):
+        jobs.resume(ws, jid)
+
+
+def test_cancel_running_job(ws):
+    jid = jobs.submit(ws, "selftest", "t", {"steps": 1000, "sleep": 0.05})
+    wait_for(lambda: jobs.get_job(ws, jid)["status"] == "running")
+    assert jobs.cancel(ws, jid)["status"] == "cancelled"
+    assert jobs.get_job(ws, jid)["step"] < 1000
+
+
+def test_lane_runs_one_at_a_time(ws):
+    a = jobs.submit(ws, "selftest", "a", {"steps": 15, "sleep": 0.05}, lane="train")
+    b = jobs.submit(ws, "selftest", "b", {"steps": 2, "sleep": 0.0}, lane="train")
+    wait_for(lambda: jobs.get_job(ws, b)["status"] == "done")
+    ja, jb = jobs.get_job(ws, a), jobs.get_job(ws, b)
+    assert ja["status"] == "done"
+    assert jb["started_at"] >= ja["finished_at"]
+    assert any("queued behind job" in (e["message"] or "") for e in jobs.events(ws, b))
