@@ -1,0 +1,134 @@
+"""Reading what the workspace holds: datasets (and subsets) of examples, suites of items.
+
+Importers (core.ingest) write these tables; everything else reads them through here.
+A subset is a dataset row of kind 'subset' whose examples are listed in `subset_members`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from core.errors import NotFound
+from core.workspace import Workspace
+
+
+def _decode(row: dict, *fields: str) -> dict:
+    row = dict(row)
+    for f in fields:
+        if row.get(f) is not None:
+            row[f] = json.loads(row[f])
+    return row
+
+
+# -- datasets ----------------------------------------------------------------------------------------
+def get_dataset(ws: Workspace, name: str) -> dict:
+    rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))
+    if not rows:
+        known = [r["name"] for r in ws.db.query("select name from datasets where status='ready' order by name")]
+        hint = f" (have: {', '.join(known)})" if known else " (none imported yet: `mirage import data FILE --name NAME`)"
+        raise NotFound(f"no dataset '{name}'{hint}")
+    return _decode(rows[0], "meta")
+
+
+def _examples_sql(ds: dict) -> tuple[str, list]:
+    if ds["kind"] == "subset":
+        return (
+            "select e.* from examples e join subset_members m on m.example_id = e.id"
+            " where m.subset_id = ? order by e.dataset_id, e.idx",
+            [ds["id"]],
+        )
+    return "select * from examples where dataset_id = ? order by idx", [ds["id"]]
+
+
+def iter_examples(ws: Workspace, name: str, *, columns: str = "*") -> Iterator[dict]:
+    """Examples of a dataset or subset in a stable order; `conversation` and `meta` decoded."""
+    ds = get_dataset(ws, name)
+    sql, args = _examples_sql(ds)
+    if columns != "*":
+        sql = sql.replace("select e.*", f"select {', '.join('e.' + c.strip() for c in columns.split(','))}", 1)
+        sql = sql.replace("select *", f"select {columns}", 1)
+    for row in ws.db.query(sql, args):
+        yield _decode(row, "conversation", "meta")
+
+
+def count_examples(ws: Workspace, name: str) -> tuple[int, int]:
+    """(examples, tokens) of a dataset or subset."""
+    ds = get_dataset(ws, name)
+    if ds["kind"] == "subset":
+        r = ws.db.execute(
+            "select count(*), coalesce(sum(e.n_tokens), 0) from examples e join subset_members m"
+            " on m.example_id = e.id where m.subset_id = ?", [ds["id"]]).fetchone()
+    else:
+        r = ws.db.execute(
+            "select count(*), coalesce(sum(n_tokens), 0) from examples where dataset_id = ?", [ds["id"]]
+        ).fetchone()
+    return int(r[0]), int(r[1])
+
+
+def list_datasets(ws: Workspace) -> list[dict]:
+    out = []
+    for ds in ws.db.query("select * from datasets where status = 'ready' order by name"):
+        ds = _decode(ds, "meta")
+        n, tokens = count_examples(ws, ds["name"])
+        out.append({
+            "name": ds["name"],
+            "kind": ds["kind"],
+            "examples": n,
+            "tokens": tokens,
+            "duplicates": ds["meta"].get("duplicates", 0),
+            "format": ds["format"],
+            "source": ds["source"],
+            "created_at": ds["created_at"],
+        })
+    return out
+
+
+# -- suites ------------------------------------------------------------------------------------------
+def get_suite(ws: Workspace, name: str) -> dict:
+    rows = list(ws.db.query("select * from suites where name = ? and status = 'ready'", [name]))
+    if not rows:
+        known = [r["name"] for r in ws.db.query("select name from suites where status='ready' order by name")]
+        hint = f" (have: {', '.join(known)})" if known else " (none imported yet: `mirage import suite FILE --name NAME`)"
+        raise NotFound(f"no suite '{name}'{hint}")
+    return _decode(rows[0], "meta")
+
+
+def iter_items(ws: Workspace, suite: str, *, task: str | None = None) -> Iterator[dict]:
+    s = get_suite(ws, suite)
+    sql = "select * from items where suite_id = ?"
+    args: list = [s["id"]]
+    if task:
+        sql += " and task = ?"
+        args.append(task)
+    for row in ws.db.query(sql + " order by idx", args):
+        yield _decode(row, "gold", "choices", "meta")
+
+
+def tasks(ws: Workspace, suite: str) -> list[dict]:
+    s = get_suite(ws, suite)
+    return [dict(r) for r in ws.db.query(
+        "select task, count(*) as items from items where suite_id = ? group by task order by task", [s["id"]])]
+
+
+def list_suites(ws: Workspace) -> list[dict]:
+    out = []
+    for s in ws.db.query("select * from suites where status = 'ready' order by name"):
+        s = _decode(s, "meta")
+        n = ws.db.execute("select count(*) from items where suite_id = ?", [s["id"]]).fetchone()[0]
+        t = ws.db.execute("select count(distinct task) from items where suite_id = ?", [s["id"]]).fetchone()[0]
+        outputs = [r[0] for r in ws.db.execute(
+            "select distinct g.model from generations g join items i on i.id = g.item_id"
+            " where i.suite_id = ? order by g.model", [s["id"]]).fetchall()]
+        out.append({
+            "name": s["name"],
+            "kind": s["kind"],
+            "items": n,
+            "tasks": t,
+            "outputs": len(outputs),
+            "models": outputs,
+            "format": s["format"],
+            "source": s["source"],
+            "created_at": s["created_at"],
+        })
+    return out
