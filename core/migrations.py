@@ -192,3 +192,37 @@ def m001_initial(db):
         create index scores_metric on scores(metric);
         """
     )
+
+
+@migration
+def m030_marks_ratings(db):
+    # Human judgements live apart from automatic scores: a rescore never touches them.
+    db.executescript(
+        """
+        create table marks (
+            id integer primary key,
+            generation_id integer not null references generations(id) on delete cascade,
+            mark text not null check (mark in ('correct', 'incorrect', 'unsure')),
+            rater text not null default '',
+            created_at text not null,
+            updated_at text not null,
+            unique (generation_id, rater)
+        );
+        create table pairwise_ratings (
+            id integer primary key,
+            item_id integer not null references items(id) on delete cascade,
+            model text not null,
+            teacher text not null,
+            generation_id integer not null references generations(id) on delete cascade,
+            teacher_generation_id integer not null references generations(id) on delete cascade,
+            a_is_teacher integer not null,               -- the blind order shown to the rater
+            seed integer not null,
+            choice text not null check (choice in ('A', 'B', 'tie')),
+            outcome text not null check (outcome in ('model', 'teacher', 'tie')),
+            rater text not null default '',
+            created_at text not null,
+            unique (generation_id, teacher_generation_id, rater)
+        );
+        create index pairwise_ratings_model on pairwise_ratings(model, teacher);
+        """
+    )
