@@ -1,0 +1,221 @@
+"""The TUI frame: navigation, help, palette, key remaps, error display, start-up failures, no heavy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from textual.command import CommandList
+
+from tui import actions as actions_mod
+from tui.app import SCREENS, MirageApp, build_app
+
+pytestmark = pytest.mark.anyio
+SIZE = (100, 30)
+HEAVY = ("torch", "transformers", "datasets", "sentence_transformers", "peft")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def wait_for(pilot, condition, *, rounds: int = 200):
+    """Poll a real condition: drain workers and the message queue, then yield briefly (timers)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        if not condition():
+            await pilot.pause(0.01)  # lets debounce timers (palette search) fire
+    raise AssertionError("condition never became true")
+
+
+async def test_navigation_reaches_every_screen(ws):
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "DataScreen")
+        assert app.sub_title == str(ws.root)
+        for name, _title, key in actions_mod.NAV:
+            await pilot.press(key)
+            await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == name)
+        assert set(app._screen_stacks) >= set(SCREENS)
+        # back to data keeps the same screen instance (state survives navigation)
+        first = app.screen_for("data")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.screen is first)
+
+
+async def test_nav_bar_click_switches_screen(ws):
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await app.run_action("app.goto('jobs')")
+        await wait_for(pilot, lambda: app.screen.NAME == "jobs" and bool(app.screen.query("EmptyState")))
+        assert "Nothing here yet" in str(app.screen.query_one("EmptyState").render())
+
+
+async def test_help_lists_every_registered_action(ws):
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        table = app.screen.query_one("#help-table")
+        ids = {str(k.value) for k in table.rows}
+        assert ids == set(actions_mod.REGISTRY)
+        assert {"app.goto.data", "app.help", "app.quit", "app.palette"} <= ids
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "DataScreen")
+
+
+async def test_palette_runs_a_registry_action(ws):
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette")
+        await pilot.press(*"analysis")
+        await wait_for(pilot, lambda: "Analysis" in str(app.screen.query_one(CommandList).get_option_at_index(0).prompt)
+                       if app.screen.query(CommandList) and app.screen.query_one(CommandList).option_count else False)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "analysis")
+
+
+async def test_keys_remap_from_workspace_config(ws):
+    ws.config_path.write_text(ws.config_path.read_text() + '"app.goto.jobs" = "j"\n"app.help" = "f2"\n')
+    app = build_app(ws.root)
+    assert app.keymap == {"app.goto.jobs": "j", "app.help": "f2"}
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("3")  # the old key no longer navigates
+        await pilot.pause()
+        assert app.screen.NAME == "data"
+        await pilot.press("j")
+        await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "jobs")
+        assert " j Jobs " in str(app.screen.query_one("#nav").render())
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        row = app.screen.query_one("#help-table").get_row("app.goto.jobs")
+        assert row[1] == "j"
+
+
+async def test_compare_receives_its_arguments(ws):
+    app = MirageApp(ws.root, start="compare", start_args={"suite": "nq", "models": ["a", "b"]})
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "compare")
+        assert app.screen.args == {"suite": "nq", "models": ["a", "b"]}
+        app.goto("compare", suite="other")
+        await pilot.pause()
+        assert app.screen.args["suite"] == "other"
+
+
+async def test_mirage_error_in_a_worker_is_a_modal_and_others_a_notification(ws):
+    from core.datasets import get_dataset
+
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.run_core(get_dataset, "missing", group="t")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ErrorModal")
+        assert app.screen.error_title == "Not found"
+        assert "no dataset 'missing'" in app.screen.error_message
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen)
+
+        screen.run_core(get_dataset, "missing", group="t", blocking=False)
+        await wait_for(pilot, lambda: any("no dataset" in n.message for n in app._notifications))
+
+        def broken(ws):
+            return {}["nope"]
+
+        screen.run_core(broken, group="t")
+        await wait_for(pilot, lambda: any("unexpected KeyError" in n.message for n in app._notifications))
+        assert type(app.screen).__name__ != "ErrorModal"
+
+
+async def test_run_core_gives_result_and_progress_back_on_the_ui_thread(ws):
+    import threading
+
+    from core.progress import Progress
+
+    seen = {}
+
+    def counting(ws, n):
+        for i in range(n):
+            yield Progress(i + 1, n, "step")
+        return ws.db.execute("select count(*) from datasets").fetchone()[0], threading.get_ident()
+
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.run_core(counting, 5, on_result=lambda r: seen.update(result=r, thread=threading.get_ident()))
+        await wait_for(pilot, lambda: "result" in seen)
+        count, worker_thread = seen["result"]
+        assert count == 0
+        assert worker_thread != seen["thread"] == threading.get_ident()
+
+
+async def test_a_crash_writes_a_redacted_report_and_one_line(ws, monkeypatch, tmp_path):
+    monkeypatch.setenv("MY_API_KEY", "sk-supersecretvalue123")
+    app = MirageApp(ws.root)
+
+    def boom():
+        raise RuntimeError("exploded with sk-supersecretvalue123")
+
+    with pytest.raises(RuntimeError):
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            app.call_later(boom)
+            await pilot.pause()
+    assert app.crash_message.startswith("error: mirage crashed: RuntimeError")
+    assert "\n" not in app.crash_message and "supersecret" not in app.crash_message
+    from core.crash import log_dir
+
+    reports = list(log_dir().glob("crash-*.txt"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "Traceback" in text and "supersecret" not in text
+
+
+def _run_tui(*args: str, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tui", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_startup_failure_is_one_line_and_exit_2(tmp_path, ws):
+    out = _run_tui("--workspace", str(tmp_path / "nowhere"))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "not a mirage workspace" in out.stderr
+    ws.config_path.write_text("[bogus]\nx = 1\n")
+    out = _run_tui("--workspace", str(ws.root))
+    assert out.returncode == 2
+    assert "unknown key 'bogus'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mirage_tui_command_reports_start_up_failure(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "core", "--workspace", str(tmp_path / "none"), "tui"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not a mirage workspace" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_no_heavy_imports_at_start_up(ws):
+    # Run in a fresh interpreter: this test process may have imported torch for other tests.
+    code = (
+        "import asyncio, sys\n"
+        "from tui.app import MirageApp\n"
+        "async def main():\n"
+        f"    app = MirageApp({str(ws.root)!r})\n"
+        "    async with app.run_test(size=(100, 30)) as pilot:\n"
+        "        await pilot.pause(); await app.workers.wait_for_complete(); await pilot.pause()\n"
+        "        assert type(app.screen).__name__ == 'DataScreen'\n"
+        f"    print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""

@@ -1,0 +1,69 @@
+"""Messages the TUI posts between workers, screens and widgets: dataclasses, all in one module.
+
+Worker threads never touch widgets: they post one of these to their screen, which handles it on
+the UI thread. High-rate progress messages say `can_replace` so a slow UI drops stale ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from textual.message import Message
+
+
+@dataclass
+class WorkDone(Message):
+    """A core call made through `MirageScreen.run_core` returned `result`."""
+
+    group: str
+    result: Any
+    callback: Callable[[Any], None] | None = None
+
+
+@dataclass
+class WorkProgress(Message):
+    """A core generator yielded `core.progress.Progress` (done, total, detail)."""
+
+    group: str
+    done: int
+    total: int | None = None
+    detail: str = ""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, WorkProgress) and message.group == self.group
+
+
+@dataclass
+class WorkFailed(Message):
+    """A core call failed; the app decides how to show it (modal or notification)."""
+
+    group: str
+    error: BaseException
+    blocking: bool = True
+
+
+@dataclass
+class ExampleSelected(Message):
+    """The Data screen's table moved to a row: `kind` is "dataset" or "suite", `row_id` the SQL id."""
+
+    kind: str
+    row_id: int
+    open: bool = False  # Enter (open the detail) rather than a cursor move
+
+
+@dataclass
+class SourceSelected(Message):
+    """A dataset or suite was chosen in the Data screen's list."""
+
+    kind: str
+    name: str
+
+
+@dataclass
+class WindowLoaded(Message):
+    """Rows for the virtual table arrived from a worker: rows keyed by position."""
+
+    token: int
+    start: int
+    rows: list[dict] = field(default_factory=list)
