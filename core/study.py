@@ -451,17 +451,24 @@ class CompareView:
                        support=None if math.isnan(sup) else float(sup), panes=panes)
 
     # -- marks -----------------------------------------------------------------------------------
-    def mark(self, position: int, model_row: int, mark: str | None) -> None:
-        """Mark (or with None, unmark) one output; persisted at once."""
-        p = int(self.order[position])
-        gid = int(self.gen_ids[model_row, p])
-        if gid < 0:
-            raise NotFound(f"{self.models[model_row]} has no output on this item")
-        set_mark(self.ws, gid, mark, rater=self.rater)
+    def generation_at(self, position: int, model_row: int) -> int | None:
+        gid = int(self.gen_ids[model_row, int(self.order[position])])
+        return gid if gid >= 0 else None
+
+    def remember_mark(self, generation_id: int, mark: str | None) -> None:
+        """Update the in-memory copy (the TUI writes the row in a worker thread)."""
         if mark is None:
-            self.marks.pop(gid, None)
+            self.marks.pop(generation_id, None)
         else:
-            self.marks[gid] = mark
+            self.marks[generation_id] = mark
+
+    def mark(self, position: int, model_row: int, mark: str | None, *, ws: Workspace | None = None) -> None:
+        """Mark (or with None, unmark) one output; persisted at once."""
+        gid = self.generation_at(position, model_row)
+        if gid is None:
+            raise NotFound(f"{self.models[model_row]} has no output on this item")
+        set_mark(ws or self.ws, gid, mark, rater=self.rater)
+        self.remember_mark(gid, mark)
 
     def neighbours(self, position: int, k: int = 5) -> list[dict]:
         return item_neighbours(self.ws, self.suite, int(self.item_ids[self.order[position]]),
@@ -682,3 +689,30 @@ def pairwise_result(ws: Workspace, suite: str, model: str, *, teacher: str | Non
     return {"model": model, "teacher": teacher, "n": n, "wins": wins, "ties": ties, "losses": losses,
             "share": (wins + ties) / n if n else None,
             "ci_low": None if n == 0 else lo, "ci_high": None if n == 0 else hi}
+
+
+def suites_with_outputs(ws: Workspace) -> list[str]:
+    return [r[0] for r in ws.db.execute(
+        "select s.name from suites s where s.status = 'ready' and exists (select 1 from items i"
+        " join generations g on g.item_id = i.id where i.suite_id = s.id) order by s.name").fetchall()]
+
+
+def open_view(ws: Workspace, suite: str | None = None, models: list[str] | None = None, *,
+              data: str | None = None, rater: str | None = None) -> CompareView:
+    """A compare view ready to page through (what `mirage compare` opens); says what to run if empty."""
+    if not suite:
+        have = suites_with_outputs(ws)
+        if not have:
+            if not ws.db.execute("select 1 from suites limit 1").fetchone():
+                raise NotFound("no suites yet: import one with `mirage import suite FILE --name NAME`",
+                               title="Nothing to compare")
+            raise NotFound("no outputs yet: run `mirage generate --model NAME --suite SUITE`"
+                           " for the base, imitation and teacher models", title="Nothing to compare")
+        suite = have[0]
+    if not models_with_outputs(ws, suite):
+        get_suite(ws, suite)  # a missing suite says so first
+        raise NotFound(f"no outputs on suite '{suite}' yet: run `mirage generate --model NAME --suite {suite}`",
+                       title="Nothing to compare")
+    view = CompareView(ws, suite, models or None, data=data, rater=rater)
+    view.style_similarity()  # computed here, in the loading thread, so a sort never waits on it
+    return view

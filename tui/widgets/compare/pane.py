@@ -102,32 +102,31 @@ class ModelPane(Vertical):
         super().__init__(**kwargs)
         self.index = index
         self.pane: Pane | None = None
+        # Made here, not in compose, so `show` works before the pane has finished mounting.
+        self.title = Static("", classes="pane-title")
+        self.body = Static("", classes="pane-body")
+        self.scroller = VerticalScroll(self.body, classes="pane-scroll")
 
     def compose(self) -> ComposeResult:
-        yield Static("", classes="pane-title")
-        with VerticalScroll(classes="pane-scroll"):
-            yield Static("", classes="pane-body")
+        yield self.title
+        yield self.scroller
 
     def show(self, pane: Pane, *, active: bool) -> None:
         changed = self.pane is None or pane.generation_id != self.pane.generation_id \
             or pane.output != self.pane.output
         self.pane = pane
         self.set_class(active, "-active")
-        self.query_one(".pane-title", Static).update(pane_title(pane, active=active))
+        self.title.update(pane_title(pane, active=active))
         if changed:
-            body = self.query_one(".pane-body", Static)
+            body = self.body
             if pane.output is None:
                 body.update(Text(f"{pane.model} has no output on this item.\n"
                                  f"Run `mirage generate --model {pane.model} --suite SUITE`.", style="dim"))
             else:
                 body.update(GoldMarkdown(pane.output, pane.gold_spans))
-            self.query_one(".pane-scroll", VerticalScroll).scroll_home(animate=False)
+            self.scroller.scroll_home(animate=False)
 
     def refresh_title(self, active: bool) -> None:
         if self.pane is not None:
             self.set_class(active, "-active")
-            self.query_one(".pane-title", Static).update(pane_title(self.pane, active=active))
-
-    @property
-    def scroller(self) -> VerticalScroll:
-        return self.query_one(".pane-scroll", VerticalScroll)
+            self.title.update(pane_title(self.pane, active=active))

@@ -1,0 +1,164 @@
+"""The Compare screen driven by Pilot: navigation, panes, filters, marks persisted across restarts."""
+
+from __future__ import annotations
+
+import pytest
+
+from compare_data import build_study
+from core import study
+from core.workspace import Workspace
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def _wait_loaded(pilot, screen):
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    for _ in range(50):
+        if screen.view is not None and screen.panes and screen.panes[0].pane is not None:
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("compare view never loaded")
+
+
+def _app(ws, **args):
+    from tui.app import MirageApp
+
+    return MirageApp(ws.root, start="compare", start_args={"suite": "nq", **args})
+
+
+@pytest.fixture
+def study_ws(ws):
+    build_study(ws, n_items=30)
+    return ws
+
+
+async def test_navigation_and_panes(study_ws):
+    app = _app(study_ws)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        assert [p.pane.model for p in screen.panes] == ["base", "imitation", "teacher"]
+        assert all(p.display for p in screen.panes)  # wide: side by side
+        assert screen.row.idx == 0
+        await pilot.press("j", "j")
+        assert screen.row.idx == 2
+        await pilot.press("k")
+        assert screen.row.idx == 1
+        await pilot.press("l")
+        assert screen.active == 1 and screen.panes[1].has_class("-active")
+        await pilot.press("l", "l")
+        assert screen.active == 0
+        await pilot.press("h")
+        assert screen.active == 2
+        await pilot.press("G")
+        assert screen.row.idx == 29
+        await pilot.press("j")  # stays on the last item
+        assert screen.row.idx == 29
+
+
+async def test_narrow_terminal_cycles_panes(study_ws):
+    app = _app(study_ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        assert [p.display for p in screen.panes] == [True, False, False]
+        await pilot.press("l")
+        assert [p.display for p in screen.panes] == [False, True, False]
+        assert screen.narrow
+
+
+async def test_filters_and_disagreement(study_ws):
+    ws = study_ws
+    truth = {}
+    view = study.CompareView(ws, "nq")
+    for p in range(view.n):
+        row = view.row(p)
+        truth[row.idx] = {pane.model: pane.verdict for pane in row.panes}
+    app = _app(ws)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        await pilot.press("v")  # first pattern: teacher right, imitation wrong
+        assert screen.view.filters.pattern == "teacher-right-imitation-wrong"
+        want = [i for i, v in truth.items() if v["teacher"] == 1 and v["imitation"] == 0]
+        assert screen.row.total == len(want) and screen.row.idx == want[0]
+        await pilot.press("j")
+        assert screen.row.idx == want[1]
+        await pilot.press("escape")
+        assert screen.view.filters.pattern is None and screen.row.total == 30
+        await pilot.press("t")
+        assert screen.view.filters.task == "geography" and screen.row.total == 10
+        await pilot.press("escape", "slash")
+        await pilot.press(*"question 2", "enter")
+        assert screen.view.filters.text == "question 2"
+        assert [screen.view.row(p).idx for p in range(screen.row.total)] == [2, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
+        await pilot.press("escape")
+        disagree = [i for i, v in truth.items() if len(set(v.values())) > 1]
+        await pilot.press("n")
+        assert screen.row.idx == next(i for i in disagree if i > 0)
+        await pilot.press("slash", *"zzz nothing", "enter")
+        assert screen.query_one("#compare-empty").display
+        assert "No items match" in str(screen.query_one("#compare-empty").render())
+
+
+async def test_marks_persist_across_app_restarts(study_ws):
+    ws = study_ws
+    app = _app(ws)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        await pilot.press("j", "l", "x")  # item 1, imitation: incorrect
+        await pilot.press("j", "y")       # item 2, imitation: correct
+        await pilot.press("y")            # same key again clears it
+        await pilot.press("u")            # unsure instead
+        await app.workers.wait_for_complete()
+        assert screen.panes[1].pane.mark == "unsure"
+    app2 = _app(ws)
+    async with app2.run_test(size=(160, 40)) as pilot:
+        screen = app2.screen
+        await _wait_loaded(pilot, screen)
+        await pilot.press("j")
+        assert [p.pane.mark for p in screen.panes] == [None, "incorrect", None]
+        await pilot.press("j")
+        assert [p.pane.mark for p in screen.panes] == [None, "unsure", None]
+    ws2 = Workspace.open(ws.root)
+    assert sorted(m["mark"] for m in study.marks(ws2, "nq")) == ["incorrect", "unsure"]
+    ws2.close()
+
+
+async def test_empty_state_says_what_to_run(ws):
+    from tui.app import MirageApp
+
+    app = MirageApp(ws.root, start="compare", start_args={})
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        text = str(app.screen.query_one("#compare-empty").render())
+        assert "mirage import suite" in text
+
+
+async def test_blind_rating_mode(study_ws):
+    ws = study_ws
+    app = _app(ws)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        rating = app.screen
+        assert rating.id == "rating" and len(rating.queue) == 30
+        first = rating.queue[0]
+        await pilot.press("a", "t", "s")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert rating.result["n"] == 2 and rating.result["ties"] == 1
+        assert rating.result["wins"] == (0 if first.a_is_teacher else 1)
+        await pilot.press("escape")
+        assert app.screen is screen
