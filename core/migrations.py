@@ -226,3 +226,27 @@ def m030_marks_ratings(db):
         create index pairwise_ratings_model on pairwise_ratings(model, teacher);
         """
     )
+
+
+@migration
+def m040_models_request_cache(db):
+    # Generations not tied to a suite item (teacher collection from a prompts file, synthetic
+    # QA requests) are cached here under the same key rule as `generations`, so a killed
+    # collection rerun asks nothing twice.
+    db.executescript(
+        """
+        create table request_cache (
+            id integer primary key,
+            model text not null,
+            fingerprint text not null,
+            prompt text not null,                        -- the rendered prompt (or chat messages json)
+            decoding text not null default '{}',
+            cache_key text not null unique,              -- hash(fingerprint, prompt, decoding)
+            output text not null,
+            meta text not null default '{}',
+            created_at text not null
+        );
+        create index request_cache_model on request_cache(model);
+        """
+    )
+
