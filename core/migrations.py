@@ -250,3 +250,35 @@ def m040_models_request_cache(db):
         """
     )
 
+
+@migration
+def m010_ingest_fts(db):
+    # Full-text search (the Data screen, core.search) over examples and items. External-content
+    # FTS5 tables store only the index, not a second copy of the text; triggers keep them in
+    # step with every insert, delete and text update. Statements run one by one on the open
+    # transaction: `executescript` would COMMIT it first and break the migration's atomicity.
+    conn = db.conn
+    for table, cols in (("examples", ("user_text", "assistant_text")), ("items", ("prompt",))):
+        fts = f"{table}_fts"
+        col_list = ", ".join(cols)
+        new_vals = ", ".join(f"new.{c}" for c in cols)
+        old_vals = ", ".join(f"old.{c}" for c in cols)
+        conn.execute(
+            f"create virtual table {fts} using fts5({col_list}, content='{table}', content_rowid='id',"
+            " tokenize='unicode61 remove_diacritics 2')"
+        )
+        conn.execute(
+            f"create trigger {fts}_ai after insert on {table} begin"
+            f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
+        )
+        conn.execute(
+            f"create trigger {fts}_ad after delete on {table} begin"
+            f" insert into {fts}({fts}, rowid, {col_list}) values ('delete', old.id, {old_vals}); end"
+        )
+        # Only a change to the indexed text re-indexes (moving a row between datasets does not).
+        conn.execute(
+            f"create trigger {fts}_au after update of {col_list} on {table} begin"
+            f" insert into {fts}({fts}, rowid, {col_list}) values ('delete', old.id, {old_vals});"
+            f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
+        )
+        conn.execute(f"insert into {fts}({fts}) values ('rebuild')")
