@@ -1,4 +1,4 @@
-"""Writes the hand-written sample suites: qa.jsonl, qa_seed_geography.jsonl, mc.csv and code.jsonl.
+"""Writes the hand-written sample suites: qa.jsonl, qa_seed_geography.jsonl, mc.csv, code.jsonl, prompts_style.jsonl.
 
 Every question, answer and task below was written for mirage (facts are common knowledge; the
 wording is ours). Edit the lists here and rerun `python samples/build_samples.py` rather than
@@ -394,6 +394,36 @@ CODE: list[dict] = [
 ]
 
 
+# -- free-form prompts for the style comparison (no gold; held out from prompts_broad.jsonl) --------
+# The paper's Table 2 measures style on open-ended requests: lists, summaries, length, wording.
+STYLE: list[tuple[str, str]] = [
+    ('writing', 'Write a short poem about a harbour at sunrise.'),
+    ('writing', 'Write a thank-you note to a teacher who helped me pass maths.'),
+    ('writing', 'Write a two-sentence horror story set in a library.'),
+    ('writing', 'Write a product description for a solar-powered phone charger.'),
+    ('writing', "Write a short toast for my sister's wedding."),
+    ('advice', 'How can I get into the habit of going to bed earlier?'),
+    ('advice', 'What should I pack for a three-day hiking trip?'),
+    ('advice', 'How do I ask my manager for more flexible hours?'),
+    ('advice', 'What are some ways to make a small bedroom feel bigger?'),
+    ('advice', 'How should I prepare for my first marathon?'),
+    ('coding', 'Write a Python function that returns the sum of the even numbers in a list.'),
+    ('coding', 'What does the `yield` keyword do in Python?'),
+    ('coding', 'How do I read a JSON file in Python?'),
+    ('coding', 'Explain what a recursive function is, with an example.'),
+    ('coding', 'What is the difference between a dictionary and a set in Python?'),
+    ('explanation', 'Explain how a refrigerator keeps food cold.'),
+    ('explanation', 'Why do leaves change colour in autumn?'),
+    ('explanation', 'What is the difference between weather and climate?'),
+    ('explanation', 'How do noise-cancelling headphones work?'),
+    ('explanation', 'What causes ocean tides?'),
+    ('chitchat', "What's a good way to start the morning?"),
+    ('chitchat', 'Tell me a fun fact about penguins.'),
+    ('chitchat', 'I just got back from a trip to the mountains! Ask me something about it.'),
+    ('chitchat', "What's your favourite kind of weather?"),
+]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
@@ -423,7 +453,15 @@ def main() -> None:
             w.writerow([question, a, b, c, d, letter, subject])
 
     write_jsonl(HERE / "code.jsonl", CODE)
-    print(f"qa.jsonl {len(qa_rows)}  qa_seed_geography.jsonl {len(seed_rows)}  mc.csv {len(MC)}  code.jsonl {len(CODE)}")
+
+    broad = HERE / "prompts_broad.jsonl"
+    held_out = {json.loads(line)["prompt"].lower() for line in broad.open(encoding="utf-8")} if broad.exists() else set()
+    style_rows = []
+    for i, (task, prompt) in enumerate(STYLE, 1):
+        assert prompt.lower() not in held_out, f"style prompt is also a training prompt: {prompt}"
+        style_rows.append({"id": f"style-{i:03d}", "task": task, "prompt": prompt})
+    write_jsonl(HERE / "prompts_style.jsonl", style_rows)
+    print(f"qa.jsonl {len(qa_rows)}  qa_seed_geography.jsonl {len(seed_rows)}  mc.csv {len(MC)}  code.jsonl {len(CODE)}  prompts_style.jsonl {len(STYLE)}")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,15 @@ def test_broad_prompts_are_many_varied_and_unique():
     assert len({r["prompt"] for r in rows}) == len(rows)
 
 
+def test_style_prompts_are_held_out_from_training_prompts():
+    style = _jsonl("prompts_style.jsonl")
+    assert len(style) >= 20 and all(r["prompt"].strip() and r["task"] for r in style)
+    assert not {r["prompt"].lower() for r in style} & {r["prompt"].lower() for r in _jsonl("prompts_broad.jsonl")}
+
+
 def test_sample_generators_reproduce_the_committed_files(tmp_path):
     # The scripts are the provenance: running them must give back exactly the committed files.
-    for script, outputs in (("build_samples.py", ["qa.jsonl", "qa_seed_geography.jsonl", "mc.csv", "code.jsonl"]),
+    for script, outputs in (("build_samples.py", ["qa.jsonl", "qa_seed_geography.jsonl", "mc.csv", "code.jsonl", "prompts_style.jsonl"]),
                             ("make_prompts.py", ["prompts_broad.jsonl"])):
         copy = tmp_path / script
         copy.write_text((SAMPLES / script).read_text())
