@@ -252,6 +252,81 @@ def m040_models_request_cache(db):
 
 
 @migration
+def m020_coverage(db):
+    # Coverage results (core.coverage), keyed by a digest of every input so a change recomputes.
+    db.executescript(
+        """
+        create table coverage_clusterings (
+            id integer primary key,
+            key text not null unique,                    -- digest of data contents, model, mode, k, seed
+            dataset_id integer not null references datasets(id) on delete cascade,
+            model_key text not null,
+            mode text not null,                          -- user | conversation
+            n_clusters integer not null,
+            seed integer not null,
+            data_hash text not null,
+            clusters text not null,                      -- json: size, terms, samples, sources
+            created_at text not null
+        );
+        create table coverage_cluster_members (
+            clustering_id integer not null references coverage_clusterings(id) on delete cascade,
+            example_id integer not null references examples(id) on delete cascade,
+            cluster integer not null,
+            primary key (clustering_id, example_id)
+        );
+        create index coverage_cluster_members_cluster on coverage_cluster_members(clustering_id, cluster);
+        create table coverage_runs (
+            id integer primary key,
+            key text not null unique,
+            dataset_id integer not null references datasets(id) on delete cascade,
+            suite_id integer not null references suites(id) on delete cascade,
+            data text not null,
+            suite text not null,
+            model_key text not null,
+            model_name text not null,
+            mode text not null,
+            threshold real not null,
+            k integer not null,
+            n_clusters integer not null,
+            seed integer not null,
+            clustering_id integer references coverage_clusterings(id) on delete set null,
+            data_hash text not null,
+            suite_hash text not null,
+            summary text not null,                       -- json: the whole suite's record
+            clusters text not null,                      -- json: clusters with the tasks they serve
+            created_at text not null
+        );
+        create index coverage_runs_pair on coverage_runs(dataset_id, suite_id);
+        create table coverage_items (
+            run_id integer not null references coverage_runs(id) on delete cascade,
+            item_id integer not null references items(id) on delete cascade,
+            task text not null,
+            max_similarity real not null,
+            n_above integer not null,
+            longest_ngram integer not null,
+            contaminated integer not null,
+            answer_leak integer not null,
+            answer_in_data integer not null,
+            neighbors text not null,                     -- json [{example_id, similarity, source, text, ...}]
+            primary key (run_id, item_id)
+        );
+        create table coverage_tasks (
+            run_id integer not null references coverage_runs(id) on delete cascade,
+            task text not null,
+            items integer not null,
+            support real not null,
+            mean_max_similarity real not null,
+            examples_served integer not null,
+            contaminated integer not null,
+            answer_leak integer not null,
+            by_source text not null,
+            primary key (run_id, task)
+        );
+        """
+    )
+
+
+@migration
 def m010_ingest_fts(db):
     # Full-text search (the Data screen, core.search) over examples and items. External-content
     # FTS5 tables store only the index, not a second copy of the text; triggers keep them in

@@ -1,0 +1,296 @@
+"""Coverage: known answers with the real packaged MiniLM on small data, caching, faults, subsets, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from core import coverage as cov
+from core import embeddings as emb
+from core.datasets import iter_examples
+from core.errors import Cancelled, ModelError, MirageError
+from core.ngrams import NgramIndex, lexical_words, normalize_answer
+from core.progress import exhaust
+from core.workspace import dumps, now
+
+PLANTED = ("when was the last time the philadelphia eagles won the championship before the super bowl era "
+           "and who was their coach")
+SHORT_PLANTED = "who wrote the opera carmen"
+UNRELATED = ["how many moons does neptune have", "what is the boiling point of mercury in kelvin",
+             "who painted the ceiling of the sistine chapel"]
+COOKING = ["How do I bake sourdough bread with a starter?", "What is a good recipe for tomato soup?",
+           "How long should I boil an egg for a soft yolk?", "How can I make fluffy pancakes from scratch?",
+           "What spices go well in a vegetable curry?", "How do I caramelize onions properly?"]
+CODE = ["Write a Python function that reverses a list.", "How do I sort a list of numbers in Python?",
+        "Write a Python function to remove duplicates from a list.", "How do I append an item to a list in Python?",
+        "Write Python code to find the largest number in a list.", "How do I loop over a list with its index in Python?"]
+
+
+# -- helpers: rows written the way core.ingest writes them (m001 schema) -------------------------------
+def add_dataset(ws, name, rows):
+    """rows: (user, assistant, source)."""
+    with ws.transaction():
+        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values (?, 'imitation', 'ready', ?)",
+                            [name, now()]).lastrowid
+        append_examples(ws, did, rows)
+    return did
+
+
+def append_examples(ws, did, rows):
+    start = ws.db.execute("select coalesce(max(idx) + 1, 0) from examples where dataset_id = ?", [did]).fetchone()[0]
+    with ws.transaction():
+        for i, (u, a, src) in enumerate(rows):
+            conv = [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+            ws.db.execute(
+                "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text, n_tokens,"
+                " content_hash) values (?,?,?,?,?,?,?,?)",
+                [did, start + i, src, dumps(conv), u, a, len(f"{u} {a}".split()),
+                 hashlib.sha256(dumps(conv).encode()).hexdigest()])
+
+
+def add_suite(ws, name, rows, kind="qa"):
+    """rows: (prompt, gold aliases, task)."""
+    with ws.transaction():
+        sid = ws.db.execute("insert into suites (name, kind, created_at) values (?, ?, ?)", [name, kind, now()]).lastrowid
+        for i, (p, gold, task) in enumerate(rows):
+            ws.db.execute("insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
+                          [sid, i, p, task, dumps(gold), hashlib.sha256(p.encode()).hexdigest()])
+    return sid
+
+
+@pytest.fixture
+def study(ws):
+    data = [(q, "Here is a step by step answer.", "chat") for q in COOKING]
+    data += [(q, "Sure, here is the code.", "code") for q in CODE]
+    data.append((PLANTED, "They won in 1960 under coach Buck Shaw.", "nq-synth"))
+    data.append((f"Quick question: {SHORT_PLANTED}? Thanks", "Georges Bizet wrote Carmen.", "nq-synth"))
+    add_dataset(ws, "imit", data)
+    add_suite(ws, "qa", [(PLANTED, ["1960"], "sports"), (SHORT_PLANTED, ["Georges Bizet"], "music")]
+              + [(q, ["x"], "science") for q in UNRELATED])
+    return ws
+
+
+def by_prompt(res):
+    return {r["prompt"]: r for r in res["items"]}
+
+
+# -- known answers ---------------------------------------------------------------------------------
+def test_planted_item_found_and_flagged_unrelated_not(study):
+    res = exhaust(cov.compute(study, "imit", "qa", k=3))
+    items = by_prompt(res)
+    planted = items[PLANTED]
+    assert planted["max_similarity"] == pytest.approx(1.0, abs=0.01)
+    assert planted["contaminated"] and planted["supported"]
+    assert planted["longest_ngram"] == len(lexical_words(PLANTED))
+    assert planted["answer_leak"] and planted["answer_in_data"] == 1
+    nb = planted["neighbors"][0]
+    assert nb["source"] == "nq-synth" and nb["text"].startswith("when was the last time")
+    assert len(planted["neighbors"]) == 3
+    assert [n["similarity"] for n in planted["neighbors"]] == sorted((n["similarity"] for n in planted["neighbors"]), reverse=True)
+    # shorter than 13 words: contaminated because it occurs whole inside a user turn
+    short = items[SHORT_PLANTED]
+    assert short["contaminated"] and short["longest_ngram"] == 5 and short["answer_leak"]
+    for q in UNRELATED:
+        assert not items[q]["contaminated"], q
+        assert items[q]["max_similarity"] < cov.DEFAULT_THRESHOLD, q
+        assert not items[q]["supported"] and not items[q]["answer_leak"]
+    tasks = {t["task"]: t for t in res["tasks"]}
+    assert tasks["sports"]["support"] == 1.0 and tasks["science"]["support"] == 0.0
+    assert tasks["sports"]["by_source"]["nq-synth"] == {"support": 1.0, "examples_served": 1}
+    assert tasks["science"]["examples_served"] == 0
+    assert res["summary"]["support"] == pytest.approx(2 / 5)
+    # read functions used by the TUI and scoring
+    assert cov.task_support(study, "imit", "qa") == {"music": 1.0, "science": 0.0, "sports": 1.0}
+    sup = cov.item_support(study, "imit", "qa")
+    assert max(sup.values()) == pytest.approx(1.0, abs=0.01) and len(sup) == 5
+
+
+def test_results_are_stored_and_reused(study):
+    first = exhaust(cov.compute(study, "imit", "qa"))
+    again = exhaust(cov.compute(study, "imit", "qa"))
+    assert again["run_id"] == first["run_id"]
+    assert cov.results(study, "imit", "qa")["tasks"] == first["tasks"]
+    other = exhaust(cov.compute(study, "imit", "qa", threshold=0.3))
+    assert other["run_id"] != first["run_id"] and other["threshold"] == 0.3
+    # both kept: keyed by threshold
+    assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 2
+
+
+def test_ngram_index_unit():
+    users = [PLANTED, "tell me about cats"]
+    answers = ["The Eagles won in 1960.", "Cats are small. The capital is Paris."]
+    idx = exhaust(NgramIndex.build([7, 8], users, answers))
+    assert idx.has_13gram("prefix words " + PLANTED)
+    words = lexical_words(PLANTED)
+    assert not idx.has_13gram(" ".join(words[:12]))  # only 12 words: no 13-gram
+    assert idx.longest_shared([" ".join(words[3:15]), "cats are big", "zebra"]).tolist() == [12, 2, 0]
+    hits = idx.answer_hits([["1960"], ["paris", "london"], ["The Eagles"], ["rome"]])
+    assert [h.tolist() for h in hits] == [[7], [8], [7], []]
+    assert normalize_answer("The  Great, Gatsby!") == "great gatsby"
+
+
+# -- clusters ---------------------------------------------------------------------------------------
+def test_clusters_stable_under_seed_and_separate_topics(study):
+    a = exhaust(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
+    study.db.execute("delete from coverage_runs")
+    study.db.execute("delete from coverage_clusterings")
+    b = exhaust(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
+    assert [c["size"] for c in a["clusters"]] == [c["size"] for c in b["clusters"]]
+    assert [c["terms"] for c in a["clusters"]] == [c["terms"] for c in b["clusters"]]
+    members = lambda: dict(study.db.execute(  # noqa: E731
+        "select e.user_text, m.cluster from coverage_cluster_members m join examples e on e.id = m.example_id"
+        " join coverage_clusterings c on c.id = m.clustering_id where c.id = (select max(id) from coverage_clusterings)"))
+    m = members()
+    # cooking and code questions land in different clusters
+    assert len({m[q] for q in COOKING}) == 1 and len({m[q] for q in CODE}) == 1
+    assert m[COOKING[0]] != m[CODE[0]]
+    assert sum(c["size"] for c in a["clusters"]) == 14
+    assert all(c["terms"] and c["samples"] for c in a["clusters"])
+    sports = [c for c in a["clusters"] if any(t["task"] == "sports" for t in c["tasks"])]
+    assert len(sports) == 1
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def test_empty_data_or_suite_is_a_clear_error(ws):
+    add_dataset(ws, "empty", [])
+    add_dataset(ws, "imit", [("hello there", "hi", "chat")])
+    add_suite(ws, "qa", [("who are you", ["me"], "t")])
+    add_suite(ws, "none", [])
+    with pytest.raises(MirageError, match="dataset 'empty' has no examples"):
+        exhaust(cov.compute(ws, "empty", "qa"))
+    with pytest.raises(MirageError, match="suite 'none' has no items"):
+        exhaust(cov.compute(ws, "imit", "none"))
+    with pytest.raises(MirageError, match="no dataset 'nope'"):
+        exhaust(cov.compute(ws, "nope", "qa"))
+    with pytest.raises(ModelError, match="not a local folder"):
+        exhaust(cov.compute(ws, "imit", "qa", embedding_model="/no/such/model"))
+
+
+def test_incremental_only_new_rows_embedded(study):
+    first = exhaust(cov.compute(study, "imit", "qa"))
+    assert first["embedded_now"] == {"examples": 14, "items": 5}
+    did = study.db.execute("select id from datasets where name='imit'").fetchone()[0]
+    append_examples(study, did, [("how many moons does neptune have exactly", "Fourteen known moons.", "space"),
+                                 ("what is the tallest mountain on mars", "Olympus Mons.", "space")])
+    second = exhaust(cov.compute(study, "imit", "qa"))
+    assert second["embedded_now"] == {"examples": 2, "items": 0}
+    neptune = by_prompt(second)["how many moons does neptune have"]
+    assert neptune["neighbors"][0]["source"] == "space" and neptune["supported"] and neptune["contaminated"]
+    # the stale run for the same question was replaced
+    assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 1
+
+
+def test_cancel_halfway_then_continue(study, monkeypatch):
+    monkeypatch.setattr(emb, "SHARD_ROWS", 4)
+    cancel = threading.Event()
+    gen = cov.compute(study, "imit", "qa", cancel=cancel)
+    with pytest.raises(Cancelled):
+        for p in gen:
+            if p.done >= 4:  # after the first shard of 4 examples was written
+                cancel.set()
+    assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 0
+    res = exhaust(cov.compute(study, "imit", "qa"))
+    assert res["embedded_now"]["examples"] == 14 - 4
+    assert by_prompt(res)[PLANTED]["contaminated"]
+
+
+def _tiny_sentence_model(tmp_path):
+    """A 2-layer random BERT with MiniLM's tokenizer: a different embedding model, built in seconds."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path / "tiny-embedder"
+    path.mkdir()
+    src = emb.packaged_model_path()
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / f, path / f)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_other_embedding_model_never_mixes(study, tmp_path):
+    default = exhaust(cov.compute(study, "imit", "qa"))
+    tiny = _tiny_sentence_model(tmp_path)
+    other = exhaust(cov.compute(study, "imit", "qa", embedding_model=str(tiny)))
+    assert other["embedded_now"] == {"examples": 14, "items": 5}  # nothing reused from MiniLM's cache
+    assert other["model_key"] != default["model_key"] and other["embedding_model"] == "tiny-embedder"
+    dirs = sorted(p.name for p in (study.artifacts / "embeddings").iterdir())
+    assert dirs == sorted([default["model_key"], other["model_key"]])
+    # a cache folder whose manifest names another model is refused, not overwritten
+    manifest = study.artifacts / "embeddings" / other["model_key"] / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["fingerprint"] = "0" * 64
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="different model"):
+        exhaust(cov.compute(study, "imit", "qa", embedding_model=str(tiny), force=True))
+    assert cov.results(study, "imit", "qa")["run_id"] == other["run_id"]
+
+
+# -- subsets ----------------------------------------------------------------------------------------
+def test_subsets_by_task_cluster_source_and_budget(study):
+    res = exhaust(cov.compute(study, "imit", "qa", n_clusters=2))
+    s = cov.make_subset(study, "sports-support", "imit", task_support=("qa", "sports"))
+    assert s["examples"] == 1
+    assert [e["user_text"] for e in iter_examples(study, "sports-support")] == [PLANTED]
+    code = cov.make_subset(study, "code-only", "imit", source="code")
+    assert sorted(e["user_text"] for e in iter_examples(study, "code-only")) == sorted(CODE)
+    cluster = by_prompt(res)[PLANTED]["neighbors"][0]["cluster"]
+    c = cov.make_subset(study, "c", "imit", cluster=cluster)
+    size = next(x["size"] for x in res["clusters"] if x["cluster"] == cluster)
+    assert c["examples"] == size
+    budget = cov.make_subset(study, "small", "imit", max_tokens=30, seed=1)
+    assert 0 < budget["tokens"] <= 30
+    assert sum(e["n_tokens"] for e in iter_examples(study, "small")) == budget["tokens"]
+    rows = {r["name"]: r for r in cov.list_subsets(study)}
+    assert rows["code-only"]["examples"] == 6 and rows["code-only"]["parent"] == "imit"
+    assert rows["sports-support"]["spec"]["task"] == "sports"
+    with pytest.raises(MirageError, match="already exists"):
+        cov.make_subset(study, "code-only", "imit", source="code")
+    with pytest.raises(MirageError, match="would be empty"):
+        cov.make_subset(study, "none", "imit", task_support=("qa", "science"))
+    with pytest.raises(MirageError, match="out of range"):
+        cov.make_subset(study, "bad", "imit", cluster=9)
+
+
+# -- CLI and job --------------------------------------------------------------------------------------
+def test_cli_json_shape_and_errors(study, capsys):
+    from core.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["coverage", "--data", "imit", "--suite", "qa", "--json", "--k", "2", "--workspace", str(study.root)])
+    assert e.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"items", "tasks", "clusters"} <= set(out)
+    item = next(r for r in out["items"] if r["prompt"] == PLANTED)
+    assert {"prompt", "task", "max_similarity", "contaminated", "neighbors"} <= set(item)
+    assert item["contaminated"] is True and len(item["neighbors"]) == 2
+    assert {"example_id", "similarity", "source", "text"} <= set(item["neighbors"][0])
+    assert {"task", "items", "support"} <= set(out["tasks"][0])
+    with pytest.raises(SystemExit) as e:
+        main(["subset", "create", "s", "--data", "imit", "--suite", "qa", "--task", "music", "-w", str(study.root)])
+    assert e.value.code == 0 and "subset s: 1 examples" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["subset", "ls", "--json", "-w", str(study.root)])
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["s"]
+    with pytest.raises(SystemExit) as e:
+        main(["coverage", "--data", "imit", "--suite", "missing", "-w", str(study.root)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: no suite 'missing'") and len(err.strip().splitlines()) == 1
+
+
+def test_coverage_job_runs_in_foreground(study):
+    from core import jobs
+
+    job_id = jobs.submit(study, "coverage", "cov", {"data": "imit", "suite": "qa", "k": 2}, detach=False)
+    job = jobs.get_job(study, job_id)
+    assert job["status"] == "done", job.get("error")
+    assert cov.task_support(study, "imit", "qa")["sports"] == 1.0
