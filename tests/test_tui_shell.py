@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from textual.worker import WorkerCancelled
 
 from textual.command import CommandList
 
@@ -27,7 +28,10 @@ async def wait_for(pilot, condition, *, rounds: int = 200):
     for _ in range(rounds):
         if condition():
             return
-        await pilot.app.workers.wait_for_complete()
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:  # superseded by a newer call in its group: expected
+            pass
         await pilot.pause()
         if not condition():
             await pilot.pause(0.01)  # lets debounce timers (palette search) fire

@@ -6,7 +6,7 @@ the UI thread. High-rate progress messages say `can_replace` so a slow UI drops 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from textual.message import Message
@@ -50,20 +50,5 @@ class ExampleSelected(Message):
     kind: str
     row_id: int
     open: bool = False  # Enter (open the detail) rather than a cursor move
+    position: int = 0   # row position in the table
 
-
-@dataclass
-class SourceSelected(Message):
-    """A dataset or suite was chosen in the Data screen's list."""
-
-    kind: str
-    name: str
-
-
-@dataclass
-class WindowLoaded(Message):
-    """Rows for the virtual table arrived from a worker: rows keyed by position."""
-
-    token: int
-    start: int
-    rows: list[dict] = field(default_factory=list)

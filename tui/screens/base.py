@@ -105,10 +105,12 @@ class CoreWorkers:
         return self.run_worker(call, thread=True, group=group, exclusive=exclusive,  # type: ignore[attr-defined]
                                exit_on_error=False, name=f"{group}:{getattr(fn, '__name__', 'call')}")
 
-    def on_work_done(self, message: msg.WorkDone) -> None:
+    async def on_work_done(self, message: msg.WorkDone) -> None:
         message.stop()
         if message.callback is not None:
-            message.callback(message.result)
+            ret = message.callback(message.result)
+            if inspect.isawaitable(ret):  # an async callback (e.g. one that mounts widgets)
+                await ret
 
     def on_work_failed(self, message: msg.WorkFailed) -> None:
         message.stop()

@@ -1,14 +1,202 @@
-"""The Data screen: datasets and suites, their examples and items, search and a conversation view."""
+"""The Data screen: datasets and suites, their examples and items, full-text search and a conversation view."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.lazy import Lazy
+from textual.timer import Timer
+from textual.widgets import Input, Static
 
+from tui import messages as msg
+from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
+from tui.widgets.data.detail import DetailPane
+from tui.widgets.data.row_table import RowTable
+from tui.widgets.data.sources import SourceList, human
+
+DETAIL_DELAY = 0.15  # s: the detail follows the cursor once it rests, not on every key repeat
+
+
+def load_sources(ws) -> tuple[list[dict], list[dict]]:
+    from core.datasets import list_datasets, list_suites
+
+    return list_datasets(ws), list_suites(ws)
 
 
 class DataScreen(MirageScreen):
     NAME = "data"
+    AUTO_FOCUS = "#data-table"
+    ACTIONS = [
+        Action("data.search", "slash", "Search", "search"),
+        Action("data.clear", "escape", "Clear search", "clear_search", show=False),
+        Action("data.sources", "s", "Sources", "focus_sources"),
+        Action("data.table", "t", "Table", "focus_table", show=False),
+        Action("data.detail", "d", "Detail", "focus_detail"),
+        Action("data.reload", "r", "Reload", "reload"),
+    ]
+
+    def __init__(self, **args) -> None:
+        super().__init__(**args)
+        self.source: dict | None = None  # the selected dataset/suite row, with "_kind"
+        self.query_text = ""
+        self.matches: int | None = None
+        self._detail_timer: Timer | None = None
+        self._shown_id: tuple[str, int] | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield EmptyState("Data: import with `mirage import data FILE --name NAME`.", markup=False)
+        with Horizontal(id="data-layout"):
+            with Vertical(id="data-sources"):
+                yield SourceList(id="data-source-list")
+            with Vertical(id="data-main"):
+                yield Input(placeholder="/ full-text search in this dataset or suite (enter runs, esc clears)",
+                            id="data-search")
+                yield RowTable(id="data-table")
+                yield Static("", id="data-status", markup=False)
+                # Markdown is the heaviest part of the screen: mount it after the first frame.
+                yield Lazy(DetailPane(id="data-detail"))
+        yield EmptyState(
+            "No datasets or suites in this workspace yet.\n\n"
+            "mirage import data FILE --name NAME      imitation data (ShareGPT, Alpaca, messages)\n"
+            "mirage import suite FILE --name NAME     an eval suite (NQ-open, MMLU CSV, HumanEval)\n\n"
+            "then press r to reload.",
+            id="data-empty", markup=False,
+        )
+
+    def on_mount(self) -> None:
+        self.query_one("#data-layout").display = False
+        self.query_one("#data-empty").display = False
+        self.action_reload()
+
+    # -- sources ------------------------------------------------------------------------------------
+    def action_reload(self) -> None:
+        self.run_core(load_sources, on_result=self._sources_loaded, group="sources")
+
+    def _sources_loaded(self, result: tuple[list[dict], list[dict]]) -> None:
+        datasets, suites = result
+        empty = not datasets and not suites
+        self.query_one("#data-layout").display = not empty
+        self.query_one("#data-empty").display = empty
+        sources = self.query_one(SourceList)
+        sources.fill(datasets, suites)
+        if sources.highlighted_option is not None:
+            self._select(sources.highlighted_option.id)
+
+    def on_option_list_option_highlighted(self, event: SourceList.OptionHighlighted) -> None:
+        if event.option.id and not event.option.id.startswith("-"):
+            self._select(event.option.id)
+
+    def on_option_list_option_selected(self, event: SourceList.OptionSelected) -> None:
+        self.query_one(RowTable).focus()
+
+    def _select(self, option_id: str) -> None:
+        src = self.query_one(SourceList).sources.get(option_id)
+        if src is None:
+            return
+        same = self.source is not None and (self.source["_kind"], self.source["name"]) == (src["_kind"], src["name"])
+        self.source = src
+        if same and self.query_one(RowTable).ids:
+            self._update_status()
+            return
+        self.query_text = ""
+        self.matches = None
+        self.query_one("#data-search", Input).value = ""
+        self._load_ids()
+
+    def _load_ids(self) -> None:
+        from core import browse
+
+        src = self.source
+        if src is None:
+            return
+        kind, name, query = src["_kind"], src["name"], self.query_text
+        if query:
+            self.run_core(browse.search_ids, kind, name, query,
+                          on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
+        else:
+            self.run_core(browse.row_ids, kind, name,
+                          on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
+
+    def _ids_loaded(self, kind: str, name: str, query: str, ids: list[int]) -> None:
+        if self.source is None or (self.source["_kind"], self.source["name"]) != (kind, name) or query != self.query_text:
+            return  # the user moved on
+        self.matches = len(ids) if query else None
+        self.query_one(RowTable).load(kind, ids)
+        self._update_status()
+
+    # -- search -------------------------------------------------------------------------------------
+    def action_search(self) -> None:
+        self.query_one("#data-search", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "data-search":
+            return
+        self.query_text = event.value.strip()
+        self._load_ids()
+        self.query_one(RowTable).focus()
+
+    def action_clear_search(self) -> None:
+        search = self.query_one("#data-search", Input)
+        if self.query_text or search.value:
+            search.value = ""
+            self.query_text = ""
+            self.matches = None
+            self._load_ids()
+        self.query_one(RowTable).focus()
+
+    # -- focus --------------------------------------------------------------------------------------
+    def action_focus_sources(self) -> None:
+        self.query_one(SourceList).focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one(RowTable).focus()
+
+    def action_focus_detail(self) -> None:
+        for pane in self.query(DetailPane):
+            pane.focus()
+
+    # -- rows and detail ----------------------------------------------------------------------------
+    def on_example_selected(self, event: msg.ExampleSelected) -> None:
+        event.stop()
+        self._update_status()
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        if event.open:
+            self._load_detail(event.kind, event.row_id, focus=True)
+        else:
+            self._detail_timer = self.set_timer(
+                DETAIL_DELAY, lambda: self._load_detail(event.kind, event.row_id, focus=False))
+
+    def _load_detail(self, kind: str, row_id: int, *, focus: bool) -> None:
+        from core.browse import record
+
+        if self._shown_id == (kind, row_id):
+            if focus:
+                self.action_focus_detail()
+            return
+
+        async def show(rec: dict) -> None:
+            for pane in self.query(DetailPane):
+                await pane.show(kind, rec)
+                self._shown_id = (kind, row_id)
+                if focus:
+                    pane.focus()
+
+        self.run_core(record, kind, row_id, on_result=show, group="detail")
+
+    def _update_status(self) -> None:
+        src = self.source
+        status = self.query_one("#data-status", Static)
+        if src is None:
+            status.update("")
+            return
+        table = self.query_one(RowTable)
+        n = len(table.ids)
+        parts = [f"row {table.cursor + 1:,}/{n:,}" if n else "no rows"]
+        if self.query_text:
+            parts.append(f"{n:,} match{'es' if n != 1 else ''} for “{self.query_text}” (esc clears)")
+        if src["_kind"] == "suite":
+            parts += [f"suite {src['name']}", f"{src['items']:,} items", f"{src['tasks']} tasks"]
+        else:
+            parts += [f"dataset {src['name']}", f"{src['examples']:,} examples", f"{human(src['tokens'])} tokens"]
+        status.update(" · ".join(parts))

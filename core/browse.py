@@ -1,0 +1,98 @@
+"""Windowed reads for browsing a dataset's examples or a suite's items page by page (the TUI's Data screen).
+
+A browser asks once for the ordered row ids of a source (all of them, or the full-text matches of
+a query), then fetches short summaries for only the window on screen, and one full record when
+the user opens it. 100k ids are ~1 MB of ints; summaries are never loaded for rows not shown.
+"""
+
+from __future__ import annotations
+
+import json
+
+from core.datasets import get_dataset, get_suite
+from core.workspace import Workspace
+
+KINDS = ("dataset", "suite")
+SNIPPET = 240  # characters of each text column a summary carries (a table cell shows fewer)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def row_ids(ws: Workspace, kind: str, name: str) -> list[int]:
+    """Ids of a dataset's (or subset's) examples, or a suite's items, in their stable order."""
+    _check_kind(kind)
+    if kind == "suite":
+        s = get_suite(ws, name)
+        return [r[0] for r in ws.db.execute("select id from items where suite_id = ? order by idx", [s["id"]])]
+    ds = get_dataset(ws, name)
+    if ds["kind"] == "subset":
+        sql = ("select e.id from examples e join subset_members m on m.example_id = e.id"
+               " where m.subset_id = ? order by e.dataset_id, e.idx")
+    else:
+        sql = "select id from examples where dataset_id = ? order by idx"
+    return [r[0] for r in ws.db.execute(sql, [ds["id"]])]
+
+
+def summaries(ws: Workspace, kind: str, ids: list[int]) -> list[dict]:
+    """Short rows for `ids`, in the order given (ids that no longer exist are skipped)."""
+    _check_kind(kind)
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    if kind == "suite":
+        sql = (f"select id, idx, task, substr(prompt, 1, {SNIPPET}) as prompt, gold, choices"
+               f" from items where id in ({marks})")
+    else:
+        sql = (f"select id, idx, source, n_tokens, json_array_length(conversation) as turns,"
+               f" substr(user_text, 1, {SNIPPET}) as user, substr(assistant_text, 1, {SNIPPET}) as assistant"
+               f" from examples where id in ({marks})")
+    by_id = {r["id"]: r for r in ws.db.query(sql, ids)}
+    out = []
+    for i in ids:
+        r = by_id.get(i)
+        if r is None:
+            continue
+        if kind == "suite":
+            r["gold"] = json.loads(r["gold"] or "[]")
+            r["choices"] = json.loads(r["choices"]) if r["choices"] else None
+        out.append(r)
+    return out
+
+
+def record(ws: Workspace, kind: str, row_id: int) -> dict:
+    """One example (conversation decoded) or item (gold, choices decoded) with its source's name."""
+    _check_kind(kind)
+    from core.errors import NotFound
+
+    if kind == "suite":
+        rows = list(ws.db.query(
+            "select i.*, s.name as suite, s.kind as suite_kind from items i join suites s on s.id = i.suite_id"
+            " where i.id = ?", [row_id]))
+        fields = ("gold", "choices", "meta")
+    else:
+        rows = list(ws.db.query(
+            "select e.*, d.name as dataset from examples e join datasets d on d.id = e.dataset_id where e.id = ?",
+            [row_id]))
+        fields = ("conversation", "meta")
+    if not rows:
+        raise NotFound(f"no {'item' if kind == 'suite' else 'example'} with id {row_id} (deleted?)")
+    r = dict(rows[0])
+    for f in fields:
+        if r.get(f) is not None:
+            r[f] = json.loads(r[f])
+    return r
+
+
+def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
+    """Ids matching `query` (temporary substring match until FTS lands)."""
+    _check_kind(kind)
+    like = f"%{query}%"
+    if kind == "suite":
+        s = get_suite(ws, name)
+        return [r[0] for r in ws.db.execute("select id from items where suite_id = ? and prompt like ? order by idx", [s["id"], like])]
+    ds = get_dataset(ws, name)
+    return [r[0] for r in ws.db.execute(
+        "select id from examples where dataset_id = ? and (user_text like ? or assistant_text like ?) order by idx", [ds["id"], like, like])]

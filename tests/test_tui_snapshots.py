@@ -1,0 +1,70 @@
+"""SVG snapshots of the TUI at a fixed size (update with `pytest tests/test_tui_snapshots.py --snapshot-update`)."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input
+from textual.worker import WorkerCancelled
+
+import tui_workspace
+from tui.app import MirageApp
+from tui.widgets.data.detail import Turn
+from tui.widgets.data.row_table import RowTable
+
+SIZE = (100, 30)
+
+
+@pytest.fixture
+def data_ws(tmp_path):
+    ws = tui_workspace.build(tmp_path / "ws")
+    yield ws
+    ws.close()
+
+
+async def settle(pilot, condition, rounds: int = 300):
+    app = pilot.app
+    app.sub_title = "workspace"  # the temp path differs per run
+    for inp in app.screen.query(Input):
+        inp.cursor_blink = False
+    for _ in range(rounds):
+        if condition():
+            break
+        try:
+            await app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass
+        await pilot.pause()
+        if not condition():
+            await pilot.pause(0.01)
+    else:
+        raise AssertionError("the screen never settled")
+    await pilot.pause()
+
+
+def _ready(app, n_turns=3):
+    return bool(app.screen.query(RowTable)) and app.screen.query_one(RowTable).row_at(0) is not None \
+        and len(app.screen.query(Turn)) == n_turns
+
+
+def test_data_screen_dataset(snap_compare, data_ws):
+    async def run_before(pilot):
+        await settle(pilot, lambda: _ready(pilot.app))
+
+    assert snap_compare(MirageApp(data_ws.root), terminal_size=SIZE, run_before=run_before)
+
+
+def test_data_screen_search_and_suite_item(snap_compare, data_ws):
+    async def run_before(pilot):
+        app = pilot.app
+        await settle(pilot, lambda: _ready(app))
+        sources = app.screen.query_one("#data-source-list")
+        sources.highlighted = sources.get_option_index("suite:nq")
+        await settle(pilot, lambda: app.screen.query_one(RowTable).kind == "suite"
+                     and app.screen.query_one(RowTable).row_at(0) is not None)
+        app.screen.query_one(RowTable).focus()
+        await pilot.press("slash", *"zephyr", "enter")
+        await settle(pilot, lambda: len(app.screen.query_one(RowTable).ids) == 1
+                     and any(t.role == "gold" and "author 5" in str(t.query_one("Static").render())
+                             for t in app.screen.query(Turn)))
+
+    assert snap_compare(MirageApp(data_ws.root), terminal_size=SIZE, run_before=run_before)
