@@ -90,21 +90,21 @@ async def test_palette_runs_a_registry_action(ws):
 
 
 async def test_keys_remap_from_workspace_config(ws):
-    ws.config_path.write_text(ws.config_path.read_text() + '"app.goto.jobs" = "j"\n"app.help" = "f2"\n')
+    ws.config_path.write_text(ws.config_path.read_text() + '"app.goto.jobs" = "f3"\n"app.help" = "f2"\n')
     app = build_app(ws.root)
-    assert app.keymap == {"app.goto.jobs": "j", "app.help": "f2"}
+    assert app.keymap == {"app.goto.jobs": "f3", "app.help": "f2"}
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("3")  # the old key no longer navigates
         await pilot.pause()
         assert app.screen.NAME == "data"
-        await pilot.press("j")
+        await pilot.press("f3")
         await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "jobs")
-        assert " j Jobs " in str(app.screen.query_one("#nav").render())
+        assert " f3 Jobs " in str(app.screen.query_one("#nav").render())
         await pilot.press("f2")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
         row = app.screen.query_one("#help-table").get_row("app.goto.jobs")
-        assert row[1] == "j"
+        assert row[1] == "f3"
 
 
 async def test_compare_receives_its_arguments(ws):
