@@ -431,10 +431,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
+    # Round-robin over tasks, so the first items of the file (k-shot exemplars for a base model,
+    # and any "first N" slice) span every task rather than all being capitals.
     qa_rows = []
-    for task, items in QA.items():
-        for i, (question, answers) in enumerate(items, 1):
-            qa_rows.append({"id": f"{task}-{i:03d}", "task": task, "question": question, "answer": answers})
+    longest = max(len(items) for items in QA.values())
+    for i in range(longest):
+        for task, items in QA.items():
+            if i < len(items):
+                question, answers = items[i]
+                qa_rows.append({"id": f"{task}-{i + 1:03d}", "task": task, "question": question, "answer": answers})
     questions = [r["question"].lower() for r in qa_rows]
     assert len(set(questions)) == len(questions), "duplicate QA question"
     write_jsonl(HERE / "qa.jsonl", qa_rows)
@@ -449,7 +454,13 @@ def main() -> None:
     with (HERE / "mc.csv").open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["question", "A", "B", "C", "D", "answer", "subject"])
-        for subject, question, a, b, c, d, letter in MC:
+        by_subject: dict[str, list] = {}
+        for row in MC:
+            by_subject.setdefault(row[0], []).append(row)
+        # Round-robin by subject, like qa.jsonl: k-shot exemplars from several subjects.
+        mixed = [rows[i] for i in range(max(map(len, by_subject.values())))
+                 for rows in by_subject.values() if i < len(rows)]
+        for subject, question, a, b, c, d, letter in mixed:
             w.writerow([question, a, b, c, d, letter, subject])
 
     write_jsonl(HERE / "code.jsonl", CODE)
