@@ -133,7 +133,7 @@ def _validate_spec(ws: Workspace, name: str, kind: str, spec: dict) -> dict:
             raise BadInput("models add", "takes the NAME of an environment variable that holds the key,"
                            " not the key itself", field="api_key_env")
         spec["base_url"] = url.rstrip("/")
-        extra = set(spec) - {"base_url", "model", "api_key_env", "max_concurrency", "timeout_s"}
+        extra = set(spec) - {"base_url", "model", "api_key_env", "max_concurrency", "timeout_s", "served_from"}
         if extra:
             raise BadInput("models add", f"unknown endpoint fields: {', '.join(sorted(extra))}")
     elif kind == "adapter":
@@ -620,6 +620,9 @@ def fingerprint(ws: Workspace, name: str) -> str:
                 h.update(f.name.encode())
                 h.update(f.read_bytes())
         ident = ["adapter", fingerprint(ws, spec["base"]), h.hexdigest()]
+    elif kind == "openai" and spec.get("served_from"):
+        # A local model behind `mirage serve`: its outputs depend on the weights, not the port.
+        ident = ["served", fingerprint(ws, spec["served_from"])]
     elif kind == "openai":
         ident = ["openai", spec["base_url"], spec["model"]]
     else:

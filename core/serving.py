@@ -1,0 +1,262 @@
+"""Serve a local model on 127.0.0.1 with `transformers serve` (OpenAI-compatible), offline.
+
+This is how the offline teacher is reached: through the `openai` client, the same code path as a
+real API. For scale, point an "openai" model at `vllm serve` instead; nothing else changes.
+Running servers are recorded in `artifacts/servers/` so the CLI and the TUI can show and stop them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core import models as models_mod
+from core.errors import ModelError, NotFound
+from core.paths import model_cache
+from core.progress import Progress, Work
+from core.workspace import Workspace, now
+
+START_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Server:
+    model: str            # registry name of the served model
+    port: int
+    pid: int
+    base_url: str         # http://127.0.0.1:PORT/v1
+    model_id: str         # the id the server answers to (its pinned model)
+    log: str
+    started_at: str
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rsplit("/v1", 1)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _servers_dir(ws: Workspace) -> Path:
+    return ws.artifact_dir("servers")
+
+
+def _record_path(ws: Workspace, port: int) -> Path:
+    return _servers_dir(ws) / f"{port}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not reaped) is not a server
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return True
+
+
+def list_servers(ws: Workspace) -> list[Server]:
+    """Servers started from this workspace that are still running (stale records are removed)."""
+    out = []
+    for p in sorted(_servers_dir(ws).glob("*.json")):
+        try:
+            s = Server(**json.loads(p.read_text()))
+        except (OSError, ValueError, TypeError):
+            p.unlink(missing_ok=True)
+            continue
+        if _alive(s.pid):
+            out.append(s)
+        else:
+            p.unlink(missing_ok=True)
+    return out
+
+
+def _serve_folder(ws: Workspace, model: str) -> Work[Path]:
+    entry = models_mod.get_model(ws, model)
+    if entry["kind"] == "adapter":
+        return (yield from _merged_folder(ws, model))
+    return (yield from models_mod.ensure_local(ws, model))
+
+
+def _merged_folder(ws: Workspace, model: str) -> Work[Path]:
+    """An adapter merged into its base, saved once in the cache (a server takes one folder)."""
+    out = model_cache() / f"merged-{models_mod.fingerprint(ws, model)}"
+    if (out / "config.json").is_file():
+        return out
+    yield Progress(0, None, f"merging {model} into its base (once)")
+    model_obj, tok = models_mod.load_causal_lm(ws, model, device="cpu")
+    merged = model_obj.merge_and_unload()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def _get_json(url: str, timeout: float = 2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def _tail(path: Path, n: int = 5) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-600:]
+
+
+def start(ws: Workspace, model: str, *, port: int | None = None, timeout: float = START_TIMEOUT_S) -> Work[Server]:
+    """Start `transformers serve` for a local model and wait until /v1/models answers."""
+    folder = yield from _serve_folder(ws, model)
+    port = int(port or free_port())
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise ModelError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
+    hf_home = model_cache() / "hf-home"
+    # /v1/models scans the HF cache and answered 500 when it did not exist.
+    (hf_home / "hub").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    log = ws.logs / f"serve-{model.replace('/', '_')}-{port}.log"
+    cli = Path(sys.executable).parent / "transformers"
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-c",
+                                          "import sys; from transformers.cli.transformers import main; sys.exit(main())"]
+    cmd += ["serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
+            "--device", "cpu" if not _cuda() else "auto"]
+    with open(log, "ab") as logf:
+        logf.write(f"\n# {now()} {' '.join(cmd)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    server = Server(model=model, port=port, pid=proc.pid, base_url=f"http://127.0.0.1:{port}/v1",
+                    model_id=str(folder), log=str(log), started_at=now())
+    _record_path(ws, port).write_text(json.dumps(asdict(server)))
+    t0 = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise ModelError(f"transformers serve exited ({proc.returncode}) before answering;"
+                                 f" log {log}: {_tail(log)}")
+            try:
+                _get_json(server.base_url + "/models")
+                break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            waited = time.monotonic() - t0
+            if waited > timeout:
+                raise ModelError(f"transformers serve on port {port} did not answer in {timeout:.0f} s; log {log}")
+            yield Progress(0, None, f"starting server for {model} ({waited:.0f} s)")
+            time.sleep(0.5)
+    except BaseException:
+        _terminate(proc.pid)
+        _record_path(ws, port).unlink(missing_ok=True)
+        raise
+    return server
+
+
+def _cuda() -> bool:
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) and Path("/dev/nvidia0").exists()
+
+
+def _terminate(pid: int, wait: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)  # its own session: uvicorn and any children
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def stop(ws: Workspace, server: Server | int) -> None:
+    """Stop a server (by record or port) and forget it."""
+    if isinstance(server, int):
+        match = [s for s in list_servers(ws) if s.port == server]
+        if not match:
+            raise NotFound(f"no running server on port {server} (running: "
+                           f"{', '.join(str(s.port) for s in list_servers(ws)) or 'none'})")
+        server = match[0]
+    _terminate(server.pid)
+    _record_path(ws, server.port).unlink(missing_ok=True)
+
+
+def register_endpoint(ws: Workspace, server: Server, name: str | None = None) -> str:
+    """Register a running server as an "openai" model (default name `MODEL@local`)."""
+    name = name or f"{server.model}@local"
+    models_mod.register(ws, name, "openai", {"base_url": server.base_url, "model": server.model_id,
+                                            "served_from": server.model}, replace=True)
+    return name
+
+
+def serve(ws: Workspace, model: str, port: int | None = None, *, on_ready=None, quiet: bool = False) -> None:
+    """Foreground: start, report, and block until Ctrl-C (or the server exits); then stop cleanly."""
+    from core.progress import drive
+
+    server = drive(start(ws, model, port=port), f"starting {model}", quiet=quiet)
+    try:
+        if on_ready:
+            on_ready(server)
+        while _alive(server.pid):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(server.pid, os.WNOHANG)[0]:
+                    break
+            time.sleep(0.5)
+        else:
+            pass
+        if not _alive(server.pid):
+            raise ModelError(f"the server for {model} stopped; log {server.log}: {_tail(Path(server.log))}")
+    finally:
+        stop(ws, server)
+
+
+@contextlib.contextmanager
+def ensure_server(ws: Workspace, model: str, *, port: int | None = None, name: str | None = None,
+                  progress=None):
+    """Serve `model` for the length of a block and register it as an "openai" model.
+
+    Yields (registered_name, Server). Reuses a server this workspace already runs for the model.
+    `progress`: optional callable taking each Progress while the server starts.
+    """
+    running = [s for s in list_servers(ws) if s.model == model]
+    owned = not running
+    if running:
+        server = running[0]
+    else:
+        gen = start(ws, model, port=port)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as s:
+                server = s.value
+                break
+            if progress:
+                progress(p)
+    try:
+        yield register_endpoint(ws, server, name), server
+    finally:
+        if owned:
+            stop(ws, server)
