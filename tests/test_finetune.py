@@ -1,0 +1,344 @@
+"""Finetune jobs on a tiny random Llama the tests build: masking, budgets, training, kill/resume, queueing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import finetune as ft
+from core import jobs
+from core.errors import BadInput, MirageError, NotFound
+from core.workspace import dumps, now
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def _conversation(i: int) -> list[dict]:
+    a, b = i % 10, (3 * (i % 10) + i // 10) % 10  # 100 distinct pairs
+    return [
+        {"role": "user", "content": f"what is {WORDS[a]} plus {WORDS[b]}?"},
+        {"role": "assistant", "content": f"{WORDS[a]} plus {WORDS[b]} is {a + b}."},
+    ]
+
+
+def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML) -> Path:
+    """A 2-layer random Llama and a byte-level BPE tokenizer trained on the test's own text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    corpus = [m["content"] for i in range(50) for m in _conversation(i)] + ["system user assistant be brief"]
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>")
+    if chat_template:
+        tok.chat_template = chat_template
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=False,
+                      # Wide init: with a frozen output layer behind a norm, logits of a 0.02 init stay
+                      # near uniform whatever LoRA learns.
+                      initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def add_dataset(ws, name: str, conversations: list[list[dict]]) -> None:
+    """Write a dataset the way the importer does (rows in datasets / examples)."""
+    cur = ws.db.execute("insert into datasets (name, kind, format, source, created_at) values (?, 'imitation', 'messages', 'test', ?)",
+                        [name, now()])
+    ds = cur.lastrowid
+    for i, conv in enumerate(conversations):
+        text = dumps(conv)
+        ws.db.execute(
+            "insert into examples (dataset_id, idx, conversation, user_text, assistant_text, n_tokens, content_hash)"
+            " values (?, ?, ?, ?, ?, ?, ?)",
+            [ds, i, text, " ".join(m["content"] for m in conv if m["role"] == "user"),
+             " ".join(m["content"] for m in conv if m["role"] == "assistant"), len(text.split()),
+             hashlib.sha256(text.encode()).hexdigest()])
+
+
+@pytest.fixture
+def data_ws(ws):
+    add_dataset(ws, "arith", [_conversation(i) for i in range(40)])
+    return ws
+
+
+def _tok(folder: Path, template="auto"):
+    return ft.load_tokenizer(folder, template, ft._has_chat_template(folder))[0]
+
+
+# -- masking ----------------------------------------------------------------------------------------------
+def test_labels_cover_exactly_the_assistant_replies_token_by_token(tiny_base):
+    tok = _tok(tiny_base)
+    conv = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "what is two plus two?"},
+        {"role": "assistant", "content": "two plus two is 4."},
+        {"role": "user", "content": "and three plus one?"},
+        {"role": "assistant", "content": "three plus one is 4."},
+    ]
+    ids, labels = ft.encode(tok, conv, 512)
+    text = tok.apply_chat_template(conv, tokenize=False)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    replies = ["two plus two is 4.<|im_end|>", "three plus one is 4.<|im_end|>"]
+    # Walk token by token: each token is trained iff its text lies inside an assistant reply.
+    pos, trained_runs, run = 0, [], ""
+    for t, (tid, lab) in enumerate(zip(ids, labels)):
+        piece = tok.decode([tid])
+        assert lab in (tid, ft.IGNORE), t
+        start = text.index(piece, pos) if piece else pos
+        pos = start + len(piece)
+        inside = any(text.find(r) <= start < text.find(r) + len(r) for r in replies)
+        assert (lab == tid) == inside, (t, piece, lab)
+        if lab == tid:
+            run += piece
+        elif run:
+            trained_runs.append(run)
+            run = ""
+    if run:
+        trained_runs.append(run)
+    assert trained_runs == replies
+    # Truncation keeps labels aligned with ids.
+    ids8, labels8 = ft.encode(tok, conv, 8)
+    assert ids8 == ids[:8] and labels8 == labels[:8]
+
+
+def test_default_template_for_a_base_without_one(tmp_path):
+    folder = build_tiny_model(tmp_path / "plain", chat_template=None)
+    tok, name = ft.load_tokenizer(folder, "auto", ft._has_chat_template(folder))
+    assert name == "default"
+    conv = _conversation(3)
+    text, spans = ft.assistant_spans(tok, conv)
+    assert text == f"<s>### User:\n{conv[0]['content']}\n\n### Assistant:\n{conv[1]['content']}<|im_end|>\n\n"
+    assert [text[a:b] for a, b in spans] == [conv[1]["content"] + "<|im_end|>"]
+    with pytest.raises(BadInput, match="no chat template"):
+        ft.load_tokenizer(folder, "base", False)
+
+
+# -- data selection ------------------------------------------------------------------------------------------
+def test_budgets_nest_and_a_budget_beyond_the_data_uses_all(data_ws, tiny_base):
+    tok = _tok(tiny_base)
+    small = ft.select(data_ws, "arith", 100, 0, tok, 512)
+    big = ft.select(data_ws, "arith", 400, 0, tok, 512)
+    assert 0 < len(small.example_ids) < len(big.example_ids) < 40
+    assert big.example_ids[: len(small.example_ids)] == small.example_ids
+    assert small.tokens >= 100 and small.tokens - len(small.ids[-1]) < 100
+    other_seed = ft.select(data_ws, "arith", 400, 1, tok, 512)
+    assert other_seed.example_ids != big.example_ids
+    everything = ft.select(data_ws, "arith", 10**9, 0, tok, 512)
+    assert everything.exhausted and len(everything.example_ids) == 40
+    assert not big.exhausted and big.fingerprint != small.fingerprint
+    cfg = ft.make_config(str(tiny_base), "arith", tokens=10**9)
+    plan = ft.make_plan(data_ws, cfg)
+    assert "larger than the data" in plan.notes()[0]
+
+
+def test_length_grouped_batches_are_a_pure_function_of_seed_and_epoch():
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47]
+    b0 = ft.epoch_batches(lengths, 2, 0, 0)
+    assert b0 == ft.epoch_batches(lengths, 2, 0, 0)
+    assert sorted(i for b in b0 for i in b) == list(range(8))
+    assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 3 for b in b0)  # similar lengths share a batch
+    assert ft.epoch_batches(lengths, 2, 0, 1) != b0
+
+
+def test_bad_input_is_named(data_ws, tiny_base):
+    with pytest.raises(NotFound, match="unknown base model 'nope'"):
+        ft.submit(data_ws, "nope", "arith", detach=False)
+    with pytest.raises(NotFound, match="no dataset 'missing'"):
+        ft.submit(data_ws, str(tiny_base), "missing", detach=False)
+    add_dataset(data_ws, "empty", [])
+    with pytest.raises(BadInput, match="no examples"):
+        ft.submit(data_ws, str(tiny_base), "empty", detach=False)
+    with pytest.raises(BadInput, match="not a token count"):
+        ft.parse_tokens("lots")
+    assert ft.parse_tokens("300k,1.5M") == [300_000, 1_500_000]
+    with pytest.raises(BadInput, match="batch_size"):
+        ft.make_config("b", "d", batch_size=0)
+    assert not list(data_ws.db.query("select * from jobs"))  # nothing queued by a refused run
+
+
+def test_chunked_loss_matches_the_full_logits_loss_and_its_gradients(tiny_base, data_ws):
+    import torch
+
+    cfg = ft.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, logit_chunk=7)
+    plan = ft.make_plan(data_ws, cfg)
+    peft_model, _ = ft.build_model(plan, "cpu")
+    for n, p in peft_model.named_parameters():  # LoRA B starts at zero; make the adapter matter
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    ids, att, labels = ft.collate(plan, [0, 1, 2], "cpu")
+    module = ft._trainable_module(peft_model, cfg["logit_chunk"])
+    loss_sum, n = module(ids, att, labels)
+    (loss_sum / n).backward()
+    ours = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+    peft_model.zero_grad()
+    ref = peft_model(input_ids=ids, attention_mask=att, labels=labels).loss
+    ref.backward()
+    assert float(loss_sum.detach() / n) == pytest.approx(float(ref), rel=1e-5)
+    for k, p in peft_model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6)
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+def _step_events(ws, job_id):
+    by_step = {}
+    for e in jobs.events(ws, job_id):
+        if e["loss"] is not None:
+            by_step[e["step"]] = e
+    return by_step
+
+
+def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
+    (job_id,) = ft.submit(data_ws, str(tiny_base), "arith", detach=False, name="tiny-arith",
+                          lr=2e-2, max_steps=40, batch_size=4, save_every=15, target_modules="all-linear")
+    job = jobs.get_job(data_ws, job_id)
+    assert job["status"] == "done", job["error"]
+    steps = _step_events(data_ws, job_id)
+    assert sorted(steps) == list(range(1, 41))
+    first = sum(steps[s]["loss"] for s in range(1, 6)) / 5
+    last = sum(steps[s]["loss"] for s in range(36, 41)) / 5
+    assert last < 0.6 * first, (first, last)
+    assert all(steps[s]["tokens_per_s"] > 0 and steps[s]["lr"] is not None for s in steps)
+    # Epochs continue in the same order scheme: 40 examples / batch 4 = 10 steps an epoch.
+    assert steps[11]["data"]["epoch"] == 1
+    from core import models
+
+    entry = models.get_model(data_ws, "tiny-arith")
+    assert entry["kind"] == "adapter"
+    lineage = entry["spec"]["lineage"]
+    assert lineage["data"] == "arith" and lineage["run"] == job_id and lineage["tokens"] > 0
+    assert lineage["template"] == "base" and lineage["budget"] is None
+    out = Path(entry["spec"]["path"])
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(out))
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+    runs = ft.list_runs(data_ws)
+    assert runs[0]["name"] == "tiny-arith" and runs[0]["adapter"] == "tiny-arith"
+    assert runs[0]["step"] == 40 and runs[0]["status"] == "done"
+    assert not list((data_ws.artifacts / "jobs" / str(job_id)).glob("ckpt-*"))
+
+
+def _wait(pred, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(data_ws, tiny_base):
+    common = dict(lr=2e-2, max_steps=12, batch_size=4, save_every=4)
+    (ref,) = ft.submit(data_ws, str(tiny_base), "arith", detach=False, name="ref", **common)
+    assert jobs.get_job(data_ws, ref)["status"] == "done"
+
+    first, second = ft.submit(data_ws, str(tiny_base), "arith", tokens=[None, 200], detach=True, name="kill",
+                              throttle_s=0.4, **common)
+    _wait(lambda: jobs.get_job(data_ws, first)["status"] == "running" and jobs.get_job(data_ws, first)["step"] >= 6)
+    # The second run waits in the train lane while the first trains.
+    assert jobs.get_job(data_ws, second)["status"] == "queued"
+    _wait(lambda: any("queued behind job" in (e["message"] or "") for e in jobs.events(data_ws, second)))
+    jobs.cancel(data_ws, second)
+    pid = jobs.get_job(data_ws, first)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _wait(lambda: not jobs.process_alive(pid, None))
+    killed = jobs.get_job(data_ws, first)
+    assert killed["status"] == "interrupted"
+    assert killed["step"] < 12
+    assert ft.latest_checkpoint(data_ws.artifacts / "jobs" / str(first)) is not None
+
+    data_ws.db.execute("update jobs set config = json_set(config, '$.throttle_s', 0) where id = ?", [first])
+    assert jobs.resume(data_ws, first, detach=False)["status"] == "done"
+    ref_steps, resumed = _step_events(data_ws, ref), _step_events(data_ws, first)
+    assert sorted(resumed) == list(range(1, 13))
+    assert [ref_steps[s]["data"]["batch_ids"] for s in range(1, 13)] == \
+           [resumed[s]["data"]["batch_ids"] for s in range(1, 13)]
+    # Same weights, optimizer, schedule and dropout RNG from the checkpoint: the same losses.
+    assert resumed[12]["loss"] == pytest.approx(ref_steps[12]["loss"], rel=1e-3)
+    msgs = [e["message"] or "" for e in jobs.events(data_ws, first)]
+    assert any(m.startswith("resumed from checkpoint at step") for m in msgs)
+
+
+def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path):
+    """A file-size limit makes the write fail mid-checkpoint, as a full disk does."""
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(ft.__file__).resolve().parent.parent)!r})
+from core import finetune as ft
+from core.errors import JobError
+run = Path({str(tmp_path)!r})
+ft._write_atomic_dir(run / "ckpt-00000001", lambda d: (d / "state.json").write_text("{{}}"))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    ft._write_atomic_dir(run / "ckpt-00000002", lambda d: (d / "big.bin").write_bytes(b"x" * 5000))
+except JobError as e:
+    print("ERR", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "ERR disk full while writing" in out.stdout, out.stderr
+    assert "previous checkpoint is intact" in out.stdout
+    assert ft.latest_checkpoint(tmp_path).name == "ckpt-00000001"
+    assert not (tmp_path / "ckpt-00000002").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
+    from click.testing import CliRunner
+
+    from core.cli import cli
+
+    r = CliRunner().invoke(cli, ["finetune", "--base", str(tiny_base), "--data", "arith", "--tokens", "200,1M",
+                                 "--dry-run", "--json", "--workspace", str(data_ws.root)])
+    assert r.exit_code == 0, r.output
+    small, big = json.loads(r.stdout)
+    assert small["examples"] < big["examples"] == 40 and big["budget_exceeds_data"]
+    assert small["total_steps"] == -(-small["examples"] // 4) and small["step_seconds"] > 0
+    assert small["estimated_seconds"] == pytest.approx(small["step_seconds"] * small["total_steps"])
+    assert "plus" in small["sample_trained"] and "what is" not in small["sample_trained"]
+    r = CliRunner().invoke(cli, ["finetune", "--base", "nope", "--data", "arith", "--workspace", str(data_ws.root)])
+    assert r.exit_code != 0 and "unknown base model 'nope'" in str(r.exception or r.output)
+
+
+def test_runs_under_accelerate_launch(data_ws, tiny_base):
+    (job_id,) = ft.submit(data_ws, str(tiny_base), "arith", start=False, name="acc", max_steps=3)
+    launcher = Path(sys.executable).parent / "accelerate"
+    env = dict(os.environ, PYTHONPATH=str(Path(ft.__file__).resolve().parent.parent))
+    out = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "core.finetune", str(data_ws.root), str(job_id)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = jobs.get_job(data_ws, job_id)
+    assert job["status"] == "done" and job["step"] == 3
