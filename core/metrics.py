@@ -116,14 +116,26 @@ def contains(output: str, golds: list[str]) -> float:
 
 
 def qa_scores(raw: str, golds: list[str]) -> dict:
-    """EM and F1 on the extracted answer, containment on the raw output; which rule extracted it."""
-    extracted, rule = extract_answer(raw)
-    p = normalize_tokens(extracted)
+    """EM and F1 on the extracted answer, containment on the raw output; which rule extracted it.
+
+    An output that as a whole equals a gold alias (after normalisation) is taken as it is (rule
+    `whole`): extraction must not cut "Portugal. The Man" at its period. A gold alias that
+    normalises to nothing ("---", "A+") matches only an output that does too, and never an
+    empty output.
+    """
     r = normalize_tokens(raw)
+    gold_toks = [normalize_tokens(g) for g in golds]
+    if raw.strip() and any(r == gt for gt in gold_toks):
+        extracted, rule = raw.strip(), "whole"
+        p = r
+    else:
+        extracted, rule = extract_answer(raw)
+        p = normalize_tokens(extracted)
     em = f = c = 0.0
-    for g in golds:
-        gt = normalize_tokens(g)
+    for gt in gold_toks:
         if not gt:
+            if not r and raw.strip():
+                em = f = c = 1.0
             continue
         if p == gt:
             em = 1.0

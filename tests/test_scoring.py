@@ -1,0 +1,359 @@
+"""Scoring end to end on a real workspace: stored scores, caching, Table 2, judge over HTTP, report, CLI."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from core import report as report_mod
+from core import scoring
+from core.cli import cli
+from core.progress import exhaust
+from core.workspace import dumps, now
+
+
+# -- building test data the way importers and the generation engine store it (m001 tables) ----------
+def add_suite(ws, name: str, kind: str, items: list[dict]) -> int:
+    sid = ws.db.execute("insert into suites (name, kind, created_at) values (?, ?, ?)", [name, kind, now()]).lastrowid
+    for idx, it in enumerate(items):
+        ws.db.execute(
+            "insert into items (suite_id, idx, key, prompt, task, gold, choices, tests, entry_point, content_hash)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [sid, idx, it.get("key"), it["prompt"], it.get("task", "all"), dumps(it.get("gold", [])),
+             dumps(it["choices"]) if it.get("choices") else None, it.get("tests"), it.get("entry_point"),
+             hashlib.sha256(f"{name}/{idx}/{it['prompt']}".encode()).hexdigest()])
+    return sid
+
+
+def add_outputs(ws, model: str, suite: str, outputs: list[str | None], kind: str = "recorded", spec=None) -> None:
+    if not ws.db.execute("select 1 from models where name = ?", [model]).fetchone():
+        ws.db.execute("insert into models (name, kind, spec, created_at) values (?, ?, ?, ?)",
+                      [model, kind, dumps(spec or {}), now()])
+    ids = [r[0] for r in ws.db.execute(
+        "select i.id from items i join suites s on s.id = i.suite_id where s.name = ? order by i.idx", [suite])]
+    with ws.transaction():
+        for item_id, out in zip(ids, outputs):
+            if out is None:
+                continue
+            key = hashlib.sha256(f"{model}/{item_id}/{out}".encode()).hexdigest()
+            ws.db.execute(
+                "insert into generations (model, fingerprint, item_id, prompt, cache_key, output, created_at)"
+                " values (?, ?, ?, '', ?, ?, ?)", [model, "fp-" + model, item_id, key, out, now()])
+
+
+def run_cli(ws, *args):
+    r = CliRunner().invoke(cli, [*args, "--workspace", str(ws.root)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+QA_ITEMS = [
+    {"prompt": "What is the capital of France?", "gold": ["Paris"], "task": "geo"},
+    {"prompt": "What is the capital of Japan?", "gold": ["Tokyo"], "task": "geo"},
+    {"prompt": "What is the capital of Australia?", "gold": ["Canberra"], "task": "geo"},
+    {"prompt": "Who wrote Hamlet?", "gold": ["William Shakespeare", "Shakespeare"], "task": "lit"},
+    {"prompt": "Who wrote Faust?", "gold": ["Goethe", "Johann Wolfgang von Goethe"], "task": "lit"},
+    {"prompt": "Who wrote Don Quixote?", "gold": ["Cervantes", "Miguel de Cervantes"], "task": "lit"},
+]
+TEACHER = ["The answer is Paris.", "Tokyo", "Canberra is the capital of Australia.", "Shakespeare",
+           "Goethe", "Miguel de Cervantes"]
+BASE = ["Paris", "Kyoto", "Sydney", "Shakespeare", "Schiller", "Dante"]
+IMIT = ["Sure! The answer is Paris.", "The answer is Osaka.", "Sydney is the capital of Australia.",
+        "William Shakespeare wrote it.", "Goethe", "Lope de Vega"]
+
+
+@pytest.fixture
+def qa_ws(ws):
+    add_suite(ws, "qa", "qa", QA_ITEMS)
+    add_outputs(ws, "teacher", "qa", TEACHER)
+    add_outputs(ws, "base", "qa", BASE)
+    add_outputs(ws, "imit", "qa", IMIT, kind="adapter", spec={"lineage": {"base": "base", "tokens": 1000}})
+    return ws
+
+
+def _rec(records, model, task, metric):
+    hits = [r for r in records if (r["model"], r["task"], r["metric"]) == (model, task, metric)]
+    assert len(hits) == 1, (model, task, metric)
+    return hits[0]
+
+
+def test_score_json_shape_and_values(qa_ws):
+    out = run_cli(qa_ws, "score", "--suite", "qa", "--teacher", "teacher", "--json")
+    records = json.loads(out)
+    assert records and all(set(r) == {"model", "task", "metric", "value", "ci_low", "ci_high", "n"} for r in records)
+    assert {r["task"] for r in records} == {"all", "geo", "lit"}
+    em = _rec(records, "teacher", "all", "exact_match")
+    assert em["value"] == pytest.approx(5 / 6) and em["n"] == 6 and em["ci_low"] <= em["value"] <= em["ci_high"]
+    assert _rec(records, "teacher", "all", "contains")["value"] == 1.0
+    assert _rec(records, "base", "geo", "exact_match")["value"] == pytest.approx(1 / 3)
+    assert _rec(records, "imit", "lit", "exact_match")["value"] == pytest.approx(1 / 3)
+    assert _rec(records, "imit", "all", "contains")["value"] == pytest.approx(3 / 6)
+    # style metrics against the teacher exist for the students, not for the teacher itself
+    assert _rec(records, "imit", "all", "unigram_overlap")["n"] == 6
+    assert not [r for r in records if r["model"] == "teacher" and r["metric"] == "unigram_overlap"]
+    lc = _rec(records, "imit", "all", "length_correlation")
+    assert -1 <= lc["value"] <= 1 and lc["n"] == 6
+    # raw and extracted answers with the rule are kept with the score
+    meta = json.loads(qa_ws.db.execute(
+        "select s.meta from scores s join generations g on g.id = s.generation_id"
+        " where g.model = 'imit' and s.metric = 'exact_match' order by g.item_id limit 1").fetchone()[0])
+    assert meta == {"extracted": "Paris", "rule": "answer_is"}
+    human = run_cli(qa_ws, "score", "--suite", "qa", "--teacher", "teacher")
+    assert "exact_match" in human and "imit" in human
+
+
+def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeypatch):
+    first = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    assert first["computed"] > 0
+    n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
+    again = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    assert again["computed"] == 0 and again["cached"] == first["computed"]
+    # a new teacher output changes only the style scores measured against it (3 metrics × 2 students)
+    item = qa_ws.db.execute("select id from items order by idx limit 1").fetchone()[0]
+    add_outputs(qa_ws, "teacher", "qa", ["Paris, of course. It is in France."])
+    third = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    assert third["computed"] == 3 * 2 + len(scoring.FACTUALITY["qa"]) + len(scoring.OWN_STYLE)
+    # a new metric version recomputes that metric everywhere, and replaces (not duplicates) rows
+    n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
+    monkeypatch.setitem(scoring.VERSIONS, "f1", "2")
+    fourth = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    assert fourth["computed"] == 3 * 6
+    assert qa_ws.db.execute("select count(*) from scores").fetchone()[0] == n_rows
+    current = [g["generation_id"] for g in scoring.latest_generations(qa_ws, "qa", ["teacher", "base", "imit"])]
+    versions = {r[0] for r in qa_ws.db.execute(
+        f"select version from scores where metric = 'f1' and generation_id in ({','.join(map(str, current))})")}
+    assert versions == {"2"}
+    # the superseded teacher output keeps its own (old) scores: they describe that generation
+    assert qa_ws.db.execute("select count(*) from generations g join scores s on s.generation_id = g.id"
+                            " where g.item_id = ? and g.model = 'teacher'", [item]).fetchone()[0] == 2 * 8
+
+
+def test_table2_on_hand_made_pairs(ws):
+    items = [{"prompt": f"p{i}"} for i in range(6)]
+    add_suite(ws, "chat", "prompts", items)
+    teacher = [
+        "Some options:\n\n1. Alpha\n2. Beta\n3. Gamma\n\nOverall, all three are good choices.",
+        "Reasons:\n- cheap\n- fast\n\nIn summary, it is a good deal.",
+        "A short plain answer.",
+        "Steps:\n1. Mix\n2. Bake",
+        "one two three four five six seven eight nine ten",
+        "Para one.\n\nTo summarize, yes.",
+    ]
+    student = [
+        "Some options:\n\n- Alpha\n- Beta\n\nIn conclusion, pick one.",   # list yes, summary yes
+        "It is cheap and fast.",                                        # list no, summary no
+        "Plain too.",                                                    # teacher: neither
+        "1. Mix\n2. Bake\n3. Eat",                                       # list yes
+        "one two three",                                                 # lengths vary with teacher's
+        "Yes.",                                                          # summary no
+    ]
+    add_outputs(ws, "teacher", "chat", teacher)
+    add_outputs(ws, "student", "chat", student)
+    exhaust(scoring.score_suite(ws, "chat", teacher="teacher"))
+    recs = scoring.aggregate(ws, "chat", teacher="teacher")
+    lst = _rec(recs, "student", "all", "list_when_teacher_lists")
+    assert (lst["value"], lst["n"]) == (pytest.approx(2 / 3), 3)      # teacher listed on items 0, 1, 3
+    summ = _rec(recs, "student", "all", "summary_when_teacher_summarizes")
+    assert (summ["value"], summ["n"]) == (pytest.approx(1 / 3), 3)    # teacher summarised on 0, 1, 5
+    from core.metrics import length_words, unigram_overlap
+    from core.stats import pearson
+
+    uo = _rec(recs, "student", "all", "unigram_overlap")
+    assert uo["value"] == pytest.approx(sum(unigram_overlap(s, t) for s, t in zip(student, teacher)) / 6)
+    lc = _rec(recs, "student", "all", "length_correlation")
+    assert lc["value"] == pytest.approx(pearson([length_words(s) for s in student], [length_words(t) for t in teacher]))
+    assert _rec(recs, "teacher", "all", "uses_list")["value"] == pytest.approx(3 / 6)
+
+
+def test_code_suite_pass_at_1(ws):
+    prompt = "def add(a, b):\n    \"\"\"Add.\"\"\"\n"
+    tests = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+    add_suite(ws, "code", "code", [{"prompt": prompt, "tests": tests, "entry_point": "add"},
+                                   {"prompt": prompt.replace("add", "add2"), "tests": tests, "entry_point": "add2"}])
+    add_outputs(ws, "m", "code", ["    return a + b\n", "```python\ndef add2(a, b):\n    return a - b\n```"])
+    exhaust(scoring.score_suite(ws, "code", teacher=None))
+    s = scoring.item_scores(ws, "code", ["m"])
+    assert sorted(v["m"]["pass@1"] for v in s.values()) == [0.0, 1.0]
+    meta = [json.loads(r[0]) for r in ws.db.execute("select meta from scores where metric = 'pass@1'")]
+    assert {m["program"] for m in meta} == {"prompt+completion", "whole_function"}
+    assert all(m["isolation"] in ("namespaces", "rlimits") for m in meta)
+
+
+def test_mc_accuracy(ws):
+    add_suite(ws, "mc", "mc", [{"prompt": "Shortest year?", "choices": ["Venus", "Mercury", "Earth", "Mars"],
+                                "gold": ["B"], "task": "science"},
+                               {"prompt": "Gas?", "choices": ["Oxygen", "Nitrogen", "CO2", "Helium"], "gold": ["A"],
+                                "task": "science"}])
+    add_outputs(ws, "m", "mc", ["The answer is (B).", "Nitrogen"])
+    exhaust(scoring.score_suite(ws, "mc", teacher=None))
+    recs = scoring.aggregate(ws, "mc", teacher=None)
+    assert _rec(recs, "m", "all", "mc_accuracy")["value"] == 0.5
+
+
+# -- the judge, over real HTTP ---------------------------------------------------------------------
+class _JudgeHandler(http.server.BaseHTTPRequestHandler):
+    """A tiny OpenAI-compatible chat-completions server with scripted replies."""
+
+    calls: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        type(self).calls.append(prompt)
+        if "Predicted answer: Kyoto" in prompt:
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "boom"}}')
+            return
+        if "gold target" in prompt:
+            answer = prompt.split("Predicted answer: ")[1].split("\n")[0]
+            gold = prompt.split("Gold target(s): ")[1].split("\n")[0]
+            reply = "CORRECT" if any(g.lower() in answer.lower() for g in gold.split(" | ")) else "INCORRECT"
+            if answer.startswith("Sydney"):
+                reply = "I refuse to grade"   # unparseable
+        elif "Response A:" in prompt:
+            reply = "TIE"
+        else:
+            reply = "4"
+        data = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": reply}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        raw = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def judge_server():
+    _JudgeHandler.calls = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def test_judge_grades_failures_kept_apart(qa_ws, judge_server):
+    qa_ws.db.execute("insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
+                     [dumps({"base_url": judge_server, "model": "judge-1"}), now()])
+    exhaust(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
+    rows = {(r[0], r[1]): (r[2], json.loads(r[3])) for r in qa_ws.db.execute(
+        "select g.output, s.metric, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
+        " where s.metric like 'judge_%' and g.model = 'base'")}
+    value, meta = rows[("Paris", "judge_correct")]
+    assert value == 1.0 and meta["grade"] == "CORRECT" and meta["judge_model"] == "judge-1"
+    assert len(meta["prompt_hash"]) == 16
+    assert rows[("Schiller", "judge_correct")][0] == 0.0                 # a negative grade
+    http_fail = rows[("Kyoto", "judge_correct")]
+    assert http_fail[0] is None and "error" in http_fail[1]               # HTTP 500: a failure, not a grade
+    parse_fail = rows[("Sydney", "judge_correct")]
+    assert parse_fail[0] is None and "unparseable" in parse_fail[1]["error"]
+    assert rows[("Paris", "judge_preference")][0] == 0.5
+    assert rows[("Paris", "judge_authoritative")][0] == 0.75
+    # cached: a second run asks again only what failed
+    n_calls = len(_JudgeHandler.calls)
+    exhaust(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
+    assert len(_JudgeHandler.calls) - n_calls == 2
+
+
+# -- analyses and report ---------------------------------------------------------------------------
+def test_gap_closed_compare_and_convincing_but_wrong(qa_ws):
+    exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    gaps = scoring.gap_closed(qa_ws, "qa", base="base", imitation="imit", teacher="teacher", n_boot=300)
+    allg = next(g for g in gaps if g["task"] == "all")
+    assert allg["metric"] == "exact_match" and allg["n"] == 6
+    # base 2/6, imitation 2/6, teacher 5/6 → 0 if the teacher − base interval excludes 0
+    assert allg["base"] == pytest.approx(2 / 6) and allg["teacher"] == pytest.approx(5 / 6)
+    assert allg["value"] is None or allg["value"] == pytest.approx(0.0)
+    cmp = scoring.compare(qa_ws, "qa", "base", "imit")
+    assert cmp["transitions"]["wrong_to_right"] == 1 and cmp["transitions"]["right_to_wrong"] == 1
+    bad = scoring.convincing_but_wrong(qa_ws, "qa", teacher="teacher", overlap=0.3)
+    assert bad and all(r["value"] == 0.0 for r in bad)
+    assert {r["output"] for r in bad} >= {"Sydney is the capital of Australia."}
+    s = scoring.item_scores(qa_ws, "qa", ["base", "imit"])
+    assert len(s) == 6 and all(set(v) == {"base", "imit"} for v in s.values())
+    assert scoring.gap_vs_support([{"task": t, "value": v} for t, v in zip("abcd", [0.1, 0.2, 0.3, 0.5])],
+                                  {"a": 1, "b": 2, "c": 3, "d": 9})["spearman"] == pytest.approx(1.0)
+
+
+def test_report_formats(qa_ws, tmp_path):
+    (qa_ws.root / "mirage.toml").write_text(
+        '[roles]\nteacher = "teacher"\nbase = "base"\nimitation = ["imit"]\n', encoding="utf-8")
+    run_cli(qa_ws, "score", "--suite", "qa", "--json")
+    md = run_cli(qa_ws, "report", "--suite", "qa")
+    assert "Table 1" in md and "Table 2" in md and "| imit | all |" in md and "Gap closed" in md
+    assert "imitation tokens" in md
+    out = tmp_path / "r.html"
+    run_cli(qa_ws, "report", "--suite", "qa", "--format", "html", "--out", str(out))
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "<style>" in page
+    assert "<script" not in page and "<link" not in page and "src=" not in page and "http" not in page
+    rep = json.loads(run_cli(qa_ws, "report", "--suite", "qa", "--format", "json"))
+    assert rep["teacher"] == "teacher" and rep["base"] == "base" and rep["imitation"] == ["imit"]
+    assert [r["tokens"] for r in rep["sweep"]] == [0, 1000]
+
+
+def test_score_job(qa_ws):
+    from core import jobs
+
+    job_id = jobs.submit(qa_ws, "score", "score qa", {"suite": "qa", "teacher": "teacher"}, detach=False)
+    job = jobs.get_job(qa_ws, job_id)
+    assert job["status"] == "done", job["error"]
+    assert qa_ws.db.execute("select count(*) from scores").fetchone()[0] > 0
+
+
+def test_unknown_suite_is_one_line_error(ws):
+    r = CliRunner().invoke(cli, ["score", "--suite", "nope", "--workspace", str(ws.root)])
+    assert r.exit_code != 0 and "no suite 'nope'" in str(r.exception)
+
+
+# -- real data ------------------------------------------------------------------------------------
+def test_nq_open_gold_answers_score_100(ws, shared_data):
+    rows = [json.loads(line) for line in open(shared_data / "nq-open" / "NQ-open.dev.jsonl", encoding="utf-8")]
+    add_suite(ws, "nq", "qa", [{"prompt": r["question"], "gold": r["answer"]} for r in rows])
+    add_outputs(ws, "gold", "nq", [r["answer"][0] for r in rows])
+    exhaust(scoring.score_suite(ws, "nq", teacher=None))
+    recs = scoring.aggregate(ws, "nq", teacher=None, n_boot=200)
+    for metric in ("exact_match", "f1", "contains"):
+        r = _rec(recs, "gold", "all", metric)
+        print(f"NQ-open dev gold-as-output {metric}: {r['value']:.4f} (n={r['n']})")
+        assert r["value"] == 1.0 and r["n"] == len(rows) == 3610
+
+
+def test_alpaca_eval_table2(ws, shared_data):
+    folder = shared_data / "alpaca-eval-outputs"
+    data = {m: json.load(open(folder / f"{m}.json", encoding="utf-8"))
+            for m in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b")}
+    instructions = [r["instruction"] for r in data["gpt-3.5-turbo-0301"]]
+    add_suite(ws, "alpaca-eval", "prompts", [{"prompt": p, "task": "all"} for p in instructions])
+    for model, rows in data.items():
+        by_instr = {r["instruction"]: r["output"] for r in rows}
+        add_outputs(ws, model, "alpaca-eval", [by_instr.get(p) for p in instructions])
+    exhaust(scoring.score_suite(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301"))
+    recs = scoring.aggregate(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301", n_boot=500)
+    print()
+    for model in ("vicuna-13b", "alpaca-7b"):
+        for metric in ("list_when_teacher_lists", "summary_when_teacher_summarizes", "unigram_overlap",
+                       "length_correlation", "uses_list", "stock_phrases"):
+            r = _rec(recs, model, "all", metric)
+            print(f"AlpacaEval {model} vs gpt-3.5-turbo-0301 {metric}: {r['value']:.3f}"
+                  f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}")
+    t = _rec(recs, "gpt-3.5-turbo-0301", "all", "uses_list")
+    print(f"AlpacaEval gpt-3.5-turbo-0301 uses_list: {t['value']:.3f} n={t['n']}")
+    # The imitation of ChatGPT copies its style more than the imitation of text-davinci-003 does.
+    v = {m: _rec(recs, m, "all", "unigram_overlap")["value"] for m in ("vicuna-13b", "alpaca-7b")}
+    assert v["vicuna-13b"] > v["alpaca-7b"]
+    lv = {m: _rec(recs, m, "all", "list_when_teacher_lists")["value"] for m in ("vicuna-13b", "alpaca-7b")}
+    assert lv["vicuna-13b"] > lv["alpaca-7b"]
