@@ -208,7 +208,9 @@ def _run_local(ws, model, reqs, *, store, batch_size, cancel, stats, loaded) -> 
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if d["stop"]:
-                kwargs.update(stop_strings=d["stop"], tokenizer=tok)
+                # transformers' own stop_strings precomputes over the whole vocabulary on every
+                # call (~10 s for Gemma's 262k tokens); decoding each row's new tokens is cheap.
+                kwargs["stopping_criteria"] = _stop_criteria(tok, d["stop"], enc["input_ids"].shape[1])
             with torch.inference_mode():
                 out = model_obj.generate(**enc, **kwargs)
             new = out[:, enc["input_ids"].shape[1]:]
@@ -223,6 +225,18 @@ def _run_local(ws, model, reqs, *, store, batch_size, cancel, stats, loaded) -> 
         stats["generated"] += len(results)
         done += len(batch)
         yield Progress(done, len(reqs), f"{model}: {done}/{len(reqs)}")
+
+
+def _stop_criteria(tok, stops: list[str], prompt_len: int):
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([StopOnStrings()])
 
 
 def _retry_after(exc) -> float | None:
