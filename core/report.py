@@ -39,7 +39,7 @@ def build(ws: Workspace, suite: str, *, models: list[str] | None = None, teacher
     roles = ws.config.roles
     base = base or (roles.base if roles.base in models else None)
     imitation = imitation or [m for m in roles.imitation if m in models]
-    if not imitation:
+    if not imitation and base:
         imitation = [m for m in models if _lineage(ws, m).get("base") == base and m not in (base, teacher)]
     metrics_present = {r["metric"] for r in records}
     out = {
@@ -163,12 +163,14 @@ def _sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]
     return secs
 
 
-def render_md(rep: dict) -> str:
-    lines = [f"# mirage report — suite `{rep['suite']}` ({rep['kind']})", "",
+def render_md(rep: dict, *, level: int = 1) -> str:
+    """Markdown; `level` is the heading level of the title (sections go one deeper)."""
+    h = "#" * level
+    lines = [f"{h} mirage report — suite `{rep['suite']}` ({rep['kind']})", "",
              f"Models: {', '.join(rep['models'])}. Teacher: {rep['teacher'] or '—'}. Base: {rep['base'] or '—'}. "
              f"Imitation: {', '.join(rep['imitation']) or '—'}. Generated {rep['generated_at']}.", ""]
     for title, note, table in _sections(rep):
-        lines += [f"## {title}", "", note, ""]
+        lines += [f"{h}# {title}", "", note, ""]
         if table is None:
             lines += ["(no scores)", ""]
             continue

@@ -544,6 +544,15 @@ def convincing_but_wrong(ws: Workspace, suite: str, *, models: list[str] | None 
     return rows
 
 
+def report_markdown(ws: Workspace, suite: str, *, models: list[str] | None = None,
+                    teacher: str | None = None, level: int = 2) -> str:
+    """The suite's report section in Markdown (headings from `level`), for documents that hold
+    several suites (the demo's report)."""
+    from core import report
+
+    return report.render_md(report.build(ws, suite, models=models, teacher=teacher), level=level)
+
+
 # -- jobs -----------------------------------------------------------------------------------------
 def run_job(ctx) -> dict:
     """Job kind "score": config {suite, models?, teacher?, judge?, embed?, loglik?}."""

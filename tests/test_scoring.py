@@ -405,3 +405,9 @@ def test_embedding_similarity_with_packaged_minilm(ws):
         "select s.value from scores s join generations g on g.id = s.generation_id"
         " where s.metric = 'embedding_similarity' order by g.item_id")]
     assert sims[0] == pytest.approx(1.0, abs=1e-3) and sims[1] < 0.4
+
+
+def test_report_markdown_section_for_multi_suite_documents(qa_ws):
+    exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    text = scoring.report_markdown(qa_ws, "qa", teacher="teacher")
+    assert text.startswith("## mirage report — suite `qa`") and "\n### Table 1" in text

@@ -43,10 +43,19 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
 
     click.echo(f"{counts['outputs']} outputs: {counts['computed']} scores computed, {counts['cached']} cached"
                f"; teacher: {counts['teacher'] or 'none'}", err=True)
-    rows = [{**r, "value": fmt(r["metric"], r["value"]),
-             "95% CI": fmt(r["metric"], r["ci_low"]) + " – " + fmt(r["metric"], r["ci_high"])}
-            for r in sorted(records, key=lambda r: (r["task"] != "all", r["task"], r["metric"], r["model"]))]
-    print_table(rows, ["task", "metric", "model", "value", "95% CI", "n"])
+    # One table per task: a row per metric, a column per model, "value [95% CI] n" in each cell
+    # (percent for rates); the JSON has the same numbers unscaled.
+    models = [m for m in counts["models"] if any(r["model"] == m for r in records)]
+    tasks = sorted({r["task"] for r in records}, key=lambda t: (t != "all", t))
+    for task in tasks:
+        cells: dict[str, dict] = {}
+        for r in records:
+            if r["task"] == task:
+                cells.setdefault(r["metric"], {"metric": r["metric"]})[r["model"]] = (
+                    f"{fmt(r['metric'], r['value'], r['ci_low'], r['ci_high'])} n={r['n']}")
+        order = [m for m in scoring.TABLE1 + scoring.TABLE2 + ("length_words",) if m in cells]
+        order += sorted(set(cells) - set(order))
+        print_table([cells[m] for m in order], ["metric", *models], title=f"task: {task}")
 
 
 @click.command("report")
