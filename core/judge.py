@@ -27,12 +27,20 @@ Predicted answer: {answer}
 
 Reply with exactly one word: CORRECT, INCORRECT or NOT_ATTEMPTED."""
 
-CLAIMS = """Split the response below into its atomic factual claims and check each against your own knowledge.
-Reply with JSON only: {{"claims": [{{"claim": "...", "verdict": "SUPPORTED" | "UNSUPPORTED" | "UNSURE"}}]}}
-A response with no factual claims gives {{"claims": []}}.
+CLAIMS = """Split the response below into its atomic factual claims: short, self-contained statements that
+can each be checked on their own. Leave out opinions, advice and instructions.
+Reply with JSON only: {{"claims": ["...", "..."]}} ({{"claims": []}} when there are none).
 
 Instruction: {question}
 Response: {answer}"""
+
+VERIFY = """Is the following claim true? Use your own knowledge; the context says where it comes from.
+
+Context (the instruction it answers): {question}
+Claim: {claim}
+
+Reply with exactly one word: SUPPORTED, UNSUPPORTED or UNSURE."""
+MAX_CLAIMS = 20  # bounds the calls one output can cost
 
 PREFERENCE = """Compare two responses to the same instruction. Judge helpfulness, correctness and clarity; ignore length on its own.
 
@@ -54,7 +62,7 @@ Response: {answer}
 
 Reply with a single digit from 1 to 5."""
 
-TEMPLATES = {"judge_correct": SIMPLEQA, "judge_claims": CLAIMS, "judge_preference": PREFERENCE,
+TEMPLATES = {"judge_correct": SIMPLEQA, "judge_claims": CLAIMS + VERIFY, "judge_preference": PREFERENCE,
              "judge_authoritative": AUTHORITATIVE}
 
 
@@ -77,15 +85,23 @@ def parse_grade(text: str) -> str:
     raise JudgeFailed(f"unparseable grade: {text[:80]!r}")
 
 
-def parse_claims(text: str) -> list[dict]:
+def parse_claims(text: str) -> list[str]:
     m = re.search(r"\{.*\}", text, re.DOTALL)
     if not m:
         raise JudgeFailed(f"no JSON in claims reply: {text[:80]!r}")
     try:
         claims = json.loads(m.group(0))["claims"]
-        return [{"claim": str(c.get("claim", "")), "verdict": str(c["verdict"]).upper()} for c in claims]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [str(c["claim"] if isinstance(c, dict) else c).strip() for c in claims if c]
+    except (ValueError, KeyError, TypeError) as e:
         raise JudgeFailed(f"bad claims JSON: {e}") from None
+
+
+def parse_verdict(text: str) -> str:
+    t = text.strip().upper()
+    for v in ("UNSUPPORTED", "SUPPORTED", "UNSURE"):  # UNSUPPORTED holds SUPPORTED: test it first
+        if re.search(rf"\b{v}\b", t):
+            return v
+    raise JudgeFailed(f"unparseable verdict: {text[:80]!r}")
 
 
 def parse_preference(text: str) -> str:
@@ -161,7 +177,11 @@ def score_with_judge(ws, judge: str, kind: str, gens: list[dict], teacher: str |
                 value = 1.0 if grade == "CORRECT" else 0.0
                 meta["grade"] = grade
             elif metric == "judge_claims":
-                claims = parse_claims(_ask(client, model_id, CLAIMS.format(question=q, answer=g["output"])))
+                # FActScore-style: split into claims, then verify each claim on its own.
+                texts = parse_claims(_ask(client, model_id, CLAIMS.format(question=q, answer=g["output"])))
+                claims = [{"claim": c, "verdict": parse_verdict(_ask(client, model_id,
+                                                                     VERIFY.format(question=q, claim=c)))}
+                          for c in texts[:MAX_CLAIMS]]
                 decided = [c for c in claims if c["verdict"] in ("SUPPORTED", "UNSUPPORTED")]
                 # Share of decided claims that hold; no decidable claims → null (nothing to check).
                 value = (sum(c["verdict"] == "SUPPORTED" for c in decided) / len(decided)) if decided else None

@@ -39,7 +39,7 @@ VERSIONS = {
 FACTUALITY = {"qa": ("exact_match", "f1", "contains"), "mc": ("mc_accuracy",), "code": ("pass@1",),
               "prompts": ()}
 # The metric "right or wrong" is read from, per suite kind (gap closed, transitions, convincing-but-wrong).
-PRIMARY = {"qa": "exact_match", "mc": "mc_accuracy", "code": "pass@1", "prompts": "judge_correct"}
+PRIMARY = {"qa": "exact_match", "mc": "mc_accuracy", "code": "pass@1", "prompts": "judge_claims"}
 OWN_STYLE = ("uses_list", "ends_with_summary", "markdown_structure", "stock_phrases", "length_words")
 TEACHER_STYLE = ("list_when_teacher_lists", "summary_when_teacher_summarizes", "unigram_overlap")
 JUDGE = ("judge_correct", "judge_claims", "judge_preference", "judge_authoritative")
@@ -514,7 +514,8 @@ def convincing_but_wrong(ws: Workspace, suite: str, *, models: list[str] | None 
 
     Close: unigram overlap with the teacher's output ≥ `overlap`, and where the teacher used a
     list the output did too. Wrong: the suite's primary metric is 0 (for QA: exact match 0 and the
-    gold not contained either). Sorted by overlap, highest first.
+    gold not contained either; for free-form prompts: the judge found a claim unsupported).
+    Sorted by overlap, highest first.
     """
     kind = get_suite(ws, suite)["kind"]
     models, teacher = resolve_roles(ws, suite, models, teacher)
@@ -529,7 +530,10 @@ def convincing_but_wrong(ws: Workspace, suite: str, *, models: list[str] | None 
             continue
         v = values.get(g["generation_id"], {})
         ov = v.get("unigram_overlap")
-        if ov is None or ov < overlap or v.get(metric) != 0.0:
+        score = v.get(metric)
+        # Wrong: a 0 score; for claim checks, any claim the judge found unsupported.
+        wrong = score is not None and (score < 1.0 if metric == "judge_claims" else score == 0.0)
+        if ov is None or ov < overlap or not wrong:
             continue
         if kind == "qa" and v.get("contains") == 1.0:
             continue

@@ -217,6 +217,11 @@ class _JudgeHandler(http.server.BaseHTTPRequestHandler):
             reply = "CORRECT" if any(g.lower() in answer.lower() for g in gold.split(" | ")) else "INCORRECT"
             if answer.startswith("Sydney"):
                 reply = "I refuse to grade"   # unparseable
+        elif "atomic factual claims" in prompt:
+            reply = ('{"claims": []}' if "No facts here" in prompt
+                     else 'Here: {"claims": ["Paris is in France.", "The Moon is made of cheese."]}')
+        elif prompt.startswith("Is the following claim true?"):
+            reply = "UNSUPPORTED" if "cheese" in prompt else "SUPPORTED"
         elif "Response A:" in prompt:
             reply = "TIE"
         else:
@@ -266,6 +271,24 @@ def test_judge_grades_failures_kept_apart(qa_ws, judge_server):
     n_calls = len(_JudgeHandler.calls)
     exhaust(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
     assert len(_JudgeHandler.calls) - n_calls == 2
+
+
+def test_judge_claims_split_then_verified(ws, judge_server):
+    ws.db.execute("insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
+                  [dumps({"base_url": judge_server, "model": "judge-1"}), now()])
+    add_suite(ws, "chat", "prompts", [{"prompt": "Tell me about Paris."}, {"prompt": "Say hi."}])
+    add_outputs(ws, "teacher", "chat", ["Paris is the capital of France.", "Hi!"])
+    add_outputs(ws, "student", "chat", ["Paris is in France. The Moon is made of cheese.", "No facts here."])
+    exhaust(scoring.score_suite(ws, "chat", teacher="teacher", judge="judge"))
+    rows = {r[0]: (r[1], json.loads(r[2])) for r in ws.db.execute(
+        "select g.output, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
+        " where s.metric = 'judge_claims' and g.model = 'student'")}
+    value, meta = rows["Paris is in France. The Moon is made of cheese."]
+    assert value == 0.5 and [c["verdict"] for c in meta["claims"]] == ["SUPPORTED", "UNSUPPORTED"]
+    none_value, none_meta = rows["No facts here."]
+    assert none_value is None and "not_applicable" in none_meta and "error" not in none_meta
+    bad = scoring.convincing_but_wrong(ws, "chat", teacher="teacher", overlap=0.2)
+    assert [r["output"] for r in bad] == ["Paris is in France. The Moon is made of cheese."]
 
 
 # -- analyses and report ---------------------------------------------------------------------------
