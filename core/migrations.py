@@ -357,3 +357,39 @@ def m010_ingest_fts(db):
             f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
         )
         conn.execute(f"insert into {fts}({fts}) values ('rebuild')")
+
+
+@migration
+def m011_ingest_fts_bulk(db):
+    # FTS5 flushes its pending index at every statement savepoint, so a per-row trigger made an
+    # import ~7x slower than one bulk `insert ... select` (measured: 17 s vs 2.5 s for 20k rows).
+    # Rows an import is still staging (parent status 'importing') are therefore not indexed by
+    # the triggers; core.ingest indexes them in bulk in the same transaction that publishes them,
+    # and deletes a discarded import's rows before its staging parent. A row is indexed exactly
+    # when its parent is not 'importing'; a missing parent (cascade delete) counts as indexed.
+    conn = db.conn
+    for table, parent, fk, cols in (("examples", "datasets", "dataset_id", ("user_text", "assistant_text")),
+                                    ("items", "suites", "suite_id", ("prompt",))):
+        fts = f"{table}_fts"
+        col_list = ", ".join(cols)
+        new_vals = ", ".join(f"new.{c}" for c in cols)
+        old_vals = ", ".join(f"old.{c}" for c in cols)
+        live = "coalesce((select status from {parent} where id = {row}.{fk}), 'ready') != 'importing'"
+        for suffix in ("ai", "ad", "au"):
+            conn.execute(f"drop trigger if exists {fts}_{suffix}")
+        conn.execute(
+            f"create trigger {fts}_ai after insert on {table}"
+            f" when {live.format(parent=parent, row='new', fk=fk)} begin"
+            f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
+        )
+        conn.execute(
+            f"create trigger {fts}_ad after delete on {table}"
+            f" when {live.format(parent=parent, row='old', fk=fk)} begin"
+            f" insert into {fts}({fts}, rowid, {col_list}) values ('delete', old.id, {old_vals}); end"
+        )
+        conn.execute(
+            f"create trigger {fts}_au after update of {col_list} on {table}"
+            f" when {live.format(parent=parent, row='old', fk=fk)} begin"
+            f" insert into {fts}({fts}, rowid, {col_list}) values ('delete', old.id, {old_vals});"
+            f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
+        )
