@@ -160,6 +160,7 @@ _PREFIX = re.compile(r"^\s*(?:\*\*)?(?:final\s+answer|short\s+answer|answer|a)\s
 # A sentence ends at . ! ? followed by space and an upper-case letter or digit; "U.S. Army" and
 # "3.5" stay whole because the period is not followed by a space + capital after a lone initial.
 _SENTENCE_END = re.compile(r"(?<![A-Z])(?<!\b[A-Z][a-z])[.!?](?=\s+[\"'(\[]?[A-Z0-9])")
+_BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
 _TRAILING = re.compile(r"[\s.!,;:]+$")
 _WRAPPERS = re.compile(r"^[\s\"'*`(\[]+|[\s\"'*`)\]]+$")
 
@@ -172,8 +173,8 @@ def _first_sentence(text: str) -> str:
 def extract_answer(output: str) -> tuple[str, str]:
     """The short answer inside a (possibly verbose) chat output, and the rule that found it.
 
-    Rules, first that applies: `answer_is` ("... the answer is X."), `prefix` (leading "Answer:"
-    / "A:"), then `first_line` (several lines: keep the first non-empty), `first_sentence`
+    Rules, first that applies: `answer_is` ("... the answer is X."), `bold` (the one short
+    **bold** span of a longer reply), `prefix` (leading "Answer:" / "A:"), then `first_line` (several lines: keep the first non-empty), `first_sentence`
     (several sentences: keep the first), else `raw`. Wrapping quotes, bold and a trailing period go.
     """
     text = output.strip()
@@ -181,8 +182,12 @@ def extract_answer(output: str) -> tuple[str, str]:
         return "", "empty"
     rule = "raw"
     m = _ANSWER_IS.search(text)
+    bold = _BOLD.findall(text)
     if m:
         text, rule = m.group(1), "answer_is"
+    elif len(bold) == 1 and len(bold[0].split()) <= 8 and bold[0].strip() != text.strip("*_ "):
+        # Chat models often bold the one short answer inside a longer reply.
+        text, rule = bold[0], "bold"
     else:
         stripped = _PREFIX.sub("", text, count=1)
         if stripped != text:
@@ -195,7 +200,7 @@ def extract_answer(output: str) -> tuple[str, str]:
     if first != text.strip():
         text = first
         rule = rule if rule != "raw" else "first_sentence"
-    text = _WRAPPERS.sub("", _TRAILING.sub("", text.strip()))
+    text = _WRAPPERS.sub("", _TRAILING.sub("", text.strip().replace("**", "")))
     return text, rule
 
 

@@ -93,6 +93,9 @@ def resolve_roles(ws: Workspace, suite: str, models: list[str] | None = None,
     """(models to score, teacher): explicit names, else every model with outputs on the suite and
     the configured teacher role if it has outputs there."""
     have = models_with_outputs(ws, suite)
+    if not have:
+        raise NotFound(f"no outputs on suite '{suite}' yet: run `mirage generate --model NAME --suite {suite}`"
+                       f" or `mirage import outputs FILE --suite {suite} --model NAME`")
     if models:
         missing = [m for m in models if m not in have]
         if missing:

@@ -60,6 +60,9 @@ def test_qa_metrics(pred, golds, em, f1, contains):
     ("Tokyo\n\nTokyo is the capital of Japan.", "Tokyo", "first_line"),
     ("Canberra is the capital. Many think it is Sydney.", "Canberra is the capital", "first_sentence"),
     ("He served in the U.S. Army", "He served in the U.S. Army", "raw"),
+    ("The capital of Australia is **Canberra**, not Sydney.", "Canberra", "bold"),
+    ("**Note:** it is **Canberra**.", "Note: it is Canberra", "raw"),   # two bold spans: no bold rule
+    ("**Canberra**", "Canberra", "raw"),
     ("", "", "empty"),
 ])
 def test_extract_answer(output, answer, rule):

@@ -434,3 +434,9 @@ def test_report_markdown_section_for_multi_suite_documents(qa_ws):
     exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     text = scoring.report_markdown(qa_ws, "qa", teacher="teacher")
     assert text.startswith("## mirage report — suite `qa`") and "\n### Table 1" in text
+
+
+def test_suite_without_outputs_is_one_line_error(ws):
+    add_suite(ws, "empty", "qa", [{"prompt": "q", "gold": ["a"]}])
+    r = CliRunner().invoke(cli, ["score", "--suite", "empty", "--workspace", str(ws.root)])
+    assert r.exit_code != 0 and "no outputs on suite 'empty'" in str(r.exception)
