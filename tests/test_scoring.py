@@ -121,14 +121,15 @@ def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeyp
     assert third["computed"] == 3 * 2 + len(scoring.FACTUALITY["qa"]) + len(scoring.OWN_STYLE)
     # a new metric version recomputes that metric everywhere, and replaces (not duplicates) rows
     n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
-    monkeypatch.setitem(scoring.VERSIONS, "f1", "2")
+    bumped = str(int(scoring.VERSIONS["f1"]) + 1)
+    monkeypatch.setitem(scoring.VERSIONS, "f1", bumped)
     fourth = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert fourth["computed"] == 3 * 6
     assert qa_ws.db.execute("select count(*) from scores").fetchone()[0] == n_rows
     current = [g["generation_id"] for g in scoring.latest_generations(qa_ws, "qa", ["teacher", "base", "imit"])]
     versions = {r[0] for r in qa_ws.db.execute(
         f"select version from scores where metric = 'f1' and generation_id in ({','.join(map(str, current))})")}
-    assert versions == {"2"}
+    assert versions == {bumped}
     # the superseded teacher output keeps its own (old) scores: they describe that generation
     assert qa_ws.db.execute("select count(*) from generations g join scores s on s.generation_id = g.id"
                             " where g.item_id = ? and g.model = 'teacher'", [item]).fetchone()[0] == 2 * 8
