@@ -92,17 +92,18 @@ def _prompt_of(path: Path, line: int, row) -> str:
 
 
 # -- storage -------------------------------------------------------------------------------------------------
-def normalise_conversation(conv: list[dict]) -> list[dict]:
-    return [{"role": m["role"].strip().lower(), "content": m["content"].strip()} for m in conv]
-
-
 def content_hash(conv: list[dict]) -> str:
-    return hashlib.sha256(dumps(normalise_conversation(conv)).encode()).hexdigest()
+    """The importer's rule (core.ingest): sha256 of the stored conversation JSON."""
+    return hashlib.sha256(dumps(conv).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _approx_tokens(text: str) -> int:
-    # The same order of magnitude as a BPE tokenizer, without loading one in a collection loop.
-    return len(re.findall(r"\w+|[^\w\s]", text))
+def _token_counter(ws: Workspace):
+    try:
+        from core.ingest import token_counter
+
+        return token_counter(ws).count  # the same counter `mirage import data` uses
+    except ImportError:
+        return lambda texts: [len(re.findall(r"\w+|[^\w\s]", t)) for t in texts]
 
 
 def _open_dataset(ws: Workspace, name: str, teacher: str, meta: dict) -> int:
@@ -117,7 +118,7 @@ def _open_dataset(ws: Workspace, name: str, teacher: str, meta: dict) -> int:
         return row[0]
     cur = ws.db.execute(
         "insert into datasets (name, kind, status, format, source, meta, created_at) values (?, 'imitation',"
-        " 'importing', 'collected', ?, ?, ?)", [name, f"teacher:{teacher}", dumps({**meta, "runs": 1}), now()])
+        " 'collecting', 'collected', ?, ?, ?)", [name, f"teacher:{teacher}", dumps({**meta, "runs": 1}), now()])
     return cur.lastrowid
 
 
@@ -125,23 +126,25 @@ def _store(ws: Workspace, dataset_id: int, teacher: str, fp: str, results, to_ex
     """Cache the answers and add their examples in one transaction; returns examples added."""
     t = now()
     added = 0
+    examples = []
+    for r, text, meta in results:
+        ex = to_example(r, text)
+        if ex is not None:
+            examples.append((r, *ex))
+    counts = _token_counter(ws)(["\n".join(m["content"] for m in conv) for _, conv, _ in examples])
     with ws.transaction():
         ws.db.conn.executemany(
             "insert or ignore into request_cache (model, fingerprint, prompt, decoding, cache_key, output, meta,"
             " created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
             [(teacher, fp, r.prompt, dumps(r.decoding), r.key, text, dumps(meta), t) for r, text, meta in results])
-        for r, text, meta in results:
-            ex = to_example(r, text)
-            if ex is None:
-                continue
-            conv, ex_meta = ex
+        for (r, conv, ex_meta), n_tokens in zip(examples, counts):
             cur = ws.db.execute(
                 "insert or ignore into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
                 " n_tokens, content_hash, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [dataset_id, int(r.tag), teacher, dumps(conv),
-                 "\n".join(m["content"] for m in conv if m["role"] == "user"),
-                 "\n".join(m["content"] for m in conv if m["role"] == "assistant"),
-                 sum(_approx_tokens(m["content"]) for m in conv), content_hash(conv),
+                 "\n\n".join(m["content"] for m in conv if m["role"] == "user"),
+                 "\n\n".join(m["content"] for m in conv if m["role"] == "assistant"),
+                 int(n_tokens), content_hash(conv),
                  dumps({**ex_meta, "request": r.key[:16]})])
             added += cur.rowcount
     return added
@@ -264,7 +267,8 @@ def _finish(ws, dataset_id, name, teacher, stats, t0, **extra) -> dict:
     summary = {"dataset": name, "teacher": teacher, **extra, "asked": stats["generated"],
                "failed": stats["failed"], "examples": n_examples, "seconds": round(time.monotonic() - t0, 2)}
     if stats["failed"]:
-        # The dataset stays 'importing' (hidden) until a rerun completes it; every answer is kept.
+        # The dataset stays 'collecting' (hidden from `ls`) until a rerun completes it; every answer
+        # is kept. Not 'importing': the importer deletes stale 'importing' rows.
         raise EndpointError(f"{stats['failed']} requests to '{teacher}' failed ({stats['errors'][0]});"
                             f" {n_examples} examples are saved in '{name}': rerun to ask the rest")
     ws.db.execute("update datasets set status = 'ready' where id = ?", [dataset_id])
