@@ -113,12 +113,17 @@ _WORD = re.compile(r"\w+")
 
 
 def unigram_overlap(output: str, teacher: str) -> float:
-    """Share of the teacher's distinct words the output also uses (fallback when unscored)."""
-    t = set(_WORD.findall(teacher.lower()))
-    if not t:
-        return float("nan")
-    o = set(_WORD.findall(output.lower()))
-    return len(o & t) / len(t)
+    """Unigram overlap with the teacher's output, for outputs `mirage score` has not scored yet:
+    core.metrics' definition (the one scores use) when present, else the share of the teacher's
+    distinct words the output also uses."""
+    try:
+        from core.metrics import unigram_overlap as scored_definition
+    except ImportError:
+        t = set(_WORD.findall(teacher.lower()))
+        if not t:
+            return float("nan")
+        return len(set(_WORD.findall(output.lower())) & t) / len(t)
+    return scored_definition(output, teacher)
 
 
 # -- the compare view --------------------------------------------------------------------------------
@@ -481,13 +486,11 @@ def _latest_coverage_data(ws: Workspace, suite: str) -> str | None:
         from core import coverage
     except ImportError:
         return None
-    fn = getattr(coverage, "latest_data_for_suite", None)
-    if fn is not None:
-        try:
-            return fn(ws, suite)
-        except Exception:
-            return None
-    return None
+    try:
+        runs = coverage.list_runs(ws)  # newest first
+    except Exception:  # coverage tables not there yet
+        return None
+    return next((r["data"] for r in runs if r.get("suite") == suite), None)
 
 
 def item_neighbours(ws: Workspace, suite: str, item_id: int, *, data: str | None = None,

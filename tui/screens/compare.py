@@ -10,18 +10,21 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.widgets import Input, Static
 
 from core import study
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 from tui.widgets.compare.pane import ModelPane, strip_label
+from tui.widgets.compare.rendered import RenderedView
 
 PATTERN_CYCLE = [None, *study.PATTERNS]
 SORT_CYCLE = list(study.SORTS)
 # Side by side when each pane gets at least this many columns; else one pane at a time.
 MIN_PANE_WIDTH = 38
+PREFETCH_AFTER_S = 0.12
+PREFETCH_STEP_S = 0.02
 
 
 def _status(view: study.CompareView, row: study.ItemRow | None) -> Text:
@@ -84,9 +87,8 @@ class CompareScreen(MirageScreen):
     ]
     DEFAULT_CSS = """
     CompareScreen #compare-status { height: 1; background: $panel; padding: 0 1; }
-    CompareScreen #compare-top { height: auto; max-height: 8; padding: 0 1;
-                                 border-bottom: hkey $foreground 20%; }
-    CompareScreen #compare-top > Static { height: auto; }
+    CompareScreen #compare-top { height: 7; padding: 0 0 0 1; border-bottom: hkey $foreground 20%; }
+    CompareScreen.-narrow #compare-top { height: 5; }
     CompareScreen #compare-strip { height: 1; padding: 0 1; color: $text-muted; }
     CompareScreen #compare-panes { height: 1fr; }
     CompareScreen #compare-search { dock: bottom; height: 3; display: none; }
@@ -101,12 +103,13 @@ class CompareScreen(MirageScreen):
         self.active = 0
         self.panes: list[ModelPane] = []
         self.narrow = False
+        self._prefetch_timer = None
+        self._prefetch_jobs: list | None = None
 
     # -- layout ------------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
         yield Static("", id="compare-status")
-        with VerticalScroll(id="compare-top"):
-            yield Static("", id="compare-prompt")
+        yield RenderedView(id="compare-top")
         yield Static("", id="compare-strip")
         yield Horizontal(id="compare-panes")
         yield EmptyState("Loading…", id="compare-empty", markup=False)
@@ -162,6 +165,7 @@ class CompareScreen(MirageScreen):
         if self.view is None:
             return
         self.narrow = self.size.width < MIN_PANE_WIDTH * len(self.view.models)
+        self.set_class(self.narrow, "-narrow")
         for pane in self.panes:
             pane.display = (not self.narrow) or pane.index == self.active
 
@@ -176,7 +180,7 @@ class CompareScreen(MirageScreen):
             return
         empty = self.query_one("#compare-empty", EmptyState)
         if not len(view.order):
-            self.query_one("#compare-status", Static).update(_status(view, None))
+            self.query_one("#compare-status", Static).update(_status(view, None), layout=False)
             self._show_empty(f"No items match: {view.filters.describe()}.\n\n"
                              "esc clears the filters; t task, v verdict pattern, / text.")
             self.query_one("#compare-status").display = True
@@ -189,11 +193,42 @@ class CompareScreen(MirageScreen):
         self.position = max(0, min(self.position, len(view.order) - 1))
         row = view.row(self.position)
         self.row = row
-        self.query_one("#compare-status", Static).update(_status(view, row))
-        self.query_one("#compare-prompt", Static).update(_top(row))
+        self.query_one("#compare-status", Static).update(_status(view, row), layout=False)
+        self.query_one("#compare-top", RenderedView).set_renderable(lambda: _top(row), key=row.item_id)
         self._render_strip(row)
         for pane, data in zip(self.panes, row.panes):
             pane.show(data, active=pane.index == self.active)
+        self._schedule_prefetch()
+
+    def _schedule_prefetch(self) -> None:
+        # Render the items either side once the user pauses, one view per tick so a key pressed
+        # meanwhile waits at most one render; a held key keeps postponing it.
+        if self._prefetch_timer is not None:
+            self._prefetch_timer.stop()
+        self._prefetch_jobs = None
+        self._prefetch_timer = self.set_timer(PREFETCH_AFTER_S, self._prefetch_step)
+
+    def _prefetch_plan(self) -> list:
+        view, jobs = self.view, []
+        top = self.query_one("#compare-top", RenderedView)
+        for pos in (self.position + 1, self.position - 1):
+            if view is not None and 0 <= pos < len(view.order):
+                row = view.row(pos)
+                jobs.append(lambda row=row: top.prerender(lambda: _top(row), row.item_id))
+                for pane, data in zip(self.panes, row.panes):
+                    if pane.display:
+                        jobs.append(lambda pane=pane, data=data: pane.prerender(data))
+        return jobs
+
+    def _prefetch_step(self) -> None:
+        self._prefetch_timer = None
+        if self._prefetch_jobs is None:
+            self._prefetch_jobs = self._prefetch_plan()
+        while self._prefetch_jobs:
+            if self._prefetch_jobs.pop(0)():  # painted something: yield to the user until the next tick
+                break
+        if self._prefetch_jobs:
+            self._prefetch_timer = self.set_timer(PREFETCH_STEP_S, self._prefetch_step)
 
     def _render_strip(self, row: study.ItemRow) -> None:
         t = Text()
@@ -203,7 +238,7 @@ class CompareScreen(MirageScreen):
             t.append(" ")
         if self.narrow:
             t.append(" h/l switch pane", style="dim")
-        self.query_one("#compare-strip", Static).update(t)
+        self.query_one("#compare-strip", Static).update(t, layout=False)
 
     # -- actions -----------------------------------------------------------------------------------
     def action_move(self, step: int) -> None:

@@ -8,10 +8,11 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.widgets import Static
 
 from core.study import MARK_SYMBOL, VERDICT_SYMBOL, Pane
+from tui.widgets.compare.rendered import RenderedView
 
 # Zero-width marks around gold spans survive markdown parsing untouched (Unicode Cf characters are
 # neither whitespace nor punctuation to CommonMark) and take no cells, so wrapping is unchanged;
@@ -93,9 +94,9 @@ class ModelPane(Vertical):
     DEFAULT_CSS = """
     ModelPane { width: 1fr; height: 1fr; border: round $foreground 25%; }
     ModelPane.-active { border: round $accent; }
-    ModelPane > .pane-title { height: auto; max-height: 3; padding: 0 1; background: $panel; }
-    ModelPane > VerticalScroll { height: 1fr; padding: 0 1; }
-    ModelPane > VerticalScroll > Static { width: 1fr; height: auto; }
+    ModelPane > .pane-title { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap;
+                              text-overflow: ellipsis; }
+    ModelPane > RenderedView { height: 1fr; padding: 0 0 0 1; }
     """
 
     def __init__(self, index: int, **kwargs) -> None:
@@ -104,8 +105,7 @@ class ModelPane(Vertical):
         self.pane: Pane | None = None
         # Made here, not in compose, so `show` works before the pane has finished mounting.
         self.title = Static("", classes="pane-title")
-        self.body = Static("", classes="pane-body")
-        self.scroller = VerticalScroll(self.body, classes="pane-scroll")
+        self.scroller = RenderedView(classes="pane-body")
 
     def compose(self) -> ComposeResult:
         yield self.title
@@ -116,17 +116,22 @@ class ModelPane(Vertical):
             or pane.output != self.pane.output
         self.pane = pane
         self.set_class(active, "-active")
-        self.title.update(pane_title(pane, active=active))
+        self.title.update(pane_title(pane, active=active), layout=False)
         if changed:
-            body = self.body
             if pane.output is None:
-                body.update(Text(f"{pane.model} has no output on this item.\n"
-                                 f"Run `mirage generate --model {pane.model} --suite SUITE`.", style="dim"))
+                self.scroller.set_renderable(Text(
+                    f"{pane.model} has no output on this item.\n"
+                    f"Run `mirage generate --model {pane.model} --suite SUITE`.", style="dim"))
             else:
-                body.update(GoldMarkdown(pane.output, pane.gold_spans))
-            self.scroller.scroll_home(animate=False)
+                self.scroller.set_renderable(lambda: GoldMarkdown(pane.output, pane.gold_spans),
+                                             key=pane.generation_id)
+
+    def prerender(self, pane: Pane) -> bool:
+        if pane.output is None:
+            return False
+        return self.scroller.prerender(lambda: GoldMarkdown(pane.output, pane.gold_spans), pane.generation_id)
 
     def refresh_title(self, active: bool) -> None:
         if self.pane is not None:
             self.set_class(active, "-active")
-            self.title.update(pane_title(self.pane, active=active))
+            self.title.update(pane_title(self.pane, active=active), layout=False)
