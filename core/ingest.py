@@ -197,13 +197,14 @@ def _json_reason(raw: bytes, e: Exception) -> str:
         raw.decode("utf-8")
     except UnicodeDecodeError as u:
         return f"not valid UTF-8 (byte 0x{raw[u.start]:02x} at column {u.start + 1})"
-    msg = getattr(e, "msg", None) or str(e)
+    # Only the column: the parser's own wording changes between orjson versions.
     col = getattr(e, "colno", None)
-    return f"malformed JSON ({msg}{f' at column {col}' if col else ''})"
+    return f"malformed JSON at column {col}" if col else "malformed JSON"
 
 
-def _too_long(n: int) -> str:
-    return f"record longer than {MAX_RECORD_BYTES // (1024 * 1024)} MB ({n / (1024 * 1024):.0f} MB or more)"
+def _too_long(n: int | None = None) -> str:
+    limit = f"the {MAX_RECORD_BYTES // (1024 * 1024)} MB limit for one record"
+    return f"{n / (1024 * 1024):.0f} MB is over {limit}" if n else f"over {limit}"
 
 
 def read_records(src: Source, kind: str) -> Iterator[tuple[Loc, Any]]:
@@ -297,9 +298,8 @@ def _read_csv(src: Source):
                 break
             except csv.Error as e:
                 msg = str(e)
-                if "field larger" in msg:
-                    msg = _too_long(MAX_RECORD_BYTES)
-                raise bad(src.label, f"malformed CSV ({msg})", Loc("line", reader.line_num)) from None
+                reason = _too_long() if "field larger" in msg else f"malformed CSV ({msg})"
+                raise bad(src.label, reason, Loc("line", reader.line_num + 1)) from None
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue
@@ -534,8 +534,9 @@ def _turns_messages(rec: dict) -> list[dict]:
 def _turns_alpaca(rec: dict) -> list[dict]:
     instruction = _str(rec, "instruction")
     extra = _str(rec, "input", required=False)
-    out_key = "output" if "output" in rec else "response"
-    output = _str(rec, out_key, field="output" if out_key == "output" and "response" not in rec else out_key)
+    if "output" not in rec and "response" not in rec:
+        raise _FieldError("output", "missing (expected output or response)")
+    output = _str(rec, "output" if "output" in rec else "response")
     system = _str(rec, "system", required=False)
     user = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
     turns = [{"role": "system", "content": system}] if system else []

@@ -36,3 +36,377 @@ def test_fts_tracks_inserts_updates_and_deletes(ws):
     ws.db.execute("delete from datasets where id = 1")  # cascades to examples and their index rows
     assert ws.db.execute("select count(*) from examples_fts where examples_fts match 'lyon'").fetchone()[0] == 0
     assert fts_query('a "b') == '"a" "b"*'
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+import gzip  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from core.datasets import iter_examples, iter_items, list_datasets, list_suites  # noqa: E402
+from core.errors import BadInput, NotFound  # noqa: E402
+from core.ingest import (  # noqa: E402
+    TokenCounter,
+    cleanup_stale,
+    import_data,
+    import_outputs,
+    import_suite,
+)
+from core.progress import exhaust  # noqa: E402
+
+
+def sharegpt(user, answer, **extra):
+    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}], **extra}
+
+
+def write_jsonl(path, rows, *, gz=False):
+    data = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+    (gzip.open if gz else open)(path, "wb").write(data)
+    return path
+
+
+def snapshot(ws):
+    """Every row of every ordinary table (FTS shadow tables included): 'exactly as before'."""
+    names = [r[0] for r in ws.db.execute(
+        "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name")]
+    virtual = {r[0] for r in ws.db.execute("select name from sqlite_master where sql like 'create virtual%'")}
+    return {n: sorted(ws.db.execute(f"select * from [{n}]").fetchall(), key=repr) for n in names if n not in virtual}
+
+
+def fts_ok(ws):
+    for t in ("examples_fts", "items_fts"):
+        ws.db.execute(f"insert into {t}({t}, rank) values ('integrity-check', 1)")  # raises if out of step
+    return True
+
+
+def run(gen):
+    return exhaust(gen)
+
+
+# -- imitation data ------------------------------------------------------------------------------------
+def test_sharegpt_jsonl_normalised_with_source_tokens_hash_and_duplicates(ws, tmp_path):
+    f = write_jsonl(tmp_path / "chat.jsonl", [
+        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Capital of France?"},
+                           {"from": "gpt", "value": "Paris."}, {"from": "human", "value": "And Spain?"},
+                           {"from": "gpt", "value": "Madrid."}], "source": "geo-set", "id": "c1"},
+        sharegpt("What is 2+2?", "4"),
+        sharegpt("What is 2+2?", "4"),  # exact duplicate
+        "",
+    ])
+    s = run(import_data(ws, [f], "chat"))
+    assert (s["read"], s["imported"], s["duplicates"], s["format"]) == (3, 2, 1, "sharegpt")
+    ex = list(iter_examples(ws, "chat"))
+    assert [e["conversation"] for e in ex] == [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+         {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"},
+         {"role": "assistant", "content": "Madrid."}],
+        [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+    ]
+    assert ex[0]["user_text"] == "Capital of France?\n\nAnd Spain?"
+    assert ex[0]["assistant_text"] == "Paris.\n\nMadrid."
+    assert [e["source"] for e in ex] == ["geo-set", "chat.jsonl"]
+    assert ex[0]["meta"] == {"id": "c1"}
+    import hashlib
+    assert ex[1]["content_hash"] == hashlib.sha256(dumps(ex[1]["conversation"]).encode()).hexdigest()
+    # turns joined by a newline: What, is, 2, +, 2, ?, newline, 4
+    assert ex[1]["n_tokens"] == 8
+    (row,) = list_datasets(ws)
+    assert (row["examples"], row["duplicates"], row["tokens"]) == (2, 1, sum(e["n_tokens"] for e in ex))
+    assert [r["idx"] for r in search_examples(ws, "chat", "madrid")] == [0]
+    assert fts_ok(ws)
+
+
+def test_alpaca_json_array_response_input_and_messages_parquet_csv_gz(ws, tmp_path):
+    arr = tmp_path / "alpaca.json"
+    arr.write_text(json.dumps([
+        {"instruction": "Add", "input": "2 and 3", "response": "5"},
+        {"instruction": "Greet", "input": "", "output": "Hello", "source": "x"},
+    ]))
+    s = run(import_data(ws, [arr], "mix"))
+    assert (s["imported"], s["format"]) == (2, "alpaca")
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist([
+        {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "u1"},
+                      {"role": "assistant", "content": "a1"}]},
+    ]), tmp_path / "chat.parquet")
+    (tmp_path / "rows.csv").write_text("instruction,input,output\nName a colour,,Blue\n", encoding="utf-8")
+    gz = write_jsonl(tmp_path / "more.jsonl.gz", [sharegpt("gz q", "gz a")], gz=True)
+    s = run(import_data(ws, [tmp_path / "chat.parquet", tmp_path / "rows.csv", gz], "mix", source="batch2"))
+    assert s["imported"] == 3 and s["format"] == "messages,alpaca,sharegpt"
+    convs = [(e["source"], e["conversation"]) for e in iter_examples(ws, "mix")]
+    assert convs == [
+        ("alpaca.json", [{"role": "user", "content": "Add\n\n2 and 3"}, {"role": "assistant", "content": "5"}]),
+        ("x", [{"role": "user", "content": "Greet"}, {"role": "assistant", "content": "Hello"}]),
+        ("batch2", [{"role": "system", "content": "sys"}, {"role": "user", "content": "u1"},
+                    {"role": "assistant", "content": "a1"}]),
+        ("batch2", [{"role": "user", "content": "Name a colour"}, {"role": "assistant", "content": "Blue"}]),
+        ("batch2", [{"role": "user", "content": "gz q"}, {"role": "assistant", "content": "gz a"}]),
+    ]
+    assert [e["idx"] for e in iter_examples(ws, "mix")] == [0, 1, 2, 3, 4]
+    assert list_datasets(ws)[0]["format"] == "mixed"
+
+
+def test_datasets_save_to_disk_folder(ws, tmp_path):
+    import datasets
+    datasets.Dataset.from_list([sharegpt(f"q{i}", f"a{i}") for i in range(5)]).save_to_disk(str(tmp_path / "hf"))
+    s = run(import_data(ws, [tmp_path / "hf"], "hf"))
+    assert (s["imported"], s["format"]) == (5, "sharegpt")
+    assert [e["user_text"] for e in iter_examples(ws, "hf")] == [f"q{i}" for i in range(5)]
+
+
+def test_format_override(ws, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "i", "output": "o", "conversations": "not a list"}])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "a"))  # auto picks sharegpt from `conversations`
+    assert str(e.value) == f"{f}:1: field 'conversations': expected a list of turns, got a string"
+    assert run(import_data(ws, [f], "a", fmt="alpaca"))["imported"] == 1
+
+
+def test_reimport_is_idempotent_and_append_adds_new_rows_only(ws, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [sharegpt("q1", "a1"), sharegpt("q2", "a2")])
+    first = run(import_data(ws, [a], "d"))
+    before = snapshot(ws)
+    again = run(import_data(ws, [a], "d"))
+    assert again["unchanged"] and again["imported"] == 0
+    assert snapshot(ws) == before
+    b = write_jsonl(tmp_path / "b.jsonl", [sharegpt("q2", "a2"), sharegpt("q3", "a3")])
+    more = run(import_data(ws, [b], "d"))
+    assert (first["imported"], more["imported"], more["duplicates"]) == (2, 1, 1)
+    assert [e["user_text"] for e in iter_examples(ws, "d")] == ["q1", "q2", "q3"]
+    # idx keeps source order; an appended file continues after the rows already there
+    assert [e["idx"] for e in iter_examples(ws, "d")] == [0, 1, 3]
+    assert list_datasets(ws)[0]["duplicates"] == 1
+    assert [r["idx"] for r in search_examples(ws, "d", "a3")] == [3]
+    assert fts_ok(ws)
+
+
+BAD_LINES = [
+    ("malformed", b'{"conversations": [}', "{f}:2: malformed JSON at column 20"),
+    ("missing_field", json.dumps({"conversations": [{"value": "hi"}]}).encode(),
+     "{f}:2: field 'conversations[0].from': missing"),
+    ("mistyped", json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": 7}]}).encode(),
+     "{f}:2: field 'conversations[1].value': expected a string, got a number"),
+    ("unknown_speaker", json.dumps({"conversations": [{"from": "narrator", "value": "hi"}]}).encode(),
+     "{f}:2: field 'conversations[0].from': unknown speaker 'narrator' (expected human, gpt or system)"),
+    ("empty", json.dumps({"conversations": []}).encode(), "{f}:2: field 'conversations': empty conversation"),
+    ("no_answer", json.dumps({"conversations": [{"from": "human", "value": "hi"}]}).encode(),
+     "{f}:2: field 'conversations': no assistant turn"),
+    ("not_utf8", b'{"conversations": [{"from": "human", "value": "caf\xe9"}]}',
+     "{f}:2: not valid UTF-8 (byte 0xe9 at column 51)"),
+    ("huge", b'{"conversations": [{"from": "human", "value": "' + b"x" * (50 * 1024 * 1024) + b'"}]}',
+     "{f}:2: 50 MB is over the 16 MB limit for one record"),
+]
+
+
+@pytest.mark.parametrize("case,line,message", BAD_LINES, ids=[c[0] for c in BAD_LINES])
+def test_bad_line_fails_whole_import_and_leaves_workspace_unchanged(ws, tmp_path, case, line, message):
+    run(import_data(ws, [write_jsonl(tmp_path / "ok.jsonl", [sharegpt("keep", "me")])], "d"))
+    f = tmp_path / f"{case}.jsonl"
+    good = json.dumps(sharegpt("good", "row")).encode()
+    f.write_bytes(good + b"\n" + line + b"\n" + json.dumps(sharegpt("after", "bad")).encode() + b"\n")
+    before = snapshot(ws)
+    for name in ("d", "new"):  # appending to an existing dataset, and creating one
+        with pytest.raises(BadInput) as e:
+            run(import_data(ws, [f], name))
+        assert str(e.value) == message.format(f=f)
+        assert snapshot(ws) == before
+    assert not (ws.artifacts / "import-reports").exists()
+
+    s = run(import_data(ws, [f], "d", skip_bad=True))
+    assert (s["imported"], s["skipped_bad"]) == (2, 1)
+    report = [json.loads(x) for x in open(s["report"], encoding="utf-8")]
+    assert [(r["line"], r["error"]) for r in report] == [(2, message.format(f=f))]
+    assert [e["user_text"] for e in iter_examples(ws, "d")] == ["keep", "good", "after"]
+    assert fts_ok(ws)
+
+
+def test_unknown_format_missing_file_and_bad_json_array(ws, tmp_path):
+    f = write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello", "label": 1}])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == (f"{f}:1: unknown format: first record has text, label; expected conversations"
+                            " (ShareGPT), messages (OpenAI) or instruction + output/response (Alpaca); or pass --format")
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [tmp_path / "nope.jsonl"], "d"))
+    assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: no such file"
+    arr = tmp_path / "broken.json"
+    arr.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c", "output": ]')
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [arr], "d", skip_bad=True))  # inside one array nothing can be skipped
+    assert str(e.value).startswith(f"{arr}: item 2: malformed JSON (")
+    (tmp_path / "x.bin").write_bytes(b"\x00\x01binary")
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [tmp_path / "x.bin"], "d"))
+    assert "unknown file type" in str(e.value)
+    assert list_datasets(ws) == [] and ws.db.execute("select count(*) from examples").fetchone()[0] == 0
+
+
+def test_alpaca_without_output_or_response(ws, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "i", "input": "", "output": "o"}, {"instruction": "x"}])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == f"{f}:2: field 'output': missing (expected output or response)"
+
+
+def test_csv_bad_bytes_name_line_and_field(ws, tmp_path):
+    f = tmp_path / "rows.csv"
+    f.write_bytes(b"instruction,output\nfine,yes\nbad \xff here,no\n")
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == f"{f}:3: field 'instruction': not valid UTF-8 (byte 0xff)"
+
+
+def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [sharegpt(f"q{i}", "a") for i in range(5)])
+    gen = import_data(ws, [f], "d")
+    next(gen, None)  # the staging row exists now
+    assert ws.db.execute("select count(*) from datasets where status = 'importing'").fetchone()[0] == 1
+    # pretend its process died: a pid that is not running
+    ws.db.execute("update datasets set meta = json_set(meta, '$.import.pid', 999999999) where status = 'importing'")
+    from core import ingest
+    ingest._live_imports.clear()
+    assert cleanup_stale(ws) == 1
+    assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 0
+    assert ws.db.execute("select count(*) from examples").fetchone()[0] == 0
+    gen.close()
+    assert run(import_data(ws, [f], "d"))["imported"] == 5
+    assert fts_ok(ws)
+
+
+def test_token_counter_builtin_and_tokenizers_file(tmp_path):
+    c = TokenCounter("")
+    assert c.count(["Hello, world!", "", "supercalifragilistic", "日本語"]) == [4, 0, 3, 6]
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    assert TokenCounter(str(tmp_path)).count(["hello hello there", "x"]) == [3, 1]
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError):
+        TokenCounter(str(tmp_path / "missing"))
+
+
+# -- suites ----------------------------------------------------------------------------------------------
+def test_qa_mc_code_and_prompt_suites(ws, tmp_path):
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "who wrote hamlet", "answer": ["Shakespeare", "W. S."]},
+                                             {"question": "capital of peru", "answer": "Lima", "id": "q2"}])
+    s = run(import_suite(ws, qa, "qa"))
+    assert (s["kind"], s["imported"]) == ("qa", 2)
+    items = list(iter_items(ws, "qa"))
+    assert [(i["prompt"], i["gold"], i["task"], i["key"]) for i in items] == [
+        ("who wrote hamlet", ["Shakespeare", "W. S."], "qa", None), ("capital of peru", ["Lima"], "qa", "q2")]
+
+    (tmp_path / "mmlu.csv").write_text('What is 2+2?,3,4,5,6,B\n"Sky colour, by day?",red,blue,green,black,B\n')
+    (tmp_path / "mmlu_h.csv").write_text("question,A,B,C,D,answer,subject\nPick one,x,y,z,w,D,logic\n")
+    s = run(import_suite(ws, tmp_path / "mmlu.csv", "mc", task="arith"))
+    assert (s["kind"], s["imported"]) == ("mc", 2)
+    run(import_suite(ws, tmp_path / "mmlu_h.csv", "mc"))
+    assert [(i["prompt"], i["choices"], i["gold"], i["task"]) for i in iter_items(ws, "mc")] == [
+        ("What is 2+2?", ["3", "4", "5", "6"], ["B"], "arith"),
+        ("Sky colour, by day?", ["red", "blue", "green", "black"], ["B"], "arith"),
+        ("Pick one", ["x", "y", "z", "w"], ["D"], "logic"),
+    ]
+
+    code = write_jsonl(tmp_path / "he.jsonl.gz", [{"task_id": "T/0", "prompt": "def f():\n", "canonical_solution": "  return 1\n",
+                                                  "test": "assert f() == 1", "entry_point": "f"}], gz=True)
+    run(import_suite(ws, code, "code"))
+    (item,) = iter_items(ws, "code")
+    assert (item["key"], item["tests"], item["entry_point"], item["meta"]) == (
+        "T/0", "assert f() == 1", "f", {"canonical_solution": "  return 1\n"})
+
+    (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
+    assert run(import_suite(ws, tmp_path / "p.txt", "p"))["imported"] == 2
+    assert [i["prompt"] for i in iter_items(ws, "p")] == ["first prompt", "second prompt"]
+    assert {r["name"]: (r["kind"], r["items"]) for r in list_suites(ws)} == {
+        "qa": ("qa", 2), "mc": ("mc", 3), "code": ("code", 1), "p": ("prompts", 2)}
+    assert [r["key"] for r in search_items(ws, "qa", "peru")] == ["q2"]
+    assert fts_ok(ws)
+
+
+def test_bad_suite_rows(ws, tmp_path):
+    f = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": ["a"]}, {"question": "q2", "answer": 5}])
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, f, "qa"))
+    assert str(e.value) == f"{f}:2: field 'answer': expected a list of answers, got a number"
+    (tmp_path / "mc.csv").write_text("question,A,B,C,D,answer\nq,a,b,c,d,Z\n")
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, tmp_path / "mc.csv", "mc"))
+    assert str(e.value) == f"{tmp_path / 'mc.csv'}:2: field 'answer': expected one of A, B, C, D, got 'Z'"
+    assert list_suites(ws) == [] and ws.db.execute("select count(*) from items").fetchone()[0] == 0
+    s = run(import_suite(ws, f, "qa", skip_bad=True))
+    assert (s["imported"], s["skipped_bad"]) == (1, 1)
+
+
+# -- recorded outputs --------------------------------------------------------------------------------------
+def test_outputs_attach_by_exact_prompt(ws, tmp_path):
+    run(import_suite(ws, write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Say hi"}, {"instruction": "Say bye"}]), "s"))
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps([
+        {"instruction": "Say hi", "output": "hi!", "generator": "gpt-x"},
+        {"instruction": "Say bye", "output": "bye!", "generator": "gpt-x"},
+        {"instruction": "Not in suite", "output": "?", "generator": "gpt-x"},
+    ]))
+    s = run(import_outputs(ws, out, "s", "teacher"))
+    assert (s["matched"], s["imported"], s["unmatched"]) == (2, 2, 1)
+    assert [json.loads(x)["record"]["prompt"] for x in open(s["report"])] == ["Not in suite"]
+    model = ws.db.execute("select kind, spec from models where name = 'teacher'").fetchone()
+    assert model[0] == "recorded" and json.loads(model[1]) == {"source": str(out.resolve()), "generator": "gpt-x"}
+    import hashlib
+    rows = ws.db.execute("select model, fingerprint, prompt, decoding, cache_key, output, meta from generations"
+                         " order by id").fetchall()
+    assert rows[0] == ("teacher", "recorded:teacher", "Say hi", "{}",
+                       hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}]).encode()).hexdigest(), "hi!",
+                       '{"generator":"gpt-x"}')
+    before = snapshot(ws)
+    assert run(import_outputs(ws, out, "s", "teacher"))["imported"] == 0
+    assert snapshot(ws) == before
+    with pytest.raises(NotFound):
+        run(import_outputs(ws, out, "nosuch", "teacher"))
+
+
+# -- the real shared files --------------------------------------------------------------------------------------
+def test_real_files(ws, shared_data):
+    s = run(import_suite(ws, shared_data / "nq-open" / "NQ-open.dev.jsonl", "nq"))
+    assert (s["kind"], s["imported"], s["duplicates"]) == ("qa", 3610, 0)
+    s = run(import_suite(ws, shared_data / "humaneval" / "HumanEval.jsonl.gz", "humaneval"))
+    assert (s["kind"], s["imported"]) == ("code", 164)
+    he = next(iter_items(ws, "humaneval"))
+    assert he["key"] == "HumanEval/0" and he["entry_point"] == "has_close_elements"
+    assert "canonical_solution" in he["meta"]
+    s = run(import_data(ws, [shared_data / "gpteacher" / "codegen-instruct.json"], "gpteacher"))
+    assert (s["format"], s["read"], s["imported"], s["duplicates"]) == ("alpaca", 4535, 4535, 0)
+    assert list_datasets(ws)[0]["tokens"] > 400_000
+    ae = shared_data / "alpaca-eval-outputs"
+    s = run(import_suite(ws, ae / "gpt-3.5-turbo-0301.json", "alpacaeval"))
+    assert (s["kind"], s["imported"], s["tasks"]) == ("prompts", 805, 5)
+    s = run(import_outputs(ws, ae / "vicuna-13b.json", "alpacaeval", "vicuna-13b"))
+    assert (s["matched"], s["unmatched"]) == (805, 0)
+    assert {r["name"]: r["outputs"] for r in list_suites(ws)}["alpacaeval"] == 1
+    assert fts_ok(ws)
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+def mirage(*args, cwd=None):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
+def test_cli_import_json_summary_and_one_line_errors(ws, tmp_path):
+    f = write_jsonl(tmp_path / "a.jsonl", [sharegpt("q", "a"), "{oops"])
+    r = mirage("import", "data", f, "--name", "d", "-w", ws.root)
+    assert r.returncode == 1 and r.stderr == f"error: {f}:2: malformed JSON at column 2\n"
+    r = mirage("import", "data", f, "--name", "d", "--skip-bad", "--json", "-w", ws.root)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["imported"], summary["skipped_bad"]) == (1, 1)
+    assert summary["report"] in r.stderr
+    r = mirage("ls", "datasets", "--json", "-w", ws.root)
+    assert [(d["name"], d["examples"]) for d in json.loads(r.stdout)] == [("d", 1)]
+    r = mirage("import", "suite", tmp_path / "missing.jsonl", "--name", "s", "-w", ws.root)
+    assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'missing.jsonl'}: no such file\n"

@@ -37,6 +37,7 @@ def import_data_cmd(ctx, files, name, fmt, skip_bad, source, as_json):
     ws = open_workspace(ctx)
     summary = drive(import_data(ws, list(files), name, fmt=fmt, skip_bad=skip_bad, source=source),
                     f"importing {name}")
+    _report_lines(summary)
     if as_json:
         emit_json(summary)
         return
@@ -47,7 +48,6 @@ def import_data_cmd(ctx, files, name, fmt, skip_bad, source, as_json):
         click.echo(f"imported {summary['imported']:,} examples ({summary['tokens']:,} tokens, format"
                    f" {summary['format']}) into '{name}'; {summary['duplicates']:,} duplicates skipped;"
                    f" dataset now {summary['examples']:,} examples, {summary['total_tokens']:,} tokens")
-    _report_lines(summary)
 
 
 @import_group.command("suite")
@@ -68,6 +68,7 @@ def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, as_json):
 
     ws = open_workspace(ctx)
     summary = drive(import_suite(ws, file, name, fmt=fmt, task=task, skip_bad=skip_bad), f"importing {name}")
+    _report_lines(summary)
     if as_json:
         emit_json(summary)
         return
@@ -77,7 +78,6 @@ def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, as_json):
         click.echo(f"imported {summary['imported']:,} {summary['kind']} items into '{name}';"
                    f" {summary['duplicates']:,} duplicates skipped; suite now {summary['items']:,} items"
                    f" in {summary['tasks']:,} task(s)")
-    _report_lines(summary)
 
 
 @import_group.command("outputs")
