@@ -52,6 +52,7 @@ class _Stream:
 
     ids: np.ndarray      # int64 word ids
     doc: np.ndarray      # int32 document index per token
+    n_docs: int = 0
 
     @classmethod
     def build(cls, docs: Sequence[list[str]], vocab: dict[str, int]) -> "_Stream":
@@ -60,7 +61,17 @@ class _Stream:
         get = vocab.setdefault
         ids = np.fromiter((get(w, len(vocab)) for d in docs for w in d), dtype=np.int64, count=total)
         doc = np.repeat(np.arange(len(docs), dtype=np.int32), lengths)
-        return cls(ids, doc)
+        return cls(ids, doc, len(docs))
+
+    @classmethod
+    def concat(cls, parts: list["_Stream"]) -> "_Stream":
+        if not parts:
+            return cls(np.empty(0, np.int64), np.empty(0, np.int32))
+        offset, docs = 0, []
+        for p in parts:
+            docs.append(p.doc + offset)
+            offset += p.n_docs
+        return cls(np.concatenate([p.ids for p in parts]), np.concatenate(docs), offset)
 
 
 @dataclass
@@ -79,17 +90,18 @@ class NgramIndex:
               *, cancel: threading.Event | None = None) -> Work["NgramIndex"]:
         n = len(example_ids)
         vocab: dict[str, int] = {}
-        docs, answer_docs = [], []
+        # Word ids chunk by chunk, so the word strings of only one chunk are alive at a time.
+        text_parts, answer_parts = [], []
         step = 5000
         for start in range(0, n, step):
             check_cancel(cancel)
-            for u, a in zip(user_texts[start:start + step], assistant_texts[start:start + step]):
-                docs.append(lexical_words(u) + lexical_words(a))
-                answer_docs.append(normalize_answer(a).split())
+            users, assistants = user_texts[start:start + step], assistant_texts[start:start + step]
+            text_parts.append(_Stream.build(
+                [lexical_words(u) + lexical_words(a) for u, a in zip(users, assistants)], vocab))
+            answer_parts.append(_Stream.build([normalize_answer(a).split() for a in assistants], vocab))
             yield Progress(min(start + step, n), n, "n-gram index: tokenising")
-        text = _Stream.build(docs, vocab)
-        answers = _Stream.build(answer_docs, vocab)
-        del docs, answer_docs
+        text, answers = _Stream.concat(text_parts), _Stream.concat(answer_parts)
+        del text_parts, answer_parts
         rng = np.random.default_rng(0x5EED)
         word_hash = rng.integers(1, 2**63, size=max(len(vocab), 1), dtype=np.uint64)
         index = cls(np.asarray(example_ids, dtype=np.int64), vocab, word_hash, text, answers)

@@ -1,0 +1,179 @@
+"""Coverage at scale: N generated imitation examples against the 3,610 NQ-open dev questions.
+
+Measures, one JSON line each:
+- embedding throughput through mirage's cache (core.embeddings.embed) against calling
+  sentence-transformers `encode` directly on the same texts (target ratio >= 0.9); the two run in
+  alternating blocks so load from other processes on a shared machine hits both alike;
+- nearest-neighbour search + aggregation time as a share of the embedding time (target <= 10%);
+- the n-gram index build over the examples (target < 60 s), and the lexical queries;
+- k-means clusters with their terms; peak resident memory of the whole run (target < 4 GB).
+
+    python benchmarks/bench_coverage.py            # n = 100,000 (several minutes on 2 cores)
+    python benchmarks/bench_coverage.py --n 5000   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SUBJECTS = ["the river", "the treaty", "the album", "the tower", "the vaccine", "the battle", "the novel", "the bridge",
+            "the election", "the comet", "the festival", "the railway", "the empire", "the stadium", "the painting"]
+ASKS = ["who built", "when was", "where is", "why did people name", "how long is", "what happened to",
+        "who wrote about", "explain the history of", "summarise the story of", "give me three facts about"]
+TOPICS = ["cooking", "python", "travel", "finance", "biology", "music", "football", "chemistry", "law", "poetry"]
+
+
+def line(name, value, unit, baseline=None, baseline_value=None, ratio=None):
+    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
+                      "baseline_value": None if baseline_value is None else round(baseline_value, 4),
+                      "ratio": None if ratio is None else round(ratio, 4)}), flush=True)
+
+
+def generate(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """Short chat-like examples: a templated question with random words, a two-sentence answer."""
+    rng = np.random.default_rng(seed)
+    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "su", "te", "ra", "no", "vi") for b in
+             ("ran", "del", "mos", "tix", "bel", "gor", "lin", "pas", "ret", "zum", "fen", "qua")]
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        w = rng.choice(words, 4)
+        user = (f"{ASKS[rng.integers(len(ASKS))]} {SUBJECTS[rng.integers(len(SUBJECTS))]} of {w[0]} {w[1]} "
+                f"in {1800 + int(rng.integers(220))}, in the context of {topic}?")
+        asst = (f"The {w[2]} {w[3]} is often discussed in {topic}. It dates from {1800 + int(rng.integers(220))} "
+                f"and {w[0]} is its best known part.")
+        out.append((user, asst, topic))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--nq", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl"))
+    ap.add_argument("--block", type=int, default=10_000, help="texts per alternating direct/mirage block")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from core import coverage as cov
+    from core import embeddings as emb
+    from core.ngrams import CONTAMINATION_N, NgramIndex, lexical_words
+    from core.progress import exhaust
+    from core.workspace import Workspace, dumps, now
+
+    nq = [json.loads(x) for x in open(args.nq, encoding="utf-8")]
+    data = generate(args.n)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-coverage-"))
+    ws = Workspace.init(tmp / "ws")
+    with ws.transaction():
+        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values ('gen', 'imitation', 'ready', ?)",
+                            [now()]).lastrowid
+        rows = []
+        for i, (u, a, src) in enumerate(data):
+            conv = dumps([{"role": "user", "content": u}, {"role": "assistant", "content": a}])
+            rows.append((did, i, src, conv, u, a, len(u.split()) + len(a.split()), hashlib.sha256(conv.encode()).hexdigest()))
+        ws.db.conn.executemany("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+                               " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)", rows)
+        sid = ws.db.execute("insert into suites (name, kind, created_at) values ('nq', 'qa', ?)", [now()]).lastrowid
+        ws.db.conn.executemany("insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
+                               [(sid, i, r["question"], "nq", dumps(r["answer"]), hashlib.sha256(r["question"].encode()).hexdigest())
+                                for i, r in enumerate(nq)])
+    ex_keys = [r[7] for r in rows]
+    ex_texts = [r[4] for r in rows]
+    it_keys = [hashlib.sha256(r["question"].encode()).hexdigest() for r in nq]
+    it_texts = [r["question"] for r in nq]
+
+    model = emb.resolve_model("")
+    st = emb.load(model)
+    st.encode(ex_texts[:256], batch_size=64)  # warm-up, not timed
+
+    # -- embedding: direct encode vs mirage's cached, sharded embed, alternating blocks -------------
+    t_direct = t_mirage = 0.0
+    total_texts = 0
+    for start in range(0, len(ex_texts), args.block):
+        keys, texts = ex_keys[start:start + args.block], ex_texts[start:start + args.block]
+        t = time.perf_counter()
+        st.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+        t_direct += time.perf_counter() - t
+        t = time.perf_counter()
+        _, new = exhaust(emb.embed(ws, model, "user", keys, texts))
+        t_mirage += time.perf_counter() - t
+        assert new == len(set(keys))
+        total_texts += len(texts)
+    t = time.perf_counter()
+    st.encode(it_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+    t_direct += time.perf_counter() - t
+    t = time.perf_counter()
+    exhaust(emb.embed(ws, model, "prompt", it_keys, it_texts))
+    t_mirage += time.perf_counter() - t
+    total_texts += len(it_texts)
+    line("coverage.embed_throughput", total_texts / t_mirage, "texts/s", "sentence-transformers encode",
+         total_texts / t_direct, t_direct / t_mirage)
+
+    # cached: reading back every vector
+    t = time.perf_counter()
+    ex_vec, new = exhaust(emb.embed(ws, model, "user", ex_keys, ex_texts))
+    it_vec, _ = exhaust(emb.embed(ws, model, "prompt", it_keys, it_texts))
+    t_cached = time.perf_counter() - t
+    assert new == 0
+    line("coverage.embed_cached_read", t_cached, "s", "embedding time", t_mirage, t_cached / t_mirage)
+
+    # -- nearest neighbours + aggregation ------------------------------------------------------------
+    ex = cov._load_examples(ws, "gen", "user")
+    items = cov._load_items(ws, "nq")
+    t = time.perf_counter()
+    top_i, top_s, above, served = cov.nearest(it_vec, ex_vec, cov.DEFAULT_K, cov.DEFAULT_THRESHOLD,
+                                              np.zeros(len(items), dtype=np.int64), 1)
+    t_nn = time.perf_counter() - t
+    labels = np.zeros(len(ex["ids"]), dtype=np.int64)
+    zeros = np.zeros(len(items), dtype=np.int64)
+    t = time.perf_counter()
+    cov._aggregate(ex, items, ["nq"], zeros, top_i, top_s, above, served, zeros, zeros.astype(bool),
+                   [np.empty(0, np.int64)] * len(items), labels, [], cov.DEFAULT_THRESHOLD, "nq")
+    t_agg = time.perf_counter() - t
+    line("coverage.search_plus_aggregate", t_nn + t_agg, "s", "embedding time", t_mirage, (t_nn + t_agg) / t_mirage)
+
+    # -- n-gram index --------------------------------------------------------------------------------
+    t = time.perf_counter()
+    index = exhaust(NgramIndex.build(ex["ids"], ex["user"], ex["assistant"]))
+    t_index = time.perf_counter() - t
+    line("coverage.ngram_index_build", t_index, "s", "target", 60.0, t_index / 60.0)
+    t = time.perf_counter()
+    longest = index.longest_shared(it_texts)
+    index.answer_hits([r["answer"] for r in nq])
+    t_lex = time.perf_counter() - t
+    line("coverage.lexical_queries", t_lex, "s", "embedding time", t_mirage, t_lex / t_mirage)
+    n_words = np.array([len(lexical_words(p)) for p in it_texts])
+    _ = (longest >= np.minimum(CONTAMINATION_N, n_words)).sum()
+
+    # -- clusters ------------------------------------------------------------------------------------
+    ds = {"id": did, "name": "gen"}
+    t = time.perf_counter()
+    cov.clustering(ws, ds, ex, ex_vec, model, "user", None, 0, "bench")
+    t_cl = time.perf_counter() - t
+    line("coverage.clusters", t_cl, "s", "embedding time", t_mirage, t_cl / t_mirage)
+
+    # -- the whole command on warm caches (what a re-run with a new threshold costs) -------------------
+    t = time.perf_counter()
+    exhaust(cov.compute(ws, "gen", "nq", threshold=0.6))
+    t_warm = time.perf_counter() - t
+    line("coverage.compute_warm_cache", t_warm, "s", "embedding time", t_mirage, t_warm / t_mirage)
+
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    line("coverage.peak_memory", peak_gb, "GB", "target", 4.0, peak_gb / 4.0)
+    line("coverage.n_examples", args.n, "examples")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The Coverage screen, driven by Pilot: compute with progress, drill down, clusters, subsets, cancel."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, ProgressBar, Static
+from textual.worker import WorkerCancelled
+
+from core import embeddings as emb
+from test_coverage import CODE, COOKING, PLANTED, add_dataset, add_suite, study  # noqa: F401  (fixture)
+from tui.app import MirageApp
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 34)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def wait_for(pilot, condition, *, rounds: int = 600):
+    for _ in range(rounds):
+        if condition():
+            return
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass
+        await pilot.pause(0.02)
+    raise AssertionError("condition never became true")
+
+
+def status(app) -> str:
+    return str(app.screen.query_one("#cov-status", Static).render())
+
+
+async def test_compute_drill_down_clusters_and_subset(study):  # noqa: F811
+    app = MirageApp(study.root, start="coverage", start_args={"data": "imit", "suite": "qa"})
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: "no coverage computed" in status(app))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: screen.res is not None)
+        table = screen.query_one("#cov-table", DataTable)
+        # tasks, most supported first
+        assert [table.get_row_at(i)[0] for i in range(table.row_count)] == ["music", "sports", "science"]
+        assert table.get_row_at(0)[3] == "100%" and table.get_row_at(2)[3] == "0%"
+        await pilot.press("down", "enter")  # sports
+        await wait_for(pilot, lambda: screen.level == "items")
+        assert screen.sel_task == "sports" and table.row_count == 1
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.level == "item")
+        right = str(screen.query_one("#cov-item-neighbors", Static).render())
+        assert PLANTED in right and "nq-synth" in right
+        left = str(screen.query_one("#cov-item-prompt", Static).render())
+        assert "contaminated" in left
+        await pilot.press("n")  # subset of the task's support, from the item view
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "SubsetName")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: study.db.execute(
+            "select count(*) from datasets where name = 'imit-sports'").fetchone()[0] == 1)
+        assert study.db.execute("select count(*) from subset_members m join datasets d on d.id = m.subset_id"
+                                " where d.name = 'imit-sports'").fetchone()[0] == 1
+        await pilot.press("escape", "escape")
+        await wait_for(pilot, lambda: screen.level == "tasks")
+        await pilot.press("l")
+        await wait_for(pilot, lambda: screen.level == "clusters")
+        assert table.row_count == len(screen.res["clusters"]) and table.row_count >= 2
+        await pilot.press("n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "SubsetName")
+        await pilot.press("escape")  # cancelled: nothing saved
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert study.db.execute("select count(*) from datasets where kind = 'subset'").fetchone()[0] == 1
+
+
+async def test_cancel_while_computing_then_continue(ws, monkeypatch):
+    monkeypatch.setattr(emb, "SHARD_ROWS", 2)
+    add_dataset(ws, "big", [(f"{q} (variant {i})", "ok", "chat") for i in range(20) for q in COOKING + CODE])
+    add_suite(ws, "qa", [(q, ["x"], "t") for q in CODE])
+    app = MirageApp(ws.root, start="coverage", start_args={"data": "big", "suite": "qa"})
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: "no coverage computed" in status(app))
+        await pilot.press("c")
+        bar = screen.query_one("#cov-progress", ProgressBar)
+        for _ in range(2000):
+            if bar.progress >= 2:
+                break
+            await pilot.pause(0.01)
+        assert screen.query_one("#cov-busy").has_class("busy")
+        await pilot.press("escape")
+        assert "cancelled" in status(app)
+        await wait_for(pilot, lambda: not any(w.group == "compute" and w.is_running for w in app.workers))
+        assert screen.res is None
+        assert ws.db.execute("select count(*) from coverage_runs").fetchone()[0] == 0
+        done_before = len(emb.EmbeddingStore(ws, emb.resolve_model(""), "user").index())
+        assert 0 < done_before < 240
+        await pilot.press("c")
+        await wait_for(pilot, lambda: screen.res is not None)
+        assert ws.db.execute("select count(*) from coverage_runs").fetchone()[0] == 1
+        assert len(emb.EmbeddingStore(ws, emb.resolve_model(""), "user").index()) == 240
