@@ -230,3 +230,26 @@ def test_pairwise_against_itself_is_refused(ws, built):
     with pytest.raises(BadInput, match="is the teacher"):
         study.pairwise_queue(ws, "nq", "teacher")
     assert math.isnan(study.wilson_interval(0, 0)[0])
+
+
+def test_analysis_views_export(ws, built):
+    import json
+
+    gid = built["gids"][("imitation", 0)]
+    study.set_mark(ws, gid, "correct", rater="ann")
+    rep = study.analysis(ws, "nq", rater="ann")
+    assert rep["teacher"] == "teacher" and rep["base"] == "base" and rep["imitation"] == ["imitation"]
+    md = study.export_view(rep, "table1", "md")
+    em = {r["model"]: r["value"] for r in rep["table1"] if r["metric"] == "exact_match" and r["task"] == "all"}
+    truth = built["truth"]
+    for model in ("base", "imitation", "teacher"):
+        assert em[model] == pytest.approx(sum(truth[(model, i)] for i in range(30)) / 30)
+    assert f"| teacher | all | {em['teacher'] * 100:.1f} [" in md
+    human = json.loads(study.export_view(rep, "human", "json"))
+    assert human["human"]["agreement"][0]["n"] == 1
+    gap = json.loads(study.export_view(rep, "gap", "json"))
+    assert {g["task"] for g in gap["gap_closed"]} == {"all", "geography", "history", "science"}
+    path = study.save_export(ws, rep, "table2", "md")
+    assert path.endswith("nq-table2.md") and "unigram_overlap" in open(path).read()
+    with pytest.raises(BadInput, match="unknown view"):
+        study.export_view(rep, "nope")

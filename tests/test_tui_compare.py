@@ -162,3 +162,40 @@ async def test_blind_rating_mode(study_ws):
         assert rating.result["wins"] == (0 if first.a_is_teacher else 1)
         await pilot.press("escape")
         assert app.screen is screen
+
+
+async def test_analysis_screen_views_and_export(study_ws):
+    from tui.app import MirageApp
+
+    app = MirageApp(study_ws.root, start="analysis", start_args={"suite": "nq"})
+    async with app.run_test(size=(160, 45)) as pilot:
+        screen = app.screen
+        for _ in range(100):
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            if screen.report is not None:
+                break
+        assert screen.report["suite"] == "nq"
+        table1 = screen.query_one("#tables-table1").render()
+        assert screen._current_view() == "table1"
+        await pilot.press("l")
+        assert screen._current_view() == "table2"
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        path = study_ws.root / "artifacts" / "exports" / "nq-table2.md"
+        text = path.read_text()
+        assert "| imitation | 90.0 [90.0, 90.0] (n=30) |" in text
+        await pilot.press("l", "l", "l", "E")
+        await app.workers.wait_for_complete()
+        assert (study_ws.root / "artifacts" / "exports" / "nq-human.json").exists()
+        assert table1 is not None
+
+
+async def test_analysis_empty_state_says_what_to_run(ws):
+    from tui.app import MirageApp
+
+    app = MirageApp(ws.root, start="analysis")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "mirage score" in str(app.screen.query_one("#analysis-empty").render())

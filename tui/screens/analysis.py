@@ -1,18 +1,173 @@
-"""The Analysis screen: gap closed per task against coverage, scaling curves, convincing-but-wrong outputs (placeholder until its issue lands)."""
+"""The Analysis screen: the paper's tables with intervals, gap closed against coverage, the token sweep.
+
+Numbers come from `core.study.analysis` (core.report's figures plus the human checks); this screen
+lays them out, plots two of them with textual-plotext, and exports the view on show.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from typing import Any
 
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static, TabbedContent, TabPane
+from textual_plotext import PlotextPlot
+
+from core import study
+from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
+
+
+def _table(title: str, note: str, head: list[str], rows: list[list[str]]) -> Table | Text:
+    if not rows:
+        return Text(f"{title}\n{note}\n(nothing yet)")
+    t = Table(title=title, caption=note, title_justify="left", caption_justify="left", expand=False)
+    for n, h in enumerate(head):
+        t.add_column(h, justify="left" if n < 2 else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
 
 
 class AnalysisScreen(MirageScreen):
     NAME = "analysis"
+    ACTIONS = [
+        Action("analysis.view_next", "l,right", "Next view", "view(1)"),
+        Action("analysis.view_prev", "h,left", "Prev view", "view(-1)", show=False),
+        Action("analysis.export_md", "e", "Export md", "export('md')"),
+        Action("analysis.export_json", "E", "Export JSON", "export('json')"),
+        Action("analysis.suite", "s", "Next suite", "next_suite"),
+        Action("analysis.reload", "r", "Reload", "reload"),
+    ]
+    DEFAULT_CSS = """
+    AnalysisScreen #analysis-status { height: 1; background: $panel; padding: 0 1; }
+    AnalysisScreen TabbedContent { height: 1fr; }
+    AnalysisScreen TabPane { height: 1fr; padding: 0; }
+    AnalysisScreen VerticalScroll { height: 1fr; }
+    AnalysisScreen PlotextPlot { height: 16; min-height: 10; }
+    AnalysisScreen .analysis-table { height: auto; margin: 0 1 1 1; }
+    AnalysisScreen #analysis-empty { height: 1fr; }
+    """
+
+    def __init__(self, **args: Any) -> None:
+        super().__init__(**args)
+        self.report: dict | None = None
+        self.suites: list[str] = []
 
     def compose_body(self) -> ComposeResult:
-        args = "".join(f"\n{k} = {v}" for k, v in self.args.items())
-        yield EmptyState(
-            "Analysis: gap closed per task against coverage, scaling curves, convincing-but-wrong outputs.\n\nNothing here yet — run `mirage score --suite S`." + args,
-            markup=False,
-        )
+        yield Static("", id="analysis-status")
+        yield EmptyState("Loading…", id="analysis-empty", markup=False)
+        with TabbedContent(id="analysis-tabs"):
+            for view, title in study.ANALYSIS_VIEWS:
+                with TabPane(title, id=f"tab-{view}"):
+                    with VerticalScroll(id=f"scroll-{view}"):
+                        if view == "gap":
+                            yield PlotextPlot(id="plot-gap")
+                        if view == "sweep":
+                            yield PlotextPlot(id="plot-sweep")
+                        yield Static("", id=f"tables-{view}", classes="analysis-table")
+
+    def on_mount(self) -> None:
+        self.query_one("#analysis-tabs").display = False
+        self.load()
+
+    def load(self) -> None:
+        def fetch(ws, suite):
+            rep = study.analysis(ws, suite)
+            return rep, study.suites_with_scores(ws)
+
+        self.run_core(fetch, self.args.get("suite"), on_result=self._loaded, group="analysis-load",
+                      blocking=False)
+
+    def receive_args(self, **args: Any) -> None:
+        super().receive_args(**args)
+        self.load()
+
+    def on_work_failed(self, message) -> None:
+        message.stop()
+        empty = self.query_one("#analysis-empty", EmptyState)
+        empty.update(getattr(message.error, "message", str(message.error)))
+        empty.display = True
+        self.query_one("#analysis-tabs").display = False
+        self.app.show_error(message.error, blocking=False)
+
+    def _loaded(self, value) -> None:
+        self.report, self.suites = value
+        rep = self.report
+        self.query_one("#analysis-empty").display = False
+        self.query_one("#analysis-tabs").display = True
+        self.query_one("#analysis-status", Static).update(Text(
+            f"{rep['suite']} ({rep['kind']}) · models {', '.join(rep['models'])} · teacher {rep['teacher'] or '—'}"
+            f" · base {rep['base'] or '—'} · imitation {', '.join(rep['imitation']) or '—'}"
+            "   e/E export · s next suite"))
+        for view, _title in study.ANALYSIS_VIEWS:
+            tables = study.view_tables(rep, view)
+            from rich.console import Group
+
+            self.query_one(f"#tables-{view}", Static).update(Group(*[_table(*t) for t in tables]) if tables
+                                                            else Text("(nothing yet)"))
+        self._plot_gap(rep)
+        self._plot_sweep(rep)
+
+    def _plot_gap(self, rep: dict) -> None:
+        widget = self.query_one("#plot-gap", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        pts = [g for g in rep["gap_closed"] if g["task"] != "all" and g["value"] is not None
+               and g.get("support") is not None]
+        if pts:
+            for imit in sorted({g["imitation_model"] for g in pts}):
+                mine = [g for g in pts if g["imitation_model"] == imit]
+                plt.scatter([g["support"] for g in mine], [g["value"] for g in mine], label=imit, marker="dot")
+            plt.title("gap closed per task against coverage support")
+            plt.xlabel("coverage support")
+            plt.ylabel("gap closed")
+        else:
+            plt.title("gap vs coverage: needs gap closed (base, imitation, teacher scored) and"
+                      " `mirage coverage --data D --suite S`")
+        widget.refresh()
+
+    def _plot_sweep(self, rep: dict) -> None:
+        widget = self.query_one("#plot-sweep", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        pts = rep["sweep"]
+        if len(pts) >= 2:
+            plt.plot([p["tokens"] for p in pts], [p["value"] for p in pts], marker="dot")
+            plt.title(f"{pts[0]['metric']} against imitation tokens")
+            plt.xlabel("imitation tokens")
+        else:
+            plt.title("metric vs tokens: needs a sweep (`mirage finetune --tokens N1,N2,...`) scored")
+        widget.refresh()
+
+    # -- actions -----------------------------------------------------------------------------------
+    def _current_view(self) -> str:
+        active = self.query_one("#analysis-tabs", TabbedContent).active or "tab-table1"
+        return active.removeprefix("tab-")
+
+    def action_view(self, step: int) -> None:
+        views = [v for v, _ in study.ANALYSIS_VIEWS]
+        cur = views.index(self._current_view())
+        self.query_one("#analysis-tabs", TabbedContent).active = f"tab-{views[(cur + step) % len(views)]}"
+
+    def action_export(self, fmt: str) -> None:
+        if self.report is None:
+            return
+        rep, view = self.report, self._current_view()
+        self.run_core(study.save_export, rep, view, fmt,
+                      on_result=lambda path: self.notify(f"exported {view} to {path}", timeout=6),
+                      group="analysis-export")
+
+    def action_next_suite(self) -> None:
+        if self.report is None or not self.suites:
+            return
+        cur = self.suites.index(self.report["suite"]) if self.report["suite"] in self.suites else -1
+        self.args["suite"] = self.suites[(cur + 1) % len(self.suites)]
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
