@@ -345,26 +345,35 @@ def test_unknown_suite_is_one_line_error(ws):
 
 # -- real data ------------------------------------------------------------------------------------
 def test_nq_open_gold_answers_score_100(ws, shared_data):
-    rows = [json.loads(line) for line in open(shared_data / "nq-open" / "NQ-open.dev.jsonl", encoding="utf-8")]
-    add_suite(ws, "nq", "qa", [{"prompt": r["question"], "gold": r["answer"]} for r in rows])
-    add_outputs(ws, "gold", "nq", [r["answer"][0] for r in rows])
+    from core.datasets import iter_items
+    from core.ingest import import_suite
+
+    path = shared_data / "nq-open" / "NQ-open.dev.jsonl"
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    exhaust(import_suite(ws, path, "nq"))
+    items = list(iter_items(ws, "nq"))
+    assert [it["gold"] for it in items] == [r["answer"] for r in rows]
+    add_outputs(ws, "gold", "nq", [it["gold"][0] for it in items])
     exhaust(scoring.score_suite(ws, "nq", teacher=None))
     recs = scoring.aggregate(ws, "nq", teacher=None, n_boot=200)
     for metric in ("exact_match", "f1", "contains"):
         r = _rec(recs, "gold", "all", metric)
         print(f"NQ-open dev gold-as-output {metric}: {r['value']:.4f} (n={r['n']})")
         assert r["value"] == 1.0 and r["n"] == len(rows) == 3610
+    # every alias, not only the first, is an exact match of its own item
+    from core.metrics import qa_scores
+
+    aliases = [(a, r["answer"]) for r in rows for a in r["answer"]]
+    assert sum(qa_scores(a, golds)["exact_match"] for a, golds in aliases) == len(aliases) == 6490
 
 
 def test_alpaca_eval_table2(ws, shared_data):
+    from core.ingest import import_outputs, import_suite
+
     folder = shared_data / "alpaca-eval-outputs"
-    data = {m: json.load(open(folder / f"{m}.json", encoding="utf-8"))
-            for m in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b")}
-    instructions = [r["instruction"] for r in data["gpt-3.5-turbo-0301"]]
-    add_suite(ws, "alpaca-eval", "prompts", [{"prompt": p, "task": "all"} for p in instructions])
-    for model, rows in data.items():
-        by_instr = {r["instruction"]: r["output"] for r in rows}
-        add_outputs(ws, model, "alpaca-eval", [by_instr.get(p) for p in instructions])
+    exhaust(import_suite(ws, folder / "gpt-3.5-turbo-0301.json", "alpaca-eval", fmt="prompts"))
+    for model in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"):   # recorded outputs, as a user would
+        exhaust(import_outputs(ws, folder / f"{model}.json", "alpaca-eval", model))
     exhaust(scoring.score_suite(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301"))
     recs = scoring.aggregate(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301", n_boot=500)
     print()
@@ -441,3 +450,23 @@ def test_suite_without_outputs_is_one_line_error(ws):
     add_suite(ws, "empty", "qa", [{"prompt": "q", "gold": ["a"]}])
     r = CliRunner().invoke(cli, ["score", "--suite", "empty", "--workspace", str(ws.root)])
     assert r.exit_code != 0 and "no outputs on suite 'empty'" in str(r.exception)
+
+
+def test_humaneval_imported_then_scored(ws, shared_data):
+    """The importer's code items (prompt, tests, entry point; canonical solution in meta) score as
+    the HumanEval harness would: canonical solutions pass, `pass` bodies fail."""
+    from core.datasets import iter_items
+    from core.ingest import import_suite
+
+    exhaust(import_suite(ws, shared_data / "humaneval" / "HumanEval.jsonl.gz", "he"))
+    items = list(iter_items(ws, "he"))
+    assert len(items) == 164
+    sample = items[:: 164 // 12][:12]
+    keep = {it["id"] for it in sample}
+    add_outputs(ws, "canonical", "he", [it["meta"]["canonical_solution"] if it["id"] in keep else None for it in items])
+    add_outputs(ws, "stub", "he", ["    pass\n" if it["id"] in keep else None for it in items])
+    exhaust(scoring.score_suite(ws, "he", teacher=None))
+    recs = scoring.aggregate(ws, "he", teacher=None, n_boot=200)
+    assert _rec(recs, "canonical", "all", "pass@1")["value"] == 1.0
+    assert _rec(recs, "stub", "all", "pass@1")["value"] == 0.0
+    assert _rec(recs, "stub", "all", "pass@1")["n"] == 12
