@@ -36,8 +36,12 @@ def row_ids(ws: Workspace, kind: str, name: str) -> list[int]:
     return [r[0] for r in ws.db.execute(sql, [ds["id"]])]
 
 
-def summaries(ws: Workspace, kind: str, ids: list[int]) -> list[dict]:
-    """Short rows for `ids`, in the order given (ids that no longer exist are skipped)."""
+def summaries(ws: Workspace, kind: str, ids: list[int], query: str = "") -> list[dict]:
+    """Short rows for `ids`, in the order given (ids that no longer exist are skipped).
+
+    With `query`, the text columns are FTS snippets around its matches (wrapped in [ ]) where the
+    match is in that column, so a search result shows why it matched.
+    """
     _check_kind(kind)
     if not ids:
         return []
@@ -50,6 +54,10 @@ def summaries(ws: Workspace, kind: str, ids: list[int]) -> list[dict]:
                f" substr(user_text, 1, {SNIPPET}) as user, substr(assistant_text, 1, {SNIPPET}) as assistant"
                f" from examples where id in ({marks})")
     by_id = {r["id"]: r for r in ws.db.query(sql, ids)}
+    if query:
+        for i, snip in _snippets(ws, kind, ids, query).items():
+            if i in by_id:
+                by_id[i].update({k: v for k, v in snip.items() if k != "id" and v and "[" in v})
     out = []
     for i in ids:
         r = by_id.get(i)
@@ -87,12 +95,44 @@ def record(ws: Workspace, kind: str, row_id: int) -> dict:
 
 
 def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
-    """Ids matching `query` (temporary substring match until FTS lands)."""
+    """Ids of the rows matching `query` (FTS5, every word, last one as a prefix), best first.
+
+    Only ids: a browser pages summaries for the window it shows (`summaries(..., query=)` adds the
+    match snippets). core.search builds the query and owns the FTS tables (m010_ingest_fts).
+    """
     _check_kind(kind)
-    like = f"%{query}%"
+    from core.search import fts_query
+
+    q = fts_query(query)
+    if q is None:
+        return []
     if kind == "suite":
         s = get_suite(ws, name)
-        return [r[0] for r in ws.db.execute("select id from items where suite_id = ? and prompt like ? order by idx", [s["id"], like])]
+        sql = ("select i.id from items_fts join items i on i.id = items_fts.rowid"
+               " where items_fts match ? and i.suite_id = ? order by rank")
+        return [r[0] for r in ws.db.execute(sql, [q, s["id"]])]
     ds = get_dataset(ws, name)
-    return [r[0] for r in ws.db.execute(
-        "select id from examples where dataset_id = ? and (user_text like ? or assistant_text like ?) order by idx", [ds["id"], like, like])]
+    scope = ("e.id in (select example_id from subset_members where subset_id = ?)" if ds["kind"] == "subset"
+             else "e.dataset_id = ?")
+    sql = ("select e.id from examples_fts join examples e on e.id = examples_fts.rowid"
+           f" where examples_fts match ? and {scope} order by rank")
+    return [r[0] for r in ws.db.execute(sql, [q, ds["id"]])]
+
+
+def _snippets(ws: Workspace, kind: str, ids: list[int], query: str) -> dict[int, dict]:
+    """FTS5 snippets around the matches of `query` for these ids, matches wrapped in [ ]."""
+    from core.search import SNIPPET_TOKENS, fts_query
+
+    q = fts_query(query)
+    if q is None or not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    if kind == "suite":
+        cols = f"snippet(items_fts, 0, '[', ']', '…', {SNIPPET_TOKENS}) as prompt"
+        table = "items_fts"
+    else:
+        cols = (f"snippet(examples_fts, 0, '[', ']', '…', {SNIPPET_TOKENS}) as user,"
+                f" snippet(examples_fts, 1, '[', ']', '…', {SNIPPET_TOKENS}) as assistant")
+        table = "examples_fts"
+    sql = f"select rowid as id, {cols} from {table} where {table} match ? and rowid in ({marks})"
+    return {r["id"]: r for r in ws.db.query(sql, [q, *ids])}

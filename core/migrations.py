@@ -393,3 +393,11 @@ def m011_ingest_fts_bulk(db):
             f" insert into {fts}({fts}, rowid, {col_list}) values ('delete', old.id, {old_vals});"
             f" insert into {fts}(rowid, {col_list}) values (new.id, {new_vals}); end"
         )
+
+
+@migration
+def m050_tui_examples_tokens_index(db):
+    # Counting a dataset's examples and summing its tokens (`mirage ls datasets`, the TUI's Data
+    # screen) read every row: n_tokens sits after the long text columns, so SQLite walked each
+    # row's overflow pages (0.8 s for 100k conversations). A covering index answers it from ~2 MB.
+    db.conn.execute("create index if not exists examples_dataset_tokens on examples(dataset_id, n_tokens)")

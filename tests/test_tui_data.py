@@ -48,14 +48,7 @@ def table(app) -> RowTable:
 
 
 def shown_turns(app) -> list[tuple[str, str]]:
-    out = []
-    for turn in app.screen.query(Turn):
-        if turn.query(Markdown):
-            text = turn.query_one(Markdown).source
-        else:
-            text = str(turn.query_one("Static").render())
-        out.append((turn.role, text))
-    return out
+    return [(turn.role, turn.content) for turn in app.screen.query(Turn)]
 
 
 async def started(pilot):
@@ -106,6 +99,9 @@ async def test_cursor_shows_the_conversation_as_chat_turns(data_ws):
         await wait_for(pilot, lambda: any("Question 2:" in text for _, text in shown_turns(app)))
         assistant = dict(shown_turns(app))["assistant"]
         assert "**what I know**" in assistant and "```python" in assistant
+        turn = app.screen.query(Turn).last()
+        await wait_for(pilot, lambda: bool(turn.query(Markdown)))  # rendered as markdown
+        assert turn.query_one(Markdown).source.startswith("## About topic2")
         # Enter opens the example: the detail pane takes focus
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.focused, DetailPane))

@@ -6,15 +6,17 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from tui import actions as actions_mod
 from tui import messages as msg
 from tui.actions import Action
+from tui.widgets.key_hints import KeyHints
 
 
 class NavBar(Static):
@@ -43,6 +45,16 @@ class NavBar(Static):
             else:
                 parts.append(f"[@click=app.goto('{name}')]{label}[/]")
         self.update(" ".join(parts))
+
+
+class TitleBar(Static):
+    """`◆ mirage — <workspace>`: follows `app.sub_title` (tests set it to hide temp paths)."""
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "sub_title", self._show)
+
+    def _show(self, sub_title: str) -> None:
+        self.update(Text.assemble("◆ mirage — ", (sub_title, "not bold")))
 
 
 class EmptyState(Static):
@@ -145,11 +157,12 @@ class MirageScreen(CoreWorkers, Screen):
         return self.app.ws_path  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="◆")
+        # A plain line rather than Textual's Header (three widgets and a clock timer): start-up cost.
+        yield TitleBar(id="title-bar")
         yield NavBar(self.NAME)
         with Vertical(id="body"):
             yield from self.compose_body()
-        yield Footer()
+        yield KeyHints(id="key-hints")
 
     def compose_body(self) -> ComposeResult:
         """Override: the screen's own widgets, between the navigation bar and the footer."""

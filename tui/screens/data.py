@@ -4,24 +4,34 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.lazy import Lazy
 from textual.timer import Timer
 from textual.widgets import Input, Static
 
 from tui import messages as msg
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
-from tui.widgets.data.detail import DetailPane
-from tui.widgets.data.row_table import RowTable
+from tui.widgets.data.row_table import PAGE, RowTable
 from tui.widgets.data.sources import SourceList, human
 
 DETAIL_DELAY = 0.15  # s: the detail follows the cursor once it rests, not on every key repeat
 
 
-def load_sources(ws) -> tuple[list[dict], list[dict]]:
+def load_sources(ws, first: bool = False) -> dict:
+    """Datasets and suites; with `first`, also the first source's row ids and first page of rows,
+    so the screen's first useful frame needs one worker round trip instead of three."""
+    from core import browse
     from core.datasets import list_datasets, list_suites
 
-    return list_datasets(ws), list_suites(ws)
+    out = {"datasets": list_datasets(ws), "suites": list_suites(ws), "first": None}
+    if first:
+        pick = (("dataset", out["datasets"][0]["name"]) if out["datasets"]
+                else ("suite", out["suites"][0]["name"]) if out["suites"] else None)
+        if pick:
+            kind, name = pick
+            ids = browse.row_ids(ws, kind, name)
+            rows = browse.summaries(ws, kind, ids[:PAGE])
+            out["first"] = {"kind": kind, "name": name, "ids": ids, "rows": rows}
+    return out
 
 
 class DataScreen(MirageScreen):
@@ -53,8 +63,9 @@ class DataScreen(MirageScreen):
                             id="data-search")
                 yield RowTable(id="data-table")
                 yield Static("", id="data-status", markup=False)
-                # Markdown is the heaviest part of the screen: mount it after the first frame.
-                yield Lazy(DetailPane(id="data-detail"))
+                # The detail pane (Markdown: the heaviest import of the screen) is mounted here once
+                # the first rows are on screen, so it never delays the first useful frame.
+                yield Vertical(id="data-detail")
         yield EmptyState(
             "No datasets or suites in this workspace yet.\n\n"
             "mirage import data FILE --name NAME      imitation data (ShareGPT, Alpaca, messages)\n"
@@ -66,14 +77,17 @@ class DataScreen(MirageScreen):
     def on_mount(self) -> None:
         self.query_one("#data-layout").display = False
         self.query_one("#data-empty").display = False
-        self.action_reload()
+        self.run_core(load_sources, True, on_result=self._sources_loaded, group="sources")
 
     # -- sources ------------------------------------------------------------------------------------
     def action_reload(self) -> None:
         self.run_core(load_sources, on_result=self._sources_loaded, group="sources")
 
-    def _sources_loaded(self, result: tuple[list[dict], list[dict]]) -> None:
-        datasets, suites = result
+    def _sources_loaded(self, result: dict) -> None:
+        datasets, suites, first = result["datasets"], result["suites"], result["first"]
+        if first is not None:  # the first page came with the list: show it without another round trip
+            self.source = {"_kind": first["kind"], "name": first["name"]}
+            self.query_one(RowTable).load(first["kind"], first["ids"], first_rows=first["rows"])
         empty = not datasets and not suites
         self.query_one("#data-layout").display = not empty
         self.query_one("#data-empty").display = empty
@@ -94,7 +108,7 @@ class DataScreen(MirageScreen):
         if src is None:
             return
         same = self.source is not None and (self.source["_kind"], self.source["name"]) == (src["_kind"], src["name"])
-        self.source = src
+        self.source = src  # (replaces the bare stand-in set from the first page)
         if same and self.query_one(RowTable).ids:
             self._update_status()
             return
@@ -111,6 +125,7 @@ class DataScreen(MirageScreen):
             return
         kind, name, query = src["_kind"], src["name"], self.query_text
         if query:
+            self.query_one("#data-status", Static).update(f"searching for “{query}”…")
             self.run_core(browse.search_ids, kind, name, query,
                           on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
         else:
@@ -121,7 +136,7 @@ class DataScreen(MirageScreen):
         if self.source is None or (self.source["_kind"], self.source["name"]) != (kind, name) or query != self.query_text:
             return  # the user moved on
         self.matches = len(ids) if query else None
-        self.query_one(RowTable).load(kind, ids)
+        self.query_one(RowTable).load(kind, ids, query=query)
         self._update_status()
 
     # -- search -------------------------------------------------------------------------------------
@@ -152,13 +167,22 @@ class DataScreen(MirageScreen):
         self.query_one(RowTable).focus()
 
     def action_focus_detail(self) -> None:
-        for pane in self.query(DetailPane):
+        for pane in self.query("DetailPane"):
             pane.focus()
 
+    async def _detail_pane(self):
+        from tui.widgets.data.detail import DetailPane
+
+        slot = self.query_one("#data-detail")
+        if not slot.children:
+            await slot.mount(DetailPane(id="data-detail-pane"))
+        return slot.query_one(DetailPane)
+
     # -- rows and detail ----------------------------------------------------------------------------
-    def on_example_selected(self, event: msg.ExampleSelected) -> None:
+    async def on_example_selected(self, event: msg.ExampleSelected) -> None:
         event.stop()
         self._update_status()
+        await self._detail_pane()
         if self._detail_timer is not None:
             self._detail_timer.stop()
         if event.open:
@@ -176,11 +200,11 @@ class DataScreen(MirageScreen):
             return
 
         async def show(rec: dict) -> None:
-            for pane in self.query(DetailPane):
-                await pane.show(kind, rec)
-                self._shown_id = (kind, row_id)
-                if focus:
-                    pane.focus()
+            pane = await self._detail_pane()
+            await pane.show(kind, rec)
+            self._shown_id = (kind, row_id)
+            if focus:
+                pane.focus()
 
         self.run_core(record, kind, row_id, on_result=show, group="detail")
 

@@ -7,6 +7,7 @@ window on screen (`core.browse.summaries`), caches them and draws placeholders u
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +23,9 @@ from textual.strip import Strip
 from tui import messages as msg
 from tui.screens.base import CoreWorkers
 
+_MATCH = re.compile(r"\[([^\[\]]*)\]")  # split() keeps the group: odd parts are matches
 PAGE = 200          # rows fetched per request
+SEARCH_PAGE = 50    # search results carry FTS snippets (~5 ms a row on long conversations)
 CACHE_ROWS = 20_000  # summaries kept; beyond this the cache is dropped and refilled from what is visible
 
 
@@ -68,13 +71,14 @@ SUITE_COLUMNS = [
 class RowTable(CoreWorkers, ScrollView, can_focus=True):
     """Rows of one source; `load(kind, ids)` replaces them. Posts `messages.ExampleSelected`."""
 
-    COMPONENT_CLASSES = {"row-table--header", "row-table--cursor", "row-table--placeholder"}
+    COMPONENT_CLASSES = {"row-table--header", "row-table--cursor", "row-table--placeholder", "row-table--match"}
     DEFAULT_CSS = """
     RowTable { background: $surface; scrollbar-gutter: stable; overflow-x: hidden; }
     RowTable > .row-table--header { text-style: bold; background: $panel; }
     RowTable > .row-table--cursor { background: $accent 40%; text-style: bold; }
     RowTable:focus > .row-table--cursor { background: $accent; color: $text; }
     RowTable > .row-table--placeholder { color: $text-muted; }
+    RowTable > .row-table--match { color: $warning; text-style: bold underline; }
     """
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False),
@@ -91,6 +95,7 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.kind = "dataset"
+        self.search_query = ""  # (not `query`: that is Widget.query, the DOM query)
         self.ids: list[int] = []
         self.columns: list[Column] = DATASET_COLUMNS
         self._cache: dict[int, dict] = {}   # position -> summary
@@ -98,11 +103,20 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         self._fetch_scheduled = False
 
     # -- data ---------------------------------------------------------------------------------------
-    def load(self, kind: str, ids: list[int], *, cursor: int = 0) -> None:
+    def load(self, kind: str, ids: list[int], *, cursor: int = 0, first_rows: list[dict] | None = None,
+             query: str = "") -> None:
+        """Show `ids`; `first_rows` (summaries of ids[:len(first_rows)], if already fetched) fill the cache.
+
+        With `query` (the search that produced `ids`), rows show snippets around the matches.
+        """
         self.kind = kind
+        self.search_query = query
         self.columns = SUITE_COLUMNS if kind == "suite" else DATASET_COLUMNS
         self.ids = ids
         self._cache = {}
+        if first_rows:
+            by_id = {r["id"]: r for r in first_rows}
+            self._cache = {p: by_id[i] for p, i in enumerate(ids[:len(first_rows)]) if i in by_id}
         self._generation += 1
         self.virtual_size = Size(self.size.width, len(ids) + 1)  # +1: the header line
         self.scroll_to(0, 0, animate=False)
@@ -131,14 +145,15 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         missing = [p for p in visible if p not in self._cache]
         if not missing:
             return
-        start = (missing[0] // PAGE) * PAGE
-        end = min(((missing[-1] // PAGE) + 1) * PAGE, len(self.ids))
+        page = SEARCH_PAGE if self.search_query else PAGE
+        start = (missing[0] // page) * page
+        end = min(((missing[-1] // page) + 1) * page, len(self.ids))
         if len(self._cache) > CACHE_ROWS:
             self._cache = {p: r for p, r in self._cache.items() if p in visible}
         generation, kind = self._generation, self.kind
         from core.browse import summaries
 
-        self.run_core(summaries, kind, self.ids[start:end], group="rows",
+        self.run_core(summaries, kind, self.ids[start:end], self.search_query, group="rows",
                       on_result=lambda rows: self._loaded(generation, start, end, rows))
 
     def _loaded(self, generation: int, start: int, end: int, rows: list[dict]) -> None:
@@ -169,12 +184,18 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
                 widths.append(w)
         return widths
 
-    def _line(self, cells: list[str], widths: list[int], style: Style) -> Strip:
-        segs = []
+    def _line(self, cells: list[str], widths: list[int], style: Style, match: Style | None = None) -> Strip:
+        segs: list[Segment] = []
         for i, (text, w, col) in enumerate(zip(cells, widths, self.columns)):
             if col.align == "right" and cell_len(text) < w:
                 text = " " * (w - cell_len(text)) + text
-            segs.append(Segment(set_cell_size(text, w), style))
+            if match is not None and "[" in text:
+                # search snippets wrap matches in [ ]: show them highlighted, without the brackets
+                parts = [Segment(t, style + match if k % 2 else style)
+                         for k, t in enumerate(_MATCH.split(text)) if t]
+                segs.extend(Strip(parts).adjust_cell_length(w, style))
+            else:
+                segs.append(Segment(set_cell_size(text, w), style))
             if i < len(cells) - 1:
                 segs.append(Segment(" ", style))
         return Strip(segs)
@@ -200,7 +221,8 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         if row.get("_missing"):
             return Strip([Segment(set_cell_size(f"{pos + 1:>6} (deleted)", width), style)])
         cells = [c.get(row) for c in self.columns]
-        return self._line(cells, widths, style).extend_cell_length(width, style)
+        match = self.get_component_rich_style("row-table--match") if self.search_query else None
+        return self._line(cells, widths, style, match).extend_cell_length(width, style)
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self.ids) + 1)
