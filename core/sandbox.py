@@ -49,22 +49,27 @@ import json, os, resource, sys
 cfg = json.loads(sys.argv[1])
 with open(cfg["program"], encoding="utf-8") as f:
     src = f.read()
+def setup_failed(what):
+    sys.stderr.write("mirage sandbox setup failed: " + what + "\n")
+    os._exit(1)
 if cfg["tmpfs"]:
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     for where in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(where):
-            libc.mount(b"tmpfs", where.encode(), b"tmpfs", 0, b"size=64m,mode=1777")
+        if os.path.isdir(where) and libc.mount(b"tmpfs", where.encode(), b"tmpfs", 0, b"size=64m,mode=1777") != 0:
+            setup_failed("tmpfs on " + where)
     if cfg["uid"] is not None and cfg["closed_parent"]:
         # The interpreter lives under a folder `nobody` cannot enter (e.g. /root/.pyenv). In this
         # private mount namespace: hide that folder under an empty tmpfs and bind the interpreter
         # back at its own path, so imports work unchanged and the rest of the folder stays unseen.
         base, closed = sys.base_prefix, cfg["closed_parent"]
         os.makedirs("/tmp/.python", exist_ok=True)
-        libc.mount(base.encode(), b"/tmp/.python", None, 4096 | 16384, None)  # MS_BIND | MS_REC
-        libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 0, b"size=1m,mode=0755")
+        if (libc.mount(base.encode(), b"/tmp/.python", None, 4096 | 16384, None) != 0  # MS_BIND | MS_REC
+                or libc.mount(b"tmpfs", closed.encode(), b"tmpfs", 0, b"size=1m,mode=0755") != 0):
+            setup_failed("interpreter bind mount")
         os.makedirs(base, exist_ok=True)
-        libc.mount(b"/tmp/.python", base.encode(), None, 4096 | 16384, None)
+        if libc.mount(b"/tmp/.python", base.encode(), None, 4096 | 16384, None) != 0:
+            setup_failed("interpreter bind mount")
         libc.umount2(b"/tmp/.python", 2)  # MNT_DETACH
         os.rmdir("/tmp/.python")
     os.makedirs("/tmp/work", exist_ok=True)
@@ -97,6 +102,10 @@ if cfg["socket_guard"]:
     socket.socket = _socket.socket = _NoSocket
     socket.create_connection = socket.socketpair = socket.fromfd = _no_network
     socket.getaddrinfo = _socket.getaddrinfo = _no_network
+# Isolation is in place: tell the parent, and close the pipe so the code cannot speak on it. From
+# here on any failure (a syntax error included) is the code's own.
+os.write(cfg["ready_fd"], b"ok")
+os.close(cfg["ready_fd"])
 del cfg
 sys.argv = ["program.py"]
 code = compile(src, "program.py", "exec")
@@ -108,7 +117,7 @@ exec(code, {"__name__": "__main__", "__file__": "program.py", "__builtins__": __
 @dataclass(frozen=True)
 class SandboxResult:
     passed: bool
-    status: str          # passed | failed | timeout | error
+    status: str          # passed | failed | timeout | error (the sandbox itself failed)
     returncode: int | None
     stdout: str
     stderr: str
@@ -193,9 +202,15 @@ def run_program(program: str, *, timeout: float = TIMEOUT_S, memory_mb: int = ME
             cmd = _UNSHARE + cmd
         out_path = os.path.join(workdir, ".stdout")
         err_path = os.path.join(workdir, ".stderr")
+        ready_r, ready_w = os.pipe()
+        cmd[cmd.index(RUNNER) + 1] = json.dumps({**cfg, "ready_fd": ready_w})
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=_clean_env(workdir), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True, close_fds=True)
+            try:
+                proc = subprocess.Popen(cmd, cwd=workdir, env=_clean_env(workdir), stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=err, start_new_session=True, close_fds=True,
+                                        pass_fds=(ready_w,))
+            finally:
+                os.close(ready_w)
             status = None
             try:
                 rc = proc.wait(timeout=timeout + 1.0)
@@ -211,7 +226,11 @@ def run_program(program: str, *, timeout: float = TIMEOUT_S, memory_mb: int = ME
                 if rc is None:
                     proc.wait()
         seconds = time.monotonic() - start
+        with os.fdopen(ready_r, "rb") as f:
+            ready = f.read(2) == b"ok"
         stderr = _read_capped(err_path)
+        if not ready and status is None:
+            status = "error"  # the sandbox never got as far as running the code
         if status is None:
             if rc == 0:
                 status = "passed"

@@ -283,7 +283,12 @@ def _score_code(ws, code_jobs, add, *, workers, timeout, cancel) -> Work[None]:
                                                               g["entry_point"])
         programs.append(((g, h), prog))
     for n, ((g, h), res) in enumerate(sandbox.check_many(programs, workers=workers, timeout=timeout)):
-        add(g, "pass@1", h, float(res.passed), {**res.as_meta(), "program": how[g["generation_id"]]})
+        meta = {**res.as_meta(), "program": how[g["generation_id"]]}
+        if res.status == "error":  # the sandbox failed, not the code: no score (retried next run)
+            meta["error"] = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "sandbox error"
+            add(g, "pass@1", h, None, meta)
+        else:
+            add(g, "pass@1", h, float(res.passed), meta)
         check_cancel(cancel)
         yield Progress(n + 1, len(programs), "running tests")
 

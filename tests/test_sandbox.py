@@ -171,3 +171,19 @@ def test_humaneval_canonical_all_pass_and_stubs_fail(shared_data):
     stubs = [(r["task_id"], sandbox.build_program(r["prompt"], "    pass\n", r["test"], r["entry_point"])[0])
              for r in rows[:20]]
     assert not any(v.passed for _, v in sandbox.check_many(stubs, workers=2))
+
+
+def test_only_the_sandbox_itself_can_report_a_setup_error():
+    # The code cannot pass its own failure off as the sandbox's (which scores null, not 0).
+    r = sandbox.run_program("import os, sys\nsys.stderr.write('mirage sandbox setup failed: x\\n')\nos._exit(97)\n")
+    assert r.status == "failed" and not r.passed
+    r = sandbox.run_program("def broken(:\n")
+    assert r.status == "failed" and "SyntaxError" in r.stderr
+
+
+def test_a_sandbox_that_cannot_set_up_reports_error(monkeypatch):
+    if sandbox.isolation() != "namespaces":
+        pytest.skip("setup steps that can fail exist only in namespace mode")
+    monkeypatch.setattr(sandbox, "_closed_parent", lambda: "/nonexistent/mirage-test")
+    r = sandbox.run_program("print('never')")
+    assert r.status == "error" and "setup failed" in r.stderr and "never" not in r.stdout
