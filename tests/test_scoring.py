@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.server
 import json
@@ -11,7 +10,6 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from core import report as report_mod
 from core import scoring
 from core.cli import cli
 from core.progress import exhaust
