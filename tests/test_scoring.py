@@ -468,3 +468,42 @@ def test_humaneval_imported_then_scored(ws, shared_data):
     assert _rec(recs, "canonical", "all", "pass@1")["value"] == 1.0
     assert _rec(recs, "stub", "all", "pass@1")["value"] == 0.0
     assert _rec(recs, "stub", "all", "pass@1")["n"] == 12
+
+
+def test_report_sets_gap_closed_against_coverage_support(ws):
+    """Gap closed per task against the stored coverage of the imitation data (core.coverage tables)."""
+    tasks = {"t1": 0.1, "t2": 0.4, "t3": 0.7, "t4": 0.9}   # support; imitation gains follow it
+    items, base, imit, teacher = [], [], [], []
+    for task, support in tasks.items():
+        for i in range(40):
+            items.append({"prompt": f"{task} question {i}?", "gold": [f"ans{i}"], "task": task})
+            base.append(f"ans{i}" if i < 5 else "no")
+            teacher.append(f"ans{i}" if i < 35 else "no")
+            imit.append(f"ans{i}" if i < 5 + round(support * 30) else "no")
+    sid = add_suite(ws, "qa", "qa", items)
+    add_outputs(ws, "teacher", "qa", teacher)
+    add_outputs(ws, "base", "qa", base)
+    add_outputs(ws, "imit", "qa", imit, kind="adapter",
+                spec={"lineage": {"base": "base", "data": "imitation-data", "tokens": 5000}})
+    did = ws.db.execute("insert into datasets (name, created_at) values ('imitation-data', ?)", [now()]).lastrowid
+    run = ws.db.execute(
+        "insert into coverage_runs (key, dataset_id, suite_id, data, suite, model_key, model_name, mode, threshold,"
+        " k, n_clusters, seed, data_hash, suite_hash, summary, clusters, created_at)"
+        " values ('k', ?, ?, 'imitation-data', 'qa', 'm', 'm', 'user', 0.5, 5, 4, 0, 'h', 'h', '{}', '[]', ?)",
+        [did, sid, now()]).lastrowid
+    for task, support in tasks.items():
+        ws.db.execute("insert into coverage_tasks (run_id, task, items, support, mean_max_similarity,"
+                      " examples_served, contaminated, answer_leak, by_source) values (?, ?, 40, ?, 0, 0, 0, 0, '{}')",
+                      [run, task, support])
+    (ws.root / "mirage.toml").write_text('[roles]\nteacher = "teacher"\nbase = "base"\n', encoding="utf-8")
+    exhaust(scoring.score_suite(ws, "qa", teacher="teacher"))
+    from core import report
+
+    rep = report.build(ws, "qa")
+    assert rep["imitation"] == ["imit"]                          # found through the adapter's lineage
+    gaps = {g["task"]: g for g in rep["gap_closed"]}
+    assert gaps["t3"]["value"] == pytest.approx(21 / 30) and gaps["t3"]["support"] == 0.7
+    assert gaps["t1"]["ci_low"] <= gaps["t1"]["value"] <= gaps["t1"]["ci_high"]
+    assert rep["gap_vs_support"] == [{"imitation_model": "imit", "data": "imitation-data", "spearman": 1.0,
+                                      "tasks": 4}]
+    assert "Spearman rho(gap closed, support) = 1.00 over 4 tasks" in report.render_md(rep)
