@@ -1,0 +1,91 @@
+"""Batched against one-at-a-time local generation with the packaged SmolLM2-135M-Instruct, greedy.
+
+64 QA prompts from samples/qa.jsonl in chat form, `max_new_tokens` 32, through mirage's own engine
+(core.generation.run_requests: left padding, stop handling, the same code `mirage generate` runs).
+The baseline is the same engine with batch size 1. Outputs must be identical (greedy); the line
+says so in `identical`. Target: ratio (sequential time / batched time) >= 4.
+
+    python benchmarks/bench_generate.py [--n 64] [--batch-size 16] [--max-new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args()
+
+    import torch
+
+    from core import generation, models
+    from core.progress import exhaust
+    from core.workspace import Workspace
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    questions = [json.loads(l)["question"] for l in (ROOT / "samples" / "qa.jsonl").read_text().splitlines() if l.strip()]
+    questions = (questions * (args.n // len(questions) + 1))[: args.n]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace.init(Path(tmp) / "ws")
+        name = "smollm2-135m-instruct"
+        loaded = models.load_causal_lm(ws, name, quiet=False)
+        tok = loaded[1]
+
+        def requests():
+            out = []
+            for i, q in enumerate(questions):
+                msgs = [{"role": "user", "content": f"Answer the question with a short answer.\nQuestion: {q}"}]
+                r = generation.Request(prompt=generation.render_chat(tok, msgs, name), style="chat", stop=[],
+                                       messages=msgs, tag=i)
+                r.decoding = generation.decoding_for(r, max_new_tokens=args.max_new_tokens, temperature=0.0,
+                                                     seed=None, kshot=None)
+                out.append(r)
+            return out
+
+        def run(batch_size: int) -> tuple[float, dict[int, str], int]:
+            got: dict[int, str] = {}
+            tokens = [0]
+
+            def store(results):
+                for r, text, meta in results:
+                    got[r.tag] = text
+                    tokens[0] += meta["new_tokens"]
+
+            t0 = time.perf_counter()
+            exhaust(generation.run_requests(ws, name, requests(), store=store, batch_size=batch_size, loaded=loaded))
+            return time.perf_counter() - t0, got, tokens[0]
+
+        run(args.batch_size if args.n >= 4 else 1)  # warm-up (first call pays one-off costs)
+        batched_s, batched, tokens = run(args.batch_size)
+        seq_s, sequential, _ = run(1)
+        ws.close()
+    identical = batched == sequential
+    differing = [i for i in batched if batched[i] != sequential.get(i)]
+    print(json.dumps({
+        "name": f"generate_batched_smollm2_{args.n}_prompts",
+        "value": round(batched_s, 2), "unit": "s",
+        "baseline": "same prompts one at a time (batch size 1)", "baseline_value": round(seq_s, 2),
+        "ratio": round(seq_s / batched_s, 2),
+        "identical": identical, "differing": len(differing), "batch_size": args.batch_size,
+        "new_tokens": tokens, "max_new_tokens": args.max_new_tokens,
+    }), flush=True)
+    if differing:
+        i = differing[0]
+        print(json.dumps({"example_difference": {"batched": batched[i], "sequential": sequential[i]}}),
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
