@@ -189,6 +189,67 @@ table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}th,td{border:1px s
 th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}.note{color:#555;font-size:.9rem}"""
 
 
+def _svg_points(points: list[dict], *, x: str, xlabel: str, ylabel: str, log_x: bool = False) -> str:
+    """A small inline SVG: one dot per point with its interval as a vertical bar (no external assets)."""
+    import math
+
+    pts = [p for p in points if p.get("value") is not None and p.get(x) is not None]
+    if len(pts) < 2:
+        return ""
+    w, h, pad = 520, 220, 44
+
+    def xv(p):
+        return math.log10(p[x] + 1) if log_x else p[x]
+
+    xs = [xv(p) for p in pts]
+    ys = [v for p in pts for v in (p["value"], p.get("ci_low"), p.get("ci_high")) if v is not None]
+    x0, x1 = min(xs), max(xs) or 1
+    y0, y1 = min(0.0, min(ys)), max(1.0, max(ys))
+
+    def sx(v):
+        return pad + (v - x0) / ((x1 - x0) or 1) * (w - 2 * pad)
+
+    def sy(v):
+        return h - pad - (v - y0) / ((y1 - y0) or 1) * (h - 2 * pad)
+
+    e = html.escape
+    out = [f'<svg width="{w}" height="{h}" role="img" '
+           f'aria-label="{e(ylabel)} against {e(xlabel)}">',
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>',
+           f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle" font-size="12">{e(xlabel)}</text>',
+           f'<text x="12" y="{h / 2}" font-size="12" transform="rotate(-90 12 {h / 2})" '
+           f'text-anchor="middle">{e(ylabel)}</text>',
+           f'<text x="{pad - 4}" y="{sy(y0) + 4}" text-anchor="end" font-size="10">{y0:g}</text>',
+           f'<text x="{pad - 4}" y="{sy(y1) + 4}" text-anchor="end" font-size="10">{y1:g}</text>']
+    for p, xx in zip(pts, xs):
+        cx = sx(xx)
+        if p.get("ci_low") is not None and p.get("ci_high") is not None:
+            out.append(f'<line x1="{cx:.1f}" y1="{sy(p["ci_low"]):.1f}" x2="{cx:.1f}" y2="{sy(p["ci_high"]):.1f}" '
+                       f'stroke="#4a78b5" stroke-width="2"/>')
+        out.append(f'<circle cx="{cx:.1f}" cy="{sy(p["value"]):.1f}" r="4" fill="#1f4e8c"><title>'
+                   f'{e(str(p.get("label", "")))}: {p["value"]:.3f}</title></circle>')
+        out.append(f'<text x="{cx:.1f}" y="{h - pad + 14}" text-anchor="middle" font-size="10">'
+                   f'{e(str(p.get("tick", p[x])))}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _charts(rep: dict) -> dict[str, str]:
+    """Section title -> inline SVG, for the sections a picture helps."""
+    charts = {}
+    if rep["sweep"]:
+        pts = [{**r, "label": r["model"], "tick": r["tokens"]} for r in rep["sweep"]]
+        charts["Metric against imitation tokens"] = _svg_points(
+            pts, x="tokens", xlabel="imitation tokens (log scale)", ylabel=rep["sweep"][0]["metric"], log_x=True)
+    with_support = [g for g in rep["gap_closed"] if g.get("support") is not None and g["task"] != "all"]
+    if with_support:
+        pts = [{**g, "label": f"{g['imitation_model']} / {g['task']}", "tick": g["task"]} for g in with_support]
+        charts["Gap closed — (imitation − base) / (teacher − base)"] = _svg_points(
+            pts, x="support", xlabel="coverage support of the task", ylabel="gap closed")
+    return charts
+
+
 def render_html(rep: dict) -> str:
     e = html.escape
     parts = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -197,8 +258,11 @@ def render_html(rep: dict) -> str:
              f"<p class=\"note\">Models: {e(', '.join(rep['models']))}. Teacher: {e(rep['teacher'] or '—')}. "
              f"Base: {e(rep['base'] or '—')}. Imitation: {e(', '.join(rep['imitation']) or '—')}. "
              f"Generated {e(rep['generated_at'])}.</p>"]
+    charts = _charts(rep)
     for title, note, table in _sections(rep):
         parts.append(f"<h2>{e(title)}</h2><p class=\"note\">{e(note)}</p>")
+        if charts.get(title):
+            parts.append(charts[title])
         if table is None:
             parts.append("<p>(no scores)</p>")
             continue

@@ -507,3 +507,6 @@ def test_report_sets_gap_closed_against_coverage_support(ws):
     assert rep["gap_vs_support"] == [{"imitation_model": "imit", "data": "imitation-data", "spearman": 1.0,
                                       "tasks": 4}]
     assert "Spearman rho(gap closed, support) = 1.00 over 4 tasks" in report.render_md(rep)
+    page = report.render_html(rep)
+    # two charts: gap closed against support (4 tasks), the metric against tokens (base and imit)
+    assert page.count("<svg") == 2 and page.count("<circle") == 4 + 2
