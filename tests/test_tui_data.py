@@ -162,3 +162,41 @@ async def test_reload_picks_up_a_new_import(data_ws):
                            " ('late', 'imitation', 'messages', 'x', ?)", [now()])
         await pilot.press("r")
         await wait_for(pilot, lambda: "dataset:late" in app.screen.query_one(SourceList).sources)
+
+
+def test_markdown_detection_keeps_raw_code_plain():
+    from tui.widgets.data.detail import looks_like_markdown
+
+    assert not looks_like_markdown("#include <iostream>\nint main() { return 0; }")
+    assert not looks_like_markdown("#!/bin/sh\nfor f in *; do echo $f; done")
+    assert looks_like_markdown("## About\n\ntext")
+    assert looks_like_markdown("Steps:\n- one\n- two")
+    assert looks_like_markdown("```python\nprint(1)\n```")
+    assert looks_like_markdown("it is **bold**")
+
+
+async def test_real_shared_data_imported_with_core_ingest(ws, shared_data):
+    from core.ingest import import_data, import_suite
+    from core.progress import exhaust
+
+    exhaust(import_suite(ws, shared_data / "nq-open" / "NQ-open.dev.jsonl", "nq-open"))
+    exhaust(import_data(ws, [shared_data / "gpteacher" / "codegen-instruct.json"], "gpteacher"))
+    app = MirageApp(ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        t = table(app)
+        assert t.kind == "dataset" and len(t.ids) == 4535
+        # GPTeacher answers are bare code: shown as plain text, lines and <includes> intact
+        await wait_for(pilot, lambda: any(turn.role == "assistant" for turn in app.screen.query(Turn)))
+        answer = [turn for turn in app.screen.query(Turn) if turn.role == "assistant"][0]
+        assert answer.content.startswith("#include <iostream>") and answer.markdown is False
+        sources = app.screen.query_one(SourceList)
+        sources.highlighted = sources.get_option_index("suite:nq-open")
+        await wait_for(pilot, lambda: t.kind == "suite" and len(t.ids) == 3610 and t.row_at(0) is not None)
+        t.focus()
+        await pilot.press("slash", *"last time anyone was on the moon", "enter")
+        await wait_for(pilot, lambda: len(t.ids) < 3610 and t.row_at(0) is not None)
+        assert t.row_at(0)["idx"] == 0  # "when was the last time anyone was on the moon" ranks first
+        assert "[moon]" in t.row_at(0)["prompt"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: ("gold", "14 December 1972 UTC | December 1972") in shown_turns(app))

@@ -220,7 +220,7 @@ class DataScreen(MirageScreen):
         if self.query_text:
             parts.append(f"{n:,} match{'es' if n != 1 else ''} for “{self.query_text}” (esc clears)")
         if src["_kind"] == "suite":
-            parts += [f"suite {src['name']}", f"{src['items']:,} items", f"{src['tasks']} tasks"]
+            parts += [f"suite {src['name']}", f"{src['items']:,} items", f"{src['tasks']} task" + ("s" if src["tasks"] != 1 else "")]
         else:
             parts += [f"dataset {src['name']}", f"{src['examples']:,} examples", f"{human(src['tokens'])} tokens"]
         status.update(" · ".join(parts))

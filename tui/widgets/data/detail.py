@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 
 MAX_CHARS = 20_000  # per turn: Markdown layout of a huge turn would stall the UI thread
+
+# Signs that a turn was written as markdown. Without them a turn is shown as plain text: raw
+# code (GPTeacher answers are bare C++/shell) rendered as markdown loses its line breaks and
+# anything in <angle brackets>.
+_MARKDOWN = re.compile(r"^```|^#{1,6} |^\s*(?:[-*+]|\d+[.)]) |\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)|^> ",
+                       re.MULTILINE)
+
+
+def looks_like_markdown(text: str) -> bool:
+    return bool(_MARKDOWN.search(text))
 
 
 def _clip(text: str) -> str:
@@ -29,12 +41,14 @@ class Turn(Vertical):
     Turn Markdown > * { margin-bottom: 0; }
     """
 
-    def __init__(self, role: str, content: str, *, markdown: bool = True) -> None:
+    def __init__(self, role: str, content: str, *, markdown: bool | None = None) -> None:
+        """`markdown=None`: render as markdown if the text looks like markdown, else as plain text."""
         super().__init__(classes=f"-{role}")
-        self.border_title = role
         self.role = role
         self.content = content
-        self.markdown = markdown
+        self.markdown = looks_like_markdown(content) if markdown is None else markdown
+        self.border_title = role
+        self.border_subtitle = "markdown" if self.markdown else "text"
 
     def compose(self) -> ComposeResult:
         if self.markdown:
@@ -66,7 +80,9 @@ class DetailPane(VerticalScroll, can_focus=True):
         if kind == "suite":
             meta = (f"{record['suite']} · item {record['idx'] + 1} · task {record['task']}"
                     + (f" · {record['key']}" if record.get("key") else ""))
-            turns.append(Turn("user", record["prompt"], markdown=record.get("suite_kind") != "code"))
+            code = record.get("suite_kind") == "code"
+            turns.append(Turn("user", f"```python\n{record['prompt']}\n```" if code else record["prompt"],
+                              markdown=True if code else None))
             if record.get("choices"):
                 turns.append(Turn("choices", "\n".join(
                     f"{chr(65 + i)}. {c}" for i, c in enumerate(record["choices"])), markdown=False))
