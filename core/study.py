@@ -46,8 +46,10 @@ SORTS = {
     "support": "coverage support (least supported first)",
     "style": "style similarity to the teacher (closest first)",
 }
-# "Convincing": the output's unigram overlap with the teacher's is at least this (0..1).
-CONVINCING_OVERLAP = 0.5
+# "Convincing but wrong" is core.scoring.convincing_but_wrong's rule, evaluated on the view's arrays:
+# unigram overlap with the teacher's output at least this (its default), a wrong answer by the
+# suite's primary metric (for QA, the gold not contained either), and a list where the teacher used one.
+CONVINCING_OVERLAP = 0.3
 
 
 def default_rater() -> str:
@@ -268,7 +270,9 @@ class CompareView:
             arr[kp] = np.nan if value is None else value
         self.metrics = values
         if verdict_metric is None:
-            verdict_metric = next((x for x in FACTUALITY_METRICS if x in values), None)
+            primary = _primary_metric(self.suite_row["kind"])
+            verdict_metric = primary if primary in values else next(
+                (x for x in FACTUALITY_METRICS if x in values), None)
         elif verdict_metric not in values and values:
             raise BadInput("--metric", f"no '{verdict_metric}' scores on suite '{self.suite}'"
                            f" (have: {', '.join(sorted(values))})")
@@ -276,8 +280,11 @@ class CompareView:
         self.verdicts = np.full((m, self.n), UNSCORED, dtype=np.int8)
         if verdict_metric:
             v = values[verdict_metric]
-            self.verdicts[v >= 0.5] = CORRECT
-            self.verdicts[v < 0.5] = WRONG
+            # A share of supported claims is right only when every claim is.
+            cut = 1.0 if verdict_metric == "judge_claims" else 0.5
+            with np.errstate(invalid="ignore"):
+                self.verdicts[v >= cut] = CORRECT
+                self.verdicts[v < cut] = WRONG
         self.style_metrics = [x for x in STYLE_METRICS if x in values]
         self._style_similarity = None
 
@@ -356,8 +363,17 @@ class CompareView:
             sim = self.style_similarity()
             t = self.teacher_row
             rows = [k for k in range(len(self.models)) if k != t]
+            contains = self.metrics.get("contains") if self.suite_row["kind"] == "qa" else None
+            lists = self.metrics.get("list_when_teacher_lists")
+            hit = []
             with np.errstate(invalid="ignore"):
-                hit = [(v[k] == WRONG) & (sim[k] >= CONVINCING_OVERLAP) for k in rows]
+                for k in rows:
+                    h = (v[k] == WRONG) & (sim[k] >= CONVINCING_OVERLAP)
+                    if contains is not None:
+                        h &= ~(contains[k] == 1.0)
+                    if lists is not None:
+                        h &= ~(lists[k] == 0.0)
+                    hit.append(h)
             return np.logical_or.reduce(hit) if hit else np.zeros(self.n, bool)
         other = {"teacher-right-imitation-wrong": "teacher",
                  "base-right-imitation-wrong": "base"}.get(pattern)
@@ -478,6 +494,14 @@ class CompareView:
     def neighbours(self, position: int, k: int = 5) -> list[dict]:
         return item_neighbours(self.ws, self.suite, int(self.item_ids[self.order[position]]),
                                data=self.data, k=k)
+
+
+def _primary_metric(kind: str) -> str | None:
+    try:
+        from core.scoring import PRIMARY
+    except ImportError:
+        return None
+    return PRIMARY.get(kind)
 
 
 def _latest_coverage_data(ws: Workspace, suite: str) -> str | None:

@@ -76,6 +76,24 @@ def test_verdict_patterns(ws, built):
         assert [view.row(p).idx for p in range(n)] == expected, pattern
 
 
+def test_convincing_but_wrong_matches_core_scoring(ws):
+    from core import scoring
+
+    set_roles(ws)
+    ids = add_suite(ws, "s", [{"prompt": f"p{i}", "gold": ["x"]} for i in range(5)])
+    # (exact_match, contains, overlap, list_when_teacher_lists) of the imitation output per item
+    spec = [(0, 0, 0.9, 1), (0, 1, 0.9, 1), (0, 0, 0.1, 1), (1, 1, 0.9, 1), (0, 0, 0.9, 0)]
+    for i, (em, ct, ov, ls) in enumerate(spec):
+        add_generation(ws, "teacher", ids[i], "- teacher list", {"exact_match": 1, "contains": 1})
+        add_generation(ws, "imitation", ids[i], "imitation", {
+            "exact_match": em, "contains": ct, "unigram_overlap": ov, "list_when_teacher_lists": ls})
+    view = study.CompareView(ws, "s")
+    view.apply(study.Filters(pattern="convincing-but-wrong"))
+    mine = {view.row(p).item_id for p in range(len(view.order))}
+    theirs = {r["item_id"] for r in scoring.convincing_but_wrong(ws, "s")}
+    assert mine == theirs == {ids[0]}
+
+
 def test_task_and_text_filters_combine(ws, built):
     view = study.CompareView(ws, "nq")
     n = view.apply(study.Filters(task="history"))
