@@ -323,7 +323,8 @@ def _score_embeddings(ws, gens, teacher, teacher_out, fresh, add) -> Work[None]:
 
 
 def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
-    """Sum of log-probabilities of each choice's text (" " + choice) after the prompt."""
+    """Sum of log-probabilities of each choice's text (" " + choice) after the prompt (cloze style,
+    unnormalised: lm-evaluation-harness's `acc`)."""
     import torch
 
     scores = []
@@ -366,7 +367,10 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
         model, tok = registry.load_causal_lm(ws, model_name, device="cpu")
         for n, (g, h) in enumerate(todo):
             check_cancel(cancel)
-            lls = choice_logliks(model, tok, g["item_prompt"], g["choices"])
+            prompt = g["item_prompt"].rstrip()
+            if not prompt.endswith("Answer:"):
+                prompt = f"Question: {prompt}\nAnswer:"   # cloze style: the choice text follows
+            lls = choice_logliks(model, tok, prompt, g["choices"])
             best = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[max(range(len(lls)), key=lls.__getitem__)]
             gold = str((g["gold"] or [""])[0]).strip().upper()
             add(g, "mc_accuracy_loglik", h, float(best == gold), {"letter": best, "logliks": lls})
