@@ -54,12 +54,16 @@ async def test_navigation_reaches_every_screen(ws):
 
 
 async def test_nav_bar_click_switches_screen(ws):
+    from tui.screens.base import NavBar
+
     app = MirageApp(ws.root)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        await app.run_action("app.goto('jobs')")
-        await wait_for(pilot, lambda: app.screen.NAME == "jobs" and bool(app.screen.query("EmptyState")))
-        assert "Nothing here yet" in str(app.screen.query_one("EmptyState").render())
+        await wait_for(pilot, lambda: bool(app.screen.query(NavBar)))
+        text = str(app.screen.query_one(NavBar).render())
+        x = 1 + text.index(" 3 Jobs ") + 2  # 1: the bar's left padding
+        await pilot.click("#nav", offset=(x, 0))
+        await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "jobs" and bool(app.screen.query(NavBar)))
+        assert app.screen.query_one(NavBar).current == "jobs"
 
 
 async def test_help_lists_every_registered_action(ws):
