@@ -8,8 +8,14 @@ All-or-nothing without holding the write lock for the whole import: rows are wri
 transactions under a *staging* row (a `datasets` / `suites` row with status 'importing' and a
 private name) that every reader ignores. At the end one short transaction makes them visible
 (renames the staging row, or for an append moves its rows onto the existing one). On any failure
-the staging row is deleted (its rows go with it by cascade). A crash leaves a staging row whose
-process is gone; the next import removes it. Readers never see a half-imported file.
+the staging row and its rows are deleted. A crash leaves a staging row whose process is gone; the
+next import removes it. Readers never see a half-imported file.
+
+Full-text index: each chunk's rows are indexed by one bulk `insert ... select` in the chunk's own
+transaction (the FTS triggers skip staged rows: a trigger per row made FTS5 flush per row and the
+import ~7x slower; m011_ingest_fts_bulk). So every row is always indexed, and dropping staged
+rows deletes their index entries explicitly. The writes run on a writer thread (sqlite releases
+the GIL) while the main thread parses the next chunk.
 """
 
 from __future__ import annotations
@@ -443,18 +449,20 @@ class TokenCounter:
         import numpy as np
 
         enc = [t.encode("utf-8", "surrogatepass") for t in texts]
-        lens = np.fromiter((len(e) + 1 for e in enc), dtype=np.int64, count=len(enc))
-        offsets = np.zeros(len(enc), dtype=np.int64)
-        np.cumsum(lens[:-1], out=offsets[1:])
+        # text i occupies [bounds[i], bounds[i+1]) of the joined buffer (a NUL separator after each)
+        bounds = np.zeros(len(enc) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(e) + 1 for e in enc), dtype=np.int64, count=len(enc)), out=bounds[1:])
         cls = self._lut[np.frombuffer(b"\x00".join(enc) + b"\x00", dtype=np.uint8)]
         edges = np.diff((cls == 1).view(np.int8), prepend=np.int8(0))
         starts = np.flatnonzero(edges == 1)
         ends = np.flatnonzero(edges == -1)
-        per_run = 1 + (ends - starts - 1) // self.RUN
-        out = np.bincount(np.searchsorted(offsets, starts, "right") - 1, weights=per_run, minlength=len(enc))
-        single = np.flatnonzero(cls >= 2)
-        out += np.bincount(np.searchsorted(offsets, single, "right") - 1, minlength=len(enc))
-        return out.astype(np.int64).tolist()
+        runs_before = np.zeros(len(starts) + 1, dtype=np.int64)
+        np.cumsum(1 + (ends - starts - 1) // self.RUN, out=runs_before[1:])
+        singles = np.flatnonzero(cls >= 2)
+        # a few thousand binary searches of text bounds, not one per run or per byte
+        run_tokens = np.diff(runs_before[np.searchsorted(starts, bounds)])
+        single_tokens = np.diff(np.searchsorted(singles, bounds))
+        return (run_tokens + single_tokens).tolist()
 
 
 def token_counter(ws: Workspace) -> TokenCounter:
@@ -584,20 +592,74 @@ _CHILD = {  # staging parent table -> (child table, foreign key, indexed text co
 
 
 def _drop_staged(ws: Workspace, table: str, stage_id: int) -> None:
-    # Children first, while the parent still says 'importing': their rows were never indexed, so
-    # the FTS delete trigger must not fire for them (m011_ingest_fts_bulk).
-    child, fk, _ = _CHILD[table]
+    # The parent still says 'importing', so the FTS delete trigger stays quiet: remove the rows'
+    # index entries in bulk first, then the rows, then the parent.
+    child, fk, cols = _CHILD[table]
+    col_list = ", ".join(cols)
     with ws.transaction():
+        ws.db.execute(f"insert into {child}_fts({child}_fts, rowid, {col_list}) select 'delete', id, {col_list}"
+                      f" from {child} where {fk} = ?", [stage_id])
         ws.db.execute(f"delete from {child} where {fk} = ?", [stage_id])
         ws.db.execute(f"delete from {table} where id = ? and status = 'importing'", [stage_id])
 
 
-def _index_staged(ws: Workspace, table: str, stage_id: int) -> None:
-    """Index a staging parent's rows in one bulk statement (call inside the publishing transaction)."""
+def _insert_indexed(ws: Workspace, table: str, stage_id: int, sql: str, rows: list[tuple]) -> int:
+    """Insert a chunk of staged rows and index them in bulk, in one transaction; returns rows added."""
     child, fk, cols = _CHILD[table]
     col_list = ", ".join(cols)
-    ws.db.execute(f"insert into {child}_fts(rowid, {col_list}) select id, {col_list} from {child}"
-                  f" where {fk} = ?", [stage_id])
+    with ws.transaction():
+        (last,) = ws.db.execute(f"select coalesce(max(id), 0) from {child}").fetchone()
+        inserted = ws.db.conn.executemany(sql, rows).rowcount if rows else 0
+        if inserted:
+            ws.db.execute(f"insert into {child}_fts(rowid, {col_list}) select id, {col_list} from {child}"
+                          f" where {fk} = ? and id > ?", [stage_id, last])
+    return inserted
+
+
+class _Writer(threading.Thread):
+    """Runs `flush(chunk)` for each submitted chunk on its own thread; the first error stops it
+    and is re-raised on the next submit() or finish()."""
+
+    def __init__(self, flush: Callable[[Any], None]):
+        super().__init__(daemon=True, name="mirage-import-writer")
+        import queue
+
+        self.flush = flush
+        self.queue: Any = queue.Queue(maxsize=2)  # bounded: the reader never runs far ahead
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self):
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    self.flush(chunk)
+                except BaseException as e:  # noqa: BLE001 - handed to the importing thread
+                    self.error = e
+
+    def submit(self, chunk) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def finish(self) -> None:
+        """Wait for every submitted chunk; raise the writer's error if it had one."""
+        if self.is_alive():
+            self.queue.put(None)
+            self.join()
+        if self.error is not None:
+            raise self.error
+
+    def finish_quietly(self) -> None:
+        """On the importer's own failure: stop after the chunk in hand, dropping the rest."""
+        if self.error is None:
+            self.error = Cancelled("import stopped")
+        if self.is_alive():
+            self.queue.put(None)
+            self.join()
 
 
 def cleanup_stale(ws: Workspace) -> int:
@@ -709,6 +771,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
     known = {(f.get("sha256"), f.get("format")) for f in target_meta.get("files", [])}
     stats = {"read": 0, "imported": 0, "duplicates": 0, "tokens": 0, "tokenizer": counter.name}
     files_meta, formats = [], []
+    writers: list[_Writer] = []
     done_bytes = 0
     try:
         for src in sources:
@@ -721,6 +784,8 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
             batch: list[tuple] = []
             texts: list[str] = []
             before = dict(stats)
+            writer = _Writer(lambda chunk: _flush_examples(ws, stage.id, *chunk, counter, stats, target))
+            writers.append(writer)
             for loc, rec in read_records(src, kind):
                 if isinstance(rec, BadInput):
                     badrows(rec)
@@ -738,9 +803,9 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
                     badrows(bad(src.label, fe.reason, loc, fe.field), rec)
                     continue
                 stats["read"] += 1
-                conv_json = dumps(conv)
-                if len(conv_json) > MAX_RECORD_BYTES:
-                    badrows(bad(src.label, _too_long(len(conv_json)), loc))
+                conv_bytes = _dumps_bytes(conv)
+                if len(conv_bytes) > MAX_RECORD_BYTES:
+                    badrows(bad(src.label, _too_long(len(conv_bytes)), loc))
                     continue
                 row_source = rec.get("source") if isinstance(rec.get("source"), str) else (
                     rec.get("dataset") if isinstance(rec.get("dataset"), str) else label)
@@ -748,15 +813,18 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
                 assistant = "\n\n".join(t["content"] for t in conv if t["role"] == "assistant")
                 upstream_id = rec.get("id")
                 meta = dumps({"id": upstream_id}) if isinstance(upstream_id, (str, int)) else "{}"
-                batch.append((stage.id, 0, row_source, conv_json, user, assistant, 0,
-                              hashlib.sha256(conv_json.encode("utf-8", "surrogatepass")).hexdigest(), meta))
+                batch.append((stage.id, 0, row_source, conv_bytes.decode("utf-8", "surrogatepass"), user, assistant,
+                              0, hashlib.sha256(conv_bytes).hexdigest(), meta))
                 texts.append("\n".join(t["content"] for t in conv))
                 if len(batch) >= BATCH:
                     check_cancel(cancel)
-                    _flush_examples(ws, batch, texts, counter, stats, target)
+                    writer.submit((batch, texts, stats["read"] - len(batch)))
+                    batch, texts = [], []
                     yield Progress(done_bytes + _position(src), total_bytes,
                                    f"{stats['imported']:,} imported")
-            _flush_examples(ws, batch, texts, counter, stats, target)
+            if batch:
+                writer.submit((batch, texts, stats["read"] - len(batch)))
+            writer.finish()
             if file_fmt is None:
                 raise BadInput(src.label, "no records" if not badrows.n else "no good records")
             formats.append(file_fmt)
@@ -777,6 +845,8 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
             _publish_dataset(ws, stage, name, target, target_meta, files_meta, formats, stats, repeat)
             stage.done()
     except BaseException:
+        for w in writers:  # no write may land after the staged rows are dropped
+            w.finish_quietly()
         stage.discard()
         badrows.close()
         if badrows.path and not skip_bad:
@@ -793,18 +863,26 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
     }
 
 
+def _dumps_bytes(obj) -> bytes:
+    """`workspace.dumps(obj)` as UTF-8 bytes (same text: compact, sorted keys), via orjson when it can."""
+    import orjson
+
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # lone surrogates and the like: the stdlib copes
+        return dumps(obj).encode("utf-8", "surrogatepass")
+
+
 def _json(text: str | None) -> dict:
     import json
 
     return json.loads(text or "{}")
 
 
-def _flush_examples(ws, batch: list[tuple], texts: list[str], counter: TokenCounter, stats: dict,
-                    target: dict | None) -> None:
-    if not batch:
-        return
+def _flush_examples(ws, stage_id: int, batch: list[tuple], texts: list[str], base: int, counter: TokenCounter,
+                    stats: dict, target: dict | None) -> None:
+    """Writer thread: count tokens, drop rows the target dataset has, insert and index the chunk."""
     counts = counter.count(texts)
-    base = stats["read"] - len(batch)
     rows = [r[:1] + (base + i,) + r[2:6] + (c,) + r[7:] for i, (r, c) in enumerate(zip(batch, counts))]
     if target is not None:
         # Appending: a row whose conversation the dataset already has is a duplicate too.
@@ -813,24 +891,19 @@ def _flush_examples(ws, batch: list[tuple], texts: list[str], counter: TokenCoun
             f"select content_hash from examples where dataset_id = ? and content_hash in ({marks})",
             [target["id"], *[r[7] for r in rows]])}
         rows = [r for r in rows if r[7] not in have]
-    with ws.transaction():
-        inserted = ws.db.conn.executemany(_EXAMPLE_INSERT, rows).rowcount if rows else 0
+    inserted = _insert_indexed(ws, "datasets", stage_id, _EXAMPLE_INSERT, rows)
     stats["imported"] += inserted
     stats["duplicates"] += len(batch) - inserted
-    batch.clear()
-    texts.clear()
 
 
 def _publish_dataset(ws, stage: _Staging, name, target, target_meta, files_meta, formats, stats, repeat) -> None:
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     new_files = [f for f in files_meta if f not in repeat]
     with ws.transaction():
-        _index_staged(ws, "datasets", stage.id)
-        if target is None:
-            # Another import may have created the name meanwhile: then this one appends to it.
-            rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))
-            if rows:
-                target, target_meta = dict(rows[0]), _json(rows[0]["meta"])
+        # Look again: another import may have created the name meanwhile (then this one appends),
+        # or someone deleted the dataset this import meant to append to (then it becomes it).
+        rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))
+        target, target_meta = (dict(rows[0]), _json(rows[0]["meta"])) if rows else (None, {})
         if target is None:
             meta = {"duplicates": stats["duplicates"], "files": files_meta, "tokenizer": stats["tokenizer"]}
             ws.db.execute(
@@ -838,7 +911,6 @@ def _publish_dataset(ws, stage: _Staging, name, target, target_meta, files_meta,
                 " meta = ?, created_at = ? where id = ?",
                 [name, fmt, ", ".join(f["name"] for f in files_meta), dumps(meta), now(), stage.id])
         else:
-            # The target may have been deleted meanwhile; then this import becomes the dataset.
             offset = ws.db.execute("select coalesce(max(idx) + 1, 0) from examples where dataset_id = ?",
                                    [target["id"]]).fetchone()[0]
             # Moving rows changes dataset_id and idx only: the FTS update trigger does not fire.
@@ -1020,9 +1092,9 @@ def import_suite(ws: Workspace, path: str | os.PathLike, name: str, *, fmt: str 
                           item["tests"], item["entry_point"], content_hash, dumps(item["meta"])))
             if len(batch) >= BATCH:
                 check_cancel(cancel)
-                _flush_items(ws, batch, stats, target)
+                _flush_items(ws, stage.id, batch, stats, target)
                 yield Progress(_position(src), src.size or 1, f"{stats['imported']:,} items")
-        _flush_items(ws, batch, stats, target)
+        _flush_items(ws, stage.id, batch, stats, target)
         if suite_fmt is None:
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
         digest = src.digest()
@@ -1052,7 +1124,7 @@ def import_suite(ws: Workspace, path: str | os.PathLike, name: str, *, fmt: str 
             "items": n_items, "tasks": n_tasks}
 
 
-def _flush_items(ws, batch: list[tuple], stats: dict, target: dict | None) -> None:
+def _flush_items(ws, stage_id: int, batch: list[tuple], stats: dict, target: dict | None) -> None:
     if not batch:
         return
     rows = batch
@@ -1062,8 +1134,7 @@ def _flush_items(ws, batch: list[tuple], stats: dict, target: dict | None) -> No
             f"select content_hash from items where suite_id = ? and content_hash in ({marks})",
             [target["id"], *[r[9] for r in rows]])}
         rows = [r for r in rows if r[9] not in have]
-    with ws.transaction():
-        inserted = ws.db.conn.executemany(_ITEM_INSERT, rows).rowcount if rows else 0
+    inserted = _insert_indexed(ws, "suites", stage_id, _ITEM_INSERT, rows)
     stats["imported"] += inserted
     stats["duplicates"] += len(batch) - inserted
     batch.clear()
@@ -1071,11 +1142,9 @@ def _flush_items(ws, batch: list[tuple], stats: dict, target: dict | None) -> No
 
 def _publish_suite(ws, stage: _Staging, name, fmt, file_kind, target, target_meta, file_meta, stats) -> None:
     with ws.transaction():
-        _index_staged(ws, "suites", stage.id)
-        if target is None:
-            rows = list(ws.db.query("select * from suites where name = ? and status = 'ready'", [name]))
-            if rows:
-                target, target_meta = dict(rows[0]), _json(rows[0]["meta"])
+        # Look again: the suite may have been created or deleted by someone else meanwhile.
+        rows = list(ws.db.query("select * from suites where name = ? and status = 'ready'", [name]))
+        target, target_meta = (dict(rows[0]), _json(rows[0]["meta"])) if rows else (None, {})
         if target is None:
             meta = {"duplicates": stats["duplicates"], "files": [file_meta]}
             ws.db.execute(

@@ -401,3 +401,22 @@ def m050_tui_examples_tokens_index(db):
     # screen) read every row: n_tokens sits after the long text columns, so SQLite walked each
     # row's overflow pages (0.8 s for 100k conversations). A covering index answers it from ~2 MB.
     db.conn.execute("create index if not exists examples_dataset_tokens on examples(dataset_id, n_tokens)")
+
+
+@migration
+def m012_ingest_fts_detail_none(db):
+    # Examples' index without token positions (detail='none'): bulk indexing took 1.1 s instead of
+    # 2.8 s for 20k conversations and the index is smaller. Searches are words (and word prefixes)
+    # that must all occur, which needs no positions; snippets re-read the row's text. The
+    # triggers of m011 stay attached to `examples` and write to the new table under the same name.
+    conn = db.conn
+    conn.execute("drop table if exists examples_fts")
+    conn.execute(
+        "create virtual table examples_fts using fts5(user_text, assistant_text, content='examples',"
+        " content_rowid='id', tokenize='unicode61 remove_diacritics 2', detail='none')"
+    )
+    conn.execute(
+        "insert into examples_fts(rowid, user_text, assistant_text) select e.id, e.user_text, e.assistant_text"
+        " from examples e where coalesce((select status from datasets d where d.id = e.dataset_id), 'ready')"
+        " != 'importing'"
+    )

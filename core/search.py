@@ -11,7 +11,8 @@ import re
 from core.datasets import get_dataset, get_suite
 from core.workspace import Workspace
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# What FTS5's unicode61 tokenizer calls a token: letters and digits (an underscore separates).
+_WORD = re.compile(r"[^\W_]+")
 SNIPPET_TOKENS = 12
 
 
@@ -19,7 +20,8 @@ def fts_query(text: str) -> str | None:
     """A user's free text as a safe FTS5 query: every word must occur, the last one as a prefix.
 
     Typed text is never passed through as FTS5 syntax: a stray quote, `-`, `:` or `AND` would be a
-    syntax error or an operator. Returns None when the text has no word at all.
+    syntax error or an operator. Each quoted word is one token, never a phrase: the examples
+    index keeps no positions (m012_ingest_fts_detail_none). Returns None when there is no word.
     """
     words = _WORD.findall(text)
     if not words:
