@@ -1,6 +1,6 @@
 """Run every benchmark (`benchmarks/bench_*.py`) and print their JSON lines.
 
-    python benchmarks/run.py [-k SUBSTRING]
+    python benchmarks/run.py [NAME...] [-k SUBSTRING]      (NAME: `import` or `bench_import.py`)
 
 Each script runs in its own process (so one's imports and caches never help another) and prints
 one JSON line per measurement: {"name", "value", "unit", "baseline", "baseline_value", "ratio"}.
@@ -21,11 +21,13 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="only these benchmarks (e.g. import tui_start)")
     parser.add_argument("-k", default="", help="only scripts whose name contains this")
     args = parser.parse_args(argv)
+    wanted = {n.removesuffix(".py").removeprefix("bench_") for n in args.names}
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
-        if args.k not in script.stem:
+        if args.k not in script.stem or (wanted and script.stem.removeprefix("bench_") not in wanted):
             continue
         print(f"# {script.name}", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=HERE.parent)

@@ -75,7 +75,7 @@ def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, as_json):
     if summary["unchanged"]:
         click.echo(f"nothing changed: {summary['file']} already in suite '{name}' ({summary['items']:,} items)")
     else:
-        click.echo(f"imported {summary['imported']:,} {summary['kind']} items into '{name}';"
+        click.echo(f"imported {summary['imported']:,} items ({summary['kind']}) into '{name}';"
                    f" {summary['duplicates']:,} duplicates skipped; suite now {summary['items']:,} items"
                    f" in {summary['tasks']:,} task(s)")
 

@@ -1,0 +1,164 @@
+"""Import speed: `mirage import data` of a 100,000-conversation ShareGPT JSONL against
+`datasets.load_dataset("json")` on the same file, and the import's peak memory.
+
+The file is generated once (seeded) and cached in the temp dir: 100,000 conversations of 3 turns
+(human, gpt, human) of ~300 words each, ~550 MB (the TUI start-up benchmark's workspace has the
+same shape). Each side runs in its own child process and its peak RSS is that child's own
+(`os.wait4` rusage); the `datasets` side gets a fresh cache folder each run so it really parses.
+Median of `--runs`.
+
+    python benchmarks/bench_import.py [--conversations 100000] [--runs 3] [--tokenizer PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 2.0
+TARGET_PEAK_MB = 1024.0
+
+# A few hundred common English words; random picks give text with a realistic token/word ratio.
+WORDS = (
+    "the of and to in is that it for was on are as with his they at be this from have or by one had "
+    "not but what all were when we there can an your which their said if do will each about how up "
+    "out them then she many some so these would other into has more her two like him see time could "
+    "no make than first been its who now people my made over did down only way find use may water "
+    "long little very after words called just where most know get through back much before go good "
+    "new write our used me man too any day same right look think also around another came come work "
+    "three word must because does part even place well such here take why things help put years "
+    "different away again off went old number great tell men say small every found still between "
+    "name should home big give air line set own under read last never us left end along while might "
+    "next sound below saw something thought both few those always looked show large often together "
+    "asked house don't world going want school important until form food keep children feet land side "
+    "without boy once animals life enough took sometimes four head above kind began almost live page "
+    "got earth need far hand high year mother light parts country father let night following picture "
+    "being study second eyes soon times story boys since white days ever paper hard near sentence "
+    "better best across during today others however sure means knew it's try told young miles sun "
+    "ways thing whole hear example heard several change answer room sea against top turned learn point "
+    "city play toward five using himself usually function variable python model training dataset "
+    "gradient transformer attention embedding tokenizer inference probability distribution algorithm"
+).split()
+PUNCT = [",", ".", ".", "?", ":", ";", "!"]
+
+
+def _text(rng: random.Random, n: int) -> str:
+    words = rng.choices(WORDS, k=n)
+    # a punctuation mark every ~8 words, a capital after it
+    for i in range(7, n, rng.randint(6, 10)):
+        words[i] += rng.choice(PUNCT)
+    return " ".join(words).capitalize() + "."
+
+
+def make_file(path: Path, n: int) -> None:
+    rng = random.Random(1234)
+    tmp = path.with_suffix(".part")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(n):
+            row = {
+                "id": f"conv-{i}",
+                "conversations": [
+                    {"from": "human", "value": _text(rng, 300)},
+                    {"from": "gpt", "value": _text(rng, 300)},
+                    {"from": "human", "value": _text(rng, 300)},
+                ],
+            }
+            f.write(json.dumps(row) + "\n")
+    tmp.rename(path)
+
+
+# -- the two sides, each run in a child process -------------------------------------------------------
+def child_mirage(path: str, workdir: str, tokenizer: str) -> dict:
+    env = dict(os.environ)
+    ws = os.path.join(workdir, "ws")
+    shutil.rmtree(ws, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "core", "init", ws], check=True, env=env,
+                   stdout=subprocess.DEVNULL, cwd=REPO)
+    if tokenizer:
+        env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.config)
+    return _timed([sys.executable, "-m", "core", "import", "data", path, "--name", "bench",
+                   "--json", "-w", ws], env)
+
+
+def child_datasets(path: str, workdir: str) -> dict:
+    cache = os.path.join(workdir, "hf-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    code = (
+        "import sys, datasets\n"
+        "ds = datasets.load_dataset('json', data_files=sys.argv[1], cache_dir=sys.argv[2], split='train')\n"
+        "print(len(ds))\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return _timed([sys.executable, "-c", code, path, cache], env)
+
+
+def _timed(cmd: list[str], env: dict) -> dict:
+    """Wall time and peak RSS of one child (wait4 gives that child's own rusage)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed: {err.decode()[-2000:]}")
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.decode()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conversations", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tokenizer", default="", help="tokenizer.json / folder (default: built-in counter)")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "mirage-bench"))
+    args = ap.parse_args()
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    data = cache / f"sharegpt-{args.conversations}x3x300.jsonl"
+    if not data.exists():
+        make_file(data, args.conversations)
+
+    work = tempfile.mkdtemp(prefix="mirage-bench-import-")
+    try:
+        ours, theirs = [], []
+        for _ in range(args.runs):
+            # alternate so a burst of load on the shared machine hits both sides alike
+            theirs.append(child_datasets(str(data), work))
+            ours.append(child_mirage(str(data), work, args.tokenizer))
+        summary = json.loads(ours[-1]["stdout"])
+        assert summary["imported"] == args.conversations, summary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    t_ours = statistics.median(r["seconds"] for r in ours)
+    t_theirs = statistics.median(r["seconds"] for r in theirs)
+    peak = max(r["peak_mb"] for r in ours)
+    label = "builtin" if not args.tokenizer else "tokenizers"
+    print(json.dumps({
+        "name": f"import_sharegpt_{args.conversations}_{label}_seconds", "value": round(t_ours, 2),
+        "unit": "s", "baseline": "datasets.load_dataset('json')", "baseline_value": round(t_theirs, 2),
+        "ratio": round(t_ours / t_theirs, 2), "target": f"<= {TARGET_RATIO}",
+        "runs": [round(r["seconds"], 2) for r in ours], "baseline_runs": [round(r["seconds"], 2) for r in theirs],
+    }))
+    # Memory has an absolute target: the baseline is the 1 GB limit (ratio < 1 meets it).
+    print(json.dumps({
+        "name": f"import_sharegpt_{args.conversations}_{label}_peak_rss", "value": round(peak, 1),
+        "unit": "MB", "baseline": "limit", "baseline_value": TARGET_PEAK_MB,
+        "ratio": round(peak / TARGET_PEAK_MB, 2), "target": f"< {TARGET_PEAK_MB:.0f} MB",
+        "datasets_peak_mb": round(max(r["peak_mb"] for r in theirs), 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
