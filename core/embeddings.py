@@ -105,6 +105,9 @@ def load(model: EmbeddingModel, device: str | None = None):
     with _load_lock:
         if cache_key not in _loaded:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise in the CLI
 
             try:
                 _loaded[cache_key] = SentenceTransformer(str(model.path), device=device or "cpu",

@@ -185,6 +185,18 @@ def test_incremental_only_new_rows_embedded(study):
     assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 1
 
 
+def test_whole_conversation_mode_is_cached_apart(study):
+    user = exhaust(cov.compute(study, "imit", "qa"))
+    whole = exhaust(cov.compute(study, "imit", "qa", whole_conversation=True))
+    assert whole["mode"] == "conversation" and whole["run_id"] != user["run_id"]
+    assert whole["embedded_now"] == {"examples": 14, "items": 0}  # prompts reused, conversations new
+    planted = by_prompt(whole)[PLANTED]
+    # the response is part of the embedded text now, so the match is close but no longer exact
+    assert 0.7 < planted["max_similarity"] < 0.999 and planted["contaminated"]
+    assert sorted(p.name for p in (study.artifacts / "embeddings" / user["model_key"]).iterdir()
+                  if p.is_dir()) == ["conversation", "prompt", "user"]
+
+
 def test_cancel_halfway_then_continue(study, monkeypatch):
     monkeypatch.setattr(emb, "SHARD_ROWS", 4)
     cancel = threading.Event()
