@@ -363,10 +363,10 @@ def m010_ingest_fts(db):
 def m011_ingest_fts_bulk(db):
     # FTS5 flushes its pending index at every statement savepoint, so a per-row trigger made an
     # import ~7x slower than one bulk `insert ... select` (measured: 17 s vs 2.5 s for 20k rows).
-    # Rows an import is still staging (parent status 'importing') are therefore not indexed by
-    # the triggers; core.ingest indexes them in bulk in the same transaction that publishes them,
-    # and deletes a discarded import's rows before its staging parent. A row is indexed exactly
-    # when its parent is not 'importing'; a missing parent (cascade delete) counts as indexed.
+    # Rows an import is staging (parent status 'importing') are therefore skipped by the
+    # triggers; core.ingest indexes each chunk in bulk in the transaction that writes it, and
+    # removes the index entries itself when it drops staged rows. So every row stays indexed; a
+    # missing parent (cascade delete of a ready dataset) lets the delete trigger fire.
     conn = db.conn
     for table, parent, fk, cols in (("examples", "datasets", "dataset_id", ("user_text", "assistant_text")),
                                     ("items", "suites", "suite_id", ("prompt",))):

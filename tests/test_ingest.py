@@ -36,6 +36,7 @@ def test_fts_tracks_inserts_updates_and_deletes(ws):
     ws.db.execute("delete from datasets where id = 1")  # cascades to examples and their index rows
     assert ws.db.execute("select count(*) from examples_fts where examples_fts match 'lyon'").fetchone()[0] == 0
     assert fts_query('a "b') == '"a" "b"*'
+    assert fts_query("snake_case ") == '"snake" "case"'  # unicode61 splits at "_": words, not a phrase
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -183,6 +184,8 @@ def test_reimport_is_idempotent_and_append_adds_new_rows_only(ws, tmp_path):
     assert list_datasets(ws)[0]["duplicates"] == 1
     assert [r["idx"] for r in search_examples(ws, "d", "a3")] == [3]
     assert fts_ok(ws)
+    ws.db.execute("delete from datasets where name = 'd'")  # cascade: the delete trigger unindexes
+    assert fts_ok(ws) and ws.db.execute("select count(*) from examples_fts").fetchone()[0] == 0
 
 
 BAD_LINES = [
