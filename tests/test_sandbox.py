@@ -82,6 +82,8 @@ def test_allocating_10_gb_fails():
 
 
 def test_writing_outside_the_folder_is_contained(tmp_path):
+    if sandbox.isolation() == "rlimits" and os.geteuid() != 0:
+        pytest.skip("without namespaces or root, the code runs as this user and can write its files")
     target = tmp_path / "escape.txt"
     tmp_target = Path("/tmp") / f"mirage-escape-{os.getpid()}.txt"
     code = (f"for p in [{str(target)!r}, {str(tmp_target)!r}]:\n"
