@@ -16,8 +16,8 @@ Isolation depends on what the machine allows, and `isolation()` says which appli
     read-only to it).
   * "rlimits" (otherwise): the same limits, privileges dropped to `nobody` if we are root and the
     interpreter is readable to it, and `socket` disabled in the child's Python before the code
-    runs. That guard stops ordinary code
-    (socket, urllib, http.client), not code that calls libc through ctypes; and code running as
+    runs. That guard stops ordinary code (socket, urllib, http.client), not code that calls libc
+    through ctypes; and code running as
     an ordinary user can write that user's files. Run as root (or in a container) for real
     network and file-system isolation.
 """
