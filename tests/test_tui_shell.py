@@ -203,6 +203,14 @@ def test_startup_failure_is_one_line_and_exit_2(tmp_path, ws):
     out = _run_tui("--workspace", str(ws.root))
     assert out.returncode == 2
     assert "unknown key 'bogus'" in out.stderr and "Traceback" not in out.stderr
+    ws.config_path.write_text("")
+    ws.close()
+    ws.db_path.write_bytes(b"this is not a database" * 100)
+    for extra in ("-wal", "-shm"):
+        (ws.root / f"mirage.db{extra}").unlink(missing_ok=True)
+    out = _run_tui("--workspace", str(ws.root))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "not a database" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_mirage_tui_command_reports_start_up_failure(tmp_path):

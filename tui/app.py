@@ -218,22 +218,27 @@ class MirageApp(App[int]):
 
 def build_app(workspace: str | Path | None = None, *, start: str = "data",
               start_args: dict[str, Any] | None = None) -> MirageApp:
-    """The app for a workspace, with the user's key remaps; raises MirageError if it cannot open."""
+    """The app for a workspace, with the user's key remaps; raises MirageError if it cannot open.
+
+    Checks what can fail at start-up (folder, mirage.toml, a readable database) without loading
+    sqlite-utils: the first worker opens the database through core (and applies migrations) while
+    the first frame is drawn.
+    """
+    import gc
     import sqlite3
 
-    import gc
-
-    import_sqlite_utils_lean()
     from core.errors import WorkspaceError
     from core.workspace import Workspace
 
-    ws = Workspace.open(workspace)  # validates mirage.toml
+    ws = Workspace.open(workspace)  # the folder holds a database; mirage.toml is valid
     try:
-        ws.db  # migrate now, before the UI, so a broken database fails here in one line
+        conn = sqlite3.connect(f"file:{ws.db_path}?mode=ro", uri=True)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            conn.close()
     except sqlite3.DatabaseError as e:
         raise WorkspaceError(f"{ws.db_path}: {e}") from None
-    finally:
-        ws.close()
     # Everything imported so far lives as long as the app: keep the cyclic GC from re-scanning it
     # (one full collection less during start-up, ~30 ms here).
     gc.freeze()

@@ -85,11 +85,18 @@ class CoreWorkers:
         target: Any = self
 
         def call() -> None:
+            from tui.app import import_sqlite_utils_lean
+
+            import_sqlite_utils_lean()  # no-op once sqlite-utils is loaded
             from core.errors import Cancelled
             from core.workspace import Workspace
 
             worker = get_current_worker()
-            ws = Workspace.open(ws_path)
+            try:
+                ws = Workspace.open(ws_path)
+            except Exception as e:  # e.g. the folder went away while the app was open
+                target.post_message(msg.WorkFailed(group, e, blocking))
+                return
             try:
                 result = fn(ws, *args, **kwargs)
                 if inspect.isgenerator(result):

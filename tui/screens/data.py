@@ -77,7 +77,9 @@ class DataScreen(MirageScreen):
     def on_mount(self) -> None:
         self.query_one("#data-layout").display = False
         self.query_one("#data-empty").display = False
-        self.run_core(load_sources, True, on_result=self._sources_loaded, group="sources")
+        # After the first frame: the frame shows at once, the rows a moment later.
+        self.call_after_refresh(self.run_core, load_sources, True, on_result=self._sources_loaded,
+                                group="sources")
 
     # -- sources ------------------------------------------------------------------------------------
     def action_reload(self) -> None:
