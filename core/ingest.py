@@ -1228,6 +1228,9 @@ def import_outputs(ws: Workspace, path: str | os.PathLike, suite: str, model: st
                 yield Progress(_position(src), src.size or 1, f"{len(rows):,} matched")
         if read == 0:
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
+        if not rows:
+            raise BadInput(src.label, f"none of its {read:,} prompts is an item of suite '{suite}'"
+                                      " (outputs attach by exact prompt: is it the right suite?)")
         with ws.transaction():
             if not ws.db.execute("select 1 from models where name = ?", [model]).fetchone():
                 spec = {"source": str(src.path.resolve()), "generator": generators[0] if generators else model}

@@ -370,6 +370,13 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     assert snapshot(ws) == before
     with pytest.raises(NotFound):
         run(import_outputs(ws, out, "nosuch", "teacher"))
+    run(import_suite(ws, write_jsonl(tmp_path / "other.jsonl", [{"instruction": "Unrelated"}]), "other"))
+    before = snapshot(ws)
+    with pytest.raises(BadInput) as e:
+        run(import_outputs(ws, out, "other", "someone"))
+    assert str(e.value) == (f"{out}: none of its 3 prompts is an item of suite 'other'"
+                            " (outputs attach by exact prompt: is it the right suite?)")
+    assert snapshot(ws) == before  # no model row either
 
 
 # -- the real shared files --------------------------------------------------------------------------------------
