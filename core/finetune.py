@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "save_every": 50,
     "template": "auto",  # auto: the base's chat template if it is a chat model, else DEFAULT_TEMPLATE
     "logit_chunk": 1024,  # label positions per output-layer chunk
+    "group_by_length": True,  # False: plain shuffled batches (benchmark ablation)
+    "loss_impl": "chunked",  # "full": the model's own loss over full-vocabulary logits (benchmark ablation)
     "throttle_s": 0.0,  # pause after each step (tests and demos: a window to kill a run mid-way)
 }
 INT_KEYS = ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length", "seed", "max_steps",
@@ -140,6 +142,9 @@ def make_config(base: str, data: str, *, tokens: int | None = None, name: str | 
     if cfg["scheduler"] not in ("cosine", "linear", "constant_with_warmup"):
         raise BadInput("finetune", f"one of cosine, linear, constant_with_warmup (got '{cfg['scheduler']}')",
                        field="scheduler")
+    if cfg["loss_impl"] not in ("chunked", "full"):
+        raise BadInput("finetune", f"one of chunked, full (got '{cfg['loss_impl']}')", field="loss_impl")
+    cfg["group_by_length"] = bool(cfg["group_by_length"])
     cfg.update(base=base, data=data, tokens=tokens, name=name)
     return cfg
 
@@ -296,7 +301,8 @@ def select(ws: Workspace, data: str, budget: int | None, seed: int, tok, max_len
     return sel
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, *,
+                  group_by_length: bool = True) -> list[list[int]]:
     """Length-grouped batches: similar lengths share a batch (little padding), batch order shuffled.
 
     A pure function of (lengths, seed, epoch), so a resumed run replays the same order from its
@@ -305,7 +311,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     rng = random.Random(f"{seed}:{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    group = batch_size * 32
+    group = batch_size * 32 if group_by_length else batch_size
     batches: list[list[int]] = []
     for g in range(0, len(order), group):
         chunk = sorted(order[g : g + group], key=lambda i: lengths[i], reverse=True)
@@ -378,7 +384,7 @@ def _linear_cross_entropy():
     return LinearCrossEntropy
 
 
-def _trainable_module(peft_model, logit_chunk: int):
+def _trainable_module(peft_model, logit_chunk: int, loss_impl: str = "chunked"):
     """A module whose forward returns (summed loss, label count): DDP-wrappable by accelerate."""
     import torch
 
@@ -394,6 +400,10 @@ def _trainable_module(peft_model, logit_chunk: int):
             self.peft = peft_model
 
         def forward(self, input_ids, attention_mask, labels):
+            if loss_impl == "full":  # the model's own loss: logits for every position and the whole vocabulary
+                n = (labels[:, 1:] != IGNORE).sum()
+                out = self.peft(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+                return out.loss * n, n
             hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             targets = labels[:, 1:]
             mask = targets != IGNORE
@@ -418,7 +428,8 @@ class Plan:
     world: int = 1
 
     def batches(self, epoch: int) -> list[list[int]]:
-        return epoch_batches([len(x) for x in self.sel.ids], self.cfg["batch_size"], self.cfg["seed"], epoch)
+        return epoch_batches([len(x) for x in self.sel.ids], self.cfg["batch_size"], self.cfg["seed"], epoch,
+                             group_by_length=self.cfg.get("group_by_length", True))
 
     def micro_batches(self, step: int, rank: int = 0) -> list[list[int]]:
         """The micro-batches (lists of selection indices) this rank trains on at global `step` (0-based)."""
@@ -657,7 +668,7 @@ class Trainer:
 
         cfg = self.plan.cfg
         self.peft_model, self.dtype = build_model(self.plan, str(self.acc.device))
-        self.module = _trainable_module(self.peft_model, cfg["logit_chunk"])
+        self.module = _trainable_module(self.peft_model, cfg["logit_chunk"], cfg.get("loss_impl", "chunked"))
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
         warmup = math.ceil(cfg["warmup_ratio"] * self.plan.total_steps)

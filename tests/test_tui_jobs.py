@@ -1,0 +1,89 @@
+"""The Jobs screen: live list with progress, loss curve and log; cancel, resume, re-attach; the launch form."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input, RichLog, Static
+from textual.worker import WorkerCancelled
+
+from core import jobs
+from tui.app import MirageApp
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 40)
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def wait_for(pilot, condition, *, rounds: int = 600):
+    """Poll a real condition: drain workers and messages, then yield briefly (the poll timer)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        try:
+            await pilot.app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass
+        await pilot.pause(0.05)
+    raise AssertionError("condition never became true")
+
+
+def table_status(app) -> dict[int, str]:
+    t = app.screen.query_one("#jobs-table", DataTable)
+    return {int(k.value): str(t.get_row(k)[3]) for k in t.rows}
+
+
+def log_text(app) -> str:
+    return "\n".join(str(line.text) for line in app.screen.query_one("#jobs-log", RichLog).lines)
+
+
+async def test_lists_jobs_with_progress_loss_curve_and_log_then_reattaches(ws):
+    done = jobs.submit(ws, "selftest", "counts", {"steps": 4, "sleep": 0.0}, detach=False)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_status(app).get(done) == "done")
+        row = app.screen.query_one("#jobs-table", DataTable).get_row(str(done))
+        assert "4/4" in str(row[4]) and row[5] == "0.2500"
+        await wait_for(pilot, lambda: len(app.screen.losses) == 4)
+        assert sorted(dict(app.screen.losses).items()) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
+        assert "done" in log_text(app)
+    # A job started while the app is closed shows up when it reopens: the screen only reads the DB.
+    running = jobs.submit(ws, "selftest", "slow", {"steps": 400, "sleep": 0.05}, detach=True)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_status(app).get(running) == "running")
+        await wait_for(pilot, lambda: app.screen.selected == running and app.screen.losses)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: table_status(app).get(running) == "cancelled")
+        assert jobs.get_job(ws, running)["status"] == "cancelled"
+        await pilot.press("r")
+        await wait_for(pilot, lambda: table_status(app).get(running) in ("running", "done"))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: table_status(app).get(running) == "cancelled")
+
+
+async def test_launch_form_estimates_then_starts_a_finetune(ws, tmp_path):
+    import test_finetune as tf
+
+    base = tf.build_tiny_model(tmp_path / "tiny")
+    tf.add_dataset(ws, "arith", [tf._conversation(i) for i in range(12)])
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        assert app.screen.query_one("#jobs-form").has_class("open")
+        app.screen.query_one("#form-base", Input).value = str(base)
+        app.screen.query_one("#form-data", Input).value = "arith"
+        app.screen.query_one("#form-tokens", Input).value = "1M"
+        app.screen.query_one("#form-batch_size", Input).value = "4"
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: app.screen.estimate_result is not None)
+        shown = str(app.screen.query_one("#jobs-estimate", Static).render())
+        assert "12 examples" in shown and "3 steps" in shown and "larger than the data" in shown
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any(s == "done" for s in table_status(app).values()), rounds=2000)
+        (job,) = jobs.list_jobs(ws)
+        assert job["kind"] == "finetune" and job["config"]["batch_size"] == 4
+        await wait_for(pilot, lambda: "adapter saved as model" in log_text(app))
