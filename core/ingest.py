@@ -305,7 +305,7 @@ def _read_csv(src: Source):
             except csv.Error as e:
                 msg = str(e)
                 reason = _too_long() if "field larger" in msg else f"malformed CSV ({msg})"
-                raise bad(src.label, reason, Loc("line", reader.line_num + 1)) from None
+                raise bad(src.label, reason, Loc("line", reader.line_num)) from None
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue

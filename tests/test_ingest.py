@@ -262,6 +262,11 @@ def test_csv_bad_bytes_name_line_and_field(ws, tmp_path):
     with pytest.raises(BadInput) as e:
         run(import_data(ws, [f], "d"))
     assert str(e.value) == f"{f}:3: field 'instruction': not valid UTF-8 (byte 0xff)"
+    f.write_text('instruction,output\nok,fine\n"' + "x" * (17 * 1024 * 1024) + '",y\n')
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == f"{f}:3: over the 16 MB limit for one record"
+    assert list_datasets(ws) == []
 
 
 def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
