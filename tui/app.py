@@ -22,7 +22,9 @@ Plug-in contract (for whoever builds a screen):
    the call; connections are never shared across threads), drives a progress generator (posting
    `messages.WorkProgress`), and calls `on_result` on the UI thread. Widgets can mix in
    `tui.screens.base.CoreWorkers` for the same helper. Background jobs (finetunes...) are
-   separate processes started through core.jobs; screens only watch them.
+   separate processes started through core.jobs; screens only watch them. Start a screen's first
+   load after its first frame (`self.call_after_refresh(self.run_core, fn, on_result=...)`) so the
+   frame appears at once and the data a moment later.
 5. Errors: raise (or let core raise) `core.errors.MirageError` subclasses; a failed `run_core` is
    shown by `MirageApp.show_error` — a modal with the error's title and message when
    `blocking=True` (default), a notification with `blocking=False`; an unexpected exception is

@@ -15,8 +15,9 @@ How to plug a screen in (the full contract is the docstring of `tui/app.py`):
         def compose_body(self) -> ComposeResult:        # header, nav bar and footer are drawn for you
             yield DataTable(id="jobs-table")
 
-        def on_mount(self) -> None:                     # never query SQLite on the UI thread:
-            self.run_core(list_jobs, on_result=self.show_jobs, group="jobs")   # fn(ws, *args) in a thread
+        def on_mount(self) -> None:                     # never query SQLite on the UI thread; load
+            self.call_after_refresh(                    # after the first frame: fn(ws, *args) in a thread
+                self.run_core, list_jobs, on_result=self.show_jobs, group="jobs")
 
         def show_jobs(self, jobs: list[dict]) -> None:  # back on the UI thread
             ...
