@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "auto",  # bf16 where the device supports it, else fp32
     "save_every": 50,
     "template": "auto",  # auto: the base's chat template if it is a chat model, else DEFAULT_TEMPLATE
-    "logit_chunk": 1024,  # label positions per output-layer chunk
+    "logit_chunk": 256,  # label positions per output-layer chunk (256 x 262k vocab x fp32 = 268 MB)
     "group_by_length": True,  # False: plain shuffled batches (benchmark ablation)
     "loss_impl": "chunked",  # "full": the model's own loss over full-vocabulary logits (benchmark ablation)
     "throttle_s": 0.0,  # pause after each step (tests and demos: a window to kill a run mid-way)
