@@ -200,3 +200,15 @@ async def test_real_shared_data_imported_with_core_ingest(ws, shared_data):
         assert "[moon]" in t.row_at(0)["prompt"]
         await pilot.press("enter")
         await wait_for(pilot, lambda: ("gold", "14 December 1972 UTC | December 1972") in shown_turns(app))
+
+
+async def test_typing_q_in_search_does_not_quit(data_ws):
+    app = MirageApp(data_ws.root)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("slash", *"question", "enter")
+        t = table(app)
+        await wait_for(pilot, lambda: app.screen.query_text == "question" and t.search_query == "question"
+                       and t.row_at(0) is not None)
+        assert app.is_running and len(t.ids) == 300
+        assert "[Question]" in t.row_at(0)["user"]
