@@ -207,8 +207,11 @@ def stop(ws: Workspace, server: Server | int) -> None:
 def register_endpoint(ws: Workspace, server: Server, name: str | None = None) -> str:
     """Register a running server as an "openai" model (default name `MODEL@local`)."""
     name = name or f"{server.model}@local"
+    # One request at a time: `transformers serve` on a CPU runs concurrent requests in competing
+    # threads, and measured here 4 at once took twice as long per answer as 1 (use --concurrency
+    # on `generate`/`collect` to override, e.g. against a GPU server).
     models_mod.register(ws, name, "openai", {"base_url": server.base_url, "model": server.model_id,
-                                            "served_from": server.model}, replace=True)
+                                            "served_from": server.model, "max_concurrency": 1}, replace=True)
     return name
 
 
@@ -216,6 +219,17 @@ def serve(ws: Workspace, model: str, port: int | None = None, *, on_ready=None, 
     """Foreground: start, report, and block until Ctrl-C (or the server exits); then stop cleanly."""
     from core.progress import drive
 
+    import signal as _signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and `kill` both stop the server cleanly, even when started from a script that
+        # left SIGINT ignored (background jobs of a non-interactive shell).
+        def _interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        _signal.signal(_signal.SIGINT, _interrupt)
+        _signal.signal(_signal.SIGTERM, _interrupt)
     server = drive(start(ws, model, port=port), f"starting {model}", quiet=quiet)
     try:
         if on_ready:
@@ -225,8 +239,6 @@ def serve(ws: Workspace, model: str, port: int | None = None, *, on_ready=None, 
                 if os.waitpid(server.pid, os.WNOHANG)[0]:
                     break
             time.sleep(0.5)
-        else:
-            pass
         if not _alive(server.pid):
             raise ModelError(f"the server for {model} stopped; log {server.log}: {_tail(Path(server.log))}")
     finally:
