@@ -130,7 +130,7 @@ LISTERS = {
     "datasets": ("core.datasets:list_datasets", ["name", "kind", "examples", "tokens", "duplicates", "source"]),
     "suites": ("core.datasets:list_suites", ["name", "kind", "items", "tasks", "outputs", "source"]),
     "models": ("core.models:list_models", ["name", "kind", "size", "chat_template", "location"]),
-    "runs": ("core.finetune:list_runs", ["name", "status", "base", "data", "tokens", "step", "total_steps", "loss"]),
+    "runs": ("core.finetune:list_runs", ["name", "status", "base", "data", "tokens", "step", "total_steps", "loss", "adapter"]),
 }
 
 

@@ -329,6 +329,15 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
     assert "plus" in small["sample_trained"] and "what is" not in small["sample_trained"]
     r = CliRunner().invoke(cli, ["finetune", "--base", "nope", "--data", "arith", "--workspace", str(data_ws.root)])
     assert r.exit_code != 0 and "unknown base model 'nope'" in str(r.exception or r.output)
+    r = CliRunner().invoke(cli, ["finetune", "--base", str(tiny_base), "--data", "arith", "--tokens", "200",
+                                 "--max-steps", "2", "--json", "--workspace", str(data_ws.root)])
+    assert r.exit_code == 0, r.output
+    (job,) = json.loads(r.stdout)
+    assert job["status"] == "done" and job["step"] == job["total_steps"] == 2 and job["loss"] > 0
+    r = CliRunner().invoke(cli, ["ls", "runs", "--json", "--workspace", str(data_ws.root)])
+    (run,) = json.loads(r.stdout)
+    assert run["name"] == job["name"] == "tiny-llama-arith-200" and run["adapter"] == run["name"]
+    assert run["budget"] == 200 and run["tokens"] >= 200 and run["status"] == "done"
 
 
 def test_runs_under_accelerate_launch(data_ws, tiny_base):
