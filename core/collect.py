@@ -32,7 +32,8 @@ SYNTH_TEMPLATE = (
     "Write one new question of the same kind, different from all of these, with its short answer."
     " Use exactly this format:\nQuestion: <question>\nAnswer: <answer>"
 )
-_QA_RE = re.compile(r"Question:\s*(?P<q>.+?)\s*\n+\s*(?:\*\*)?Answer:?(?:\*\*)?\s*(?P<a>[^\n]+)", re.S | re.I)
+_Q_RE = re.compile(r"(?:\*\*)?Question:(?:\*\*)?[ \t]*([^\n]*\S[^\n]*)", re.I)
+_A_RE = re.compile(r"(?:\*\*)?Answer:(?:\*\*)?[ \t]*([^\n]*\S[^\n]*)", re.I)
 
 
 # -- reading prompts ------------------------------------------------------------------------------------
@@ -276,12 +277,18 @@ def _finish(ws, dataset_id, name, teacher, stats, t0, **extra) -> dict:
 
 
 def parse_qa(text: str) -> tuple[str, str] | None:
-    m = _QA_RE.search(text or "")
+    """The first "Question: ... / Answer: ..." pair in a reply (each on its own line)."""
+    m = _Q_RE.search(text or "")
     if not m:
         return None
-    q = m.group("q").strip().strip("*").strip()
-    a = m.group("a").strip().strip("*").strip()
-    if not q or not a or len(q) > 500:
+    q = m.group(1).strip().strip("*").strip()
+    a_m = _A_RE.search(text, m.end())
+    if not a_m:
+        return None
+    a = a_m.group(1).strip().strip("*").strip()
+    if "answer:" in a.lower():  # "TheAnswer: X" and similar run-ons
+        a = a[a.lower().rindex("answer:") + 7:].strip()
+    if not q or not a or len(q) > 500 or len(a) > 300:
         return None
     return q, a
 

@@ -193,7 +193,9 @@ def _run_local(ws, model, reqs, *, store, batch_size, cancel, stats, loaded) -> 
         d = batch[0].decoding
         groups: dict[str, list[Request]] = {}
         for r in batch:  # one generate call per distinct decoding (usually one)
-            groups.setdefault(dumps(r.decoding), []).append(r)
+            # Per-request sampling seeds (synthetic collection) share a batch: it is seeded with
+            # its first request's seed, so a batch of samples stays one generate call.
+            groups.setdefault(dumps({k: v for k, v in r.decoding.items() if k != "seed"}), []).append(r)
         results = []
         t0 = time.monotonic()
         for group in groups.values():

@@ -105,6 +105,10 @@ def test_parse_qa():
     assert collect.parse_qa("Sure!\nQuestion: Who? \nAnswer: Me\nmore") == ("Who?", "Me")
     assert collect.parse_qa("**Question:** Where?\n**Answer:** Here") == ("Where?", "Here")
     assert collect.parse_qa("no pair here") is None
+    # Seen from SmolLM2: a repeated "Question:" line, and a run-on "TheAnswer:".
+    assert collect.parse_qa("Question: Which lake?\n\nQuestion:\nAnswer: Superior") == ("Which lake?", "Superior")
+    assert collect.parse_qa("Question: Who?\nTheAnswer: Bob") == ("Who?", "Bob")
+    assert collect.parse_qa("Question: x?\nAnswer:") is None
 
 
 def test_bad_prompts_file_names_file_line_and_field(tmp_path):
