@@ -1,8 +1,9 @@
 """Windowed reads for browsing a dataset's examples or a suite's items page by page (the TUI's Data screen).
 
-A browser asks once for the ordered row ids of a source (all of them, or the full-text matches of
-a query), then fetches short summaries for only the window on screen, and one full record when
-the user opens it. 100k ids are ~1 MB of ints; summaries are never loaded for rows not shown.
+A browser pages a source's rows by position (`window`), or, for a full-text search, asks once for
+the ordered ids of the matches (`search_ids`) and fetches summaries for the ids on screen
+(`summaries`); one full record when the user opens a row (`record`). Summaries are never loaded
+for rows not shown.
 """
 
 from __future__ import annotations
@@ -36,6 +37,59 @@ def row_ids(ws: Workspace, kind: str, name: str) -> list[int]:
     return [r[0] for r in ws.db.execute(sql, [ds["id"]])]
 
 
+def _summary_columns(kind: str, alias: str = "") -> str:
+    a = f"{alias}." if alias else ""
+    if kind == "suite":
+        return (f"{a}id as id, {a}idx as idx, {a}task as task, substr({a}prompt, 1, {SNIPPET}) as prompt,"
+                f" {a}gold as gold, {a}choices as choices")
+    return (f"{a}id as id, {a}idx as idx, {a}source as source, {a}n_tokens as n_tokens,"
+            f" json_array_length({a}conversation) as turns, substr({a}user_text, 1, {SNIPPET}) as user,"
+            f" substr({a}assistant_text, 1, {SNIPPET}) as assistant")
+
+
+def _decode_summary(kind: str, r: dict) -> dict:
+    if kind == "suite":
+        r["gold"] = json.loads(r["gold"] or "[]")
+        r["choices"] = json.loads(r["choices"]) if r["choices"] else None
+    return r
+
+
+def count(ws: Workspace, kind: str, name: str) -> int:
+    """Rows of a dataset (or subset) or suite."""
+    _check_kind(kind)
+    if kind == "suite":
+        s = get_suite(ws, name)
+        return ws.db.execute("select count(*) from items where suite_id = ?", [s["id"]]).fetchone()[0]
+    from core.datasets import count_examples
+
+    return count_examples(ws, name)[0]
+
+
+def window(ws: Workspace, kind: str, name: str, start: int, stop: int) -> list[dict]:
+    """Summaries of the rows at positions start..stop-1 of a source, in its stable order.
+
+    Browsing pages by position (an index range scan), so opening a 100k dataset reads one page,
+    not 100k ids.
+    """
+    _check_kind(kind)
+    limit, offset = max(stop - start, 0), max(start, 0)
+    if kind == "suite":
+        s = get_suite(ws, name)
+        sql = (f"select {_summary_columns('suite')} from items where suite_id = ?"
+               " order by idx limit ? offset ?")
+        args = [s["id"], limit, offset]
+    else:
+        ds = get_dataset(ws, name)
+        if ds["kind"] == "subset":
+            sql = (f"select {_summary_columns('dataset', 'e')} from examples e join subset_members m"
+                   " on m.example_id = e.id where m.subset_id = ? order by e.dataset_id, e.idx limit ? offset ?")
+        else:
+            sql = (f"select {_summary_columns('dataset')} from examples where dataset_id = ?"
+                   " order by idx limit ? offset ?")
+        args = [ds["id"], limit, offset]
+    return [_decode_summary(kind, r) for r in ws.db.query(sql, args)]
+
+
 def summaries(ws: Workspace, kind: str, ids: list[int], query: str = "") -> list[dict]:
     """Short rows for `ids`, in the order given (ids that no longer exist are skipped).
 
@@ -46,28 +100,14 @@ def summaries(ws: Workspace, kind: str, ids: list[int], query: str = "") -> list
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    if kind == "suite":
-        sql = (f"select id, idx, task, substr(prompt, 1, {SNIPPET}) as prompt, gold, choices"
-               f" from items where id in ({marks})")
-    else:
-        sql = (f"select id, idx, source, n_tokens, json_array_length(conversation) as turns,"
-               f" substr(user_text, 1, {SNIPPET}) as user, substr(assistant_text, 1, {SNIPPET}) as assistant"
-               f" from examples where id in ({marks})")
+    table = "items" if kind == "suite" else "examples"
+    sql = f"select {_summary_columns(kind)} from {table} where id in ({marks})"
     by_id = {r["id"]: r for r in ws.db.query(sql, ids)}
     if query:
         for i, snip in _snippets(ws, kind, ids, query).items():
             if i in by_id:
                 by_id[i].update({k: v for k, v in snip.items() if k != "id" and v and "[" in v})
-    out = []
-    for i in ids:
-        r = by_id.get(i)
-        if r is None:
-            continue
-        if kind == "suite":
-            r["gold"] = json.loads(r["gold"] or "[]")
-            r["choices"] = json.loads(r["choices"]) if r["choices"] else None
-        out.append(r)
-    return out
+    return [_decode_summary(kind, by_id[i]) for i in ids if i in by_id]
 
 
 def record(ws: Workspace, kind: str, row_id: int) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from textual.worker import WorkerCancelled
 from textual.widgets import Input, Markdown
@@ -28,19 +30,22 @@ def data_ws(tmp_path):
     ws.close()
 
 
-async def wait_for(pilot, condition, *, rounds: int = 300):
-    """Poll a real condition: drain workers and the message queue, then yield briefly (timers)."""
-    for _ in range(rounds):
-        if condition():
-            return
+async def wait_for(pilot, condition, *, timeout: float = 30.0):
+    """Poll a real condition: drain workers and the message queue, then yield briefly (timers).
+
+    The timeout only bounds a failure; a passing test waits just as long as the app needs.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
         try:
             await pilot.app.workers.wait_for_complete()
         except WorkerCancelled:  # superseded by a newer call in its group: expected
             pass
         await pilot.pause()
         if not condition():
-            await pilot.pause(0.01)
-    raise AssertionError("condition never became true")
+            await pilot.pause(0.01)  # lets timers (debounces, the detail delay) fire
 
 
 def table(app) -> RowTable:
@@ -53,7 +58,7 @@ def shown_turns(app) -> list[tuple[str, str]]:
 
 async def started(pilot):
     app = pilot.app
-    await wait_for(pilot, lambda: app.screen.query(RowTable) and len(table(app).ids) > 0
+    await wait_for(pilot, lambda: app.screen.query(RowTable) and table(app).total > 0
                    and table(app).row_at(0) is not None)
     return app
 
@@ -77,7 +82,7 @@ async def test_table_pages_rows_on_demand(data_ws):
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
         t = table(app)
-        assert len(t.ids) == 300
+        assert t.total == 300
         assert len(t._cache) == PAGE  # only the first page was read, not all 300 rows
         assert t.row_at(PAGE + 10) is None
         await pilot.press("end")
@@ -115,12 +120,12 @@ async def test_full_text_search_and_clear(data_ws):
         assert isinstance(app.focused, Input)
         await pilot.press(*tui_workspace.SEARCH_WORD, "enter")
         t = table(app)
-        await wait_for(pilot, lambda: len(t.ids) == 3 and t.row_at(0) is not None)
+        await wait_for(pilot, lambda: t.total == 3 and t.row_at(0) is not None)
         assert sorted(t.row_at(p)["idx"] for p in range(3)) == list(tui_workspace.SEARCH_HITS)
         assert app.focused is t
         assert "3 matches for “zephyr”" in str(app.screen.query_one("#data-status").render())
         await pilot.press("escape")
-        await wait_for(pilot, lambda: len(t.ids) == 300)
+        await wait_for(pilot, lambda: t.total == 300 and t.ids is None)  # browsing by position again
         assert app.screen.query_one("#data-search", Input).value == ""
 
 
@@ -131,7 +136,7 @@ async def test_suite_items_show_prompt_and_gold(data_ws):
         sources = app.screen.query_one(SourceList)
         sources.highlighted = sources.get_option_index("suite:nq")
         t = table(app)
-        await wait_for(pilot, lambda: t.kind == "suite" and len(t.ids) == 40 and t.row_at(5) is not None)
+        await wait_for(pilot, lambda: t.kind == "suite" and t.total == 40 and t.row_at(5) is not None)
         assert [c.title for c in t.columns] == ["#", "task", "prompt", "gold"]
         t.focus()
         await pilot.press("down", "down", "down", "down", "down", "enter")
@@ -140,7 +145,7 @@ async def test_suite_items_show_prompt_and_gold(data_ws):
         assert turns["gold"] == "author 5 | a5"
         # search within the suite
         await pilot.press("slash", *"zephyr", "enter")
-        await wait_for(pilot, lambda: len(t.ids) == 1)
+        await wait_for(pilot, lambda: t.total == 1)
 
 
 async def test_empty_workspace_explains_how_to_import(ws):
@@ -185,17 +190,17 @@ async def test_real_shared_data_imported_with_core_ingest(ws, shared_data):
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
         t = table(app)
-        assert t.kind == "dataset" and len(t.ids) == 4535
+        assert t.kind == "dataset" and t.total == 4535
         # GPTeacher answers are bare code: shown as plain text, lines and <includes> intact
         await wait_for(pilot, lambda: any(turn.role == "assistant" for turn in app.screen.query(Turn)))
         answer = [turn for turn in app.screen.query(Turn) if turn.role == "assistant"][0]
         assert answer.content.startswith("#include <iostream>") and answer.markdown is False
         sources = app.screen.query_one(SourceList)
         sources.highlighted = sources.get_option_index("suite:nq-open")
-        await wait_for(pilot, lambda: t.kind == "suite" and len(t.ids) == 3610 and t.row_at(0) is not None)
+        await wait_for(pilot, lambda: t.kind == "suite" and t.total == 3610 and t.row_at(0) is not None)
         t.focus()
         await pilot.press("slash", *"last time anyone was on the moon", "enter")
-        await wait_for(pilot, lambda: len(t.ids) < 3610 and t.row_at(0) is not None)
+        await wait_for(pilot, lambda: t.total < 3610 and t.row_at(0) is not None)
         assert t.row_at(0)["idx"] == 0  # "when was the last time anyone was on the moon" ranks first
         assert "[moon]" in t.row_at(0)["prompt"]
         await pilot.press("enter")
@@ -210,5 +215,5 @@ async def test_typing_q_in_search_does_not_quit(data_ws):
         t = table(app)
         await wait_for(pilot, lambda: app.screen.query_text == "question" and t.search_query == "question"
                        and t.row_at(0) is not None)
-        assert app.is_running and len(t.ids) == 300
+        assert app.is_running and t.total == 300
         assert "[Question]" in t.row_at(0)["user"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import subprocess
 import sys
 
@@ -23,19 +25,22 @@ def anyio_backend():
     return "asyncio"
 
 
-async def wait_for(pilot, condition, *, rounds: int = 200):
-    """Poll a real condition: drain workers and the message queue, then yield briefly (timers)."""
-    for _ in range(rounds):
-        if condition():
-            return
+async def wait_for(pilot, condition, *, timeout: float = 30.0):
+    """Poll a real condition: drain workers and the message queue, then yield briefly (timers).
+
+    The timeout only bounds a failure; a passing test waits just as long as the app needs.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
         try:
             await pilot.app.workers.wait_for_complete()
         except WorkerCancelled:  # superseded by a newer call in its group: expected
             pass
         await pilot.pause()
         if not condition():
-            await pilot.pause(0.01)  # lets debounce timers (palette search) fire
-    raise AssertionError("condition never became true")
+            await pilot.pause(0.01)  # lets timers (debounces, the detail delay) fire
 
 
 async def test_navigation_reaches_every_screen(ws):

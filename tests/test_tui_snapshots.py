@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from textual.widgets import Input
 from textual.worker import WorkerCancelled
@@ -21,14 +23,15 @@ def data_ws(tmp_path):
     ws.close()
 
 
-async def settle(pilot, condition, rounds: int = 300):
+async def settle(pilot, condition, timeout: float = 30.0):
     app = pilot.app
     app.sub_title = "workspace"  # the temp path differs per run
     for inp in app.screen.query(Input):
         inp.cursor_blink = False
-    for _ in range(rounds):
-        if condition():
-            break
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the screen never settled")
         try:
             await app.workers.wait_for_complete()
         except WorkerCancelled:
@@ -36,8 +39,6 @@ async def settle(pilot, condition, rounds: int = 300):
         await pilot.pause()
         if not condition():
             await pilot.pause(0.01)
-    else:
-        raise AssertionError("the screen never settled")
     await pilot.pause()
 
 
@@ -63,7 +64,7 @@ def test_data_screen_search_and_suite_item(snap_compare, data_ws):
                      and app.screen.query_one(RowTable).row_at(0) is not None)
         app.screen.query_one(RowTable).focus()
         await pilot.press("slash", *"zephyr", "enter")
-        await settle(pilot, lambda: len(app.screen.query_one(RowTable).ids) == 1
+        await settle(pilot, lambda: app.screen.query_one(RowTable).total == 1
                      and any(t.role == "gold" and t.content == "author 5 | a5" and t.children
                              for t in app.screen.query(Turn)))
 

@@ -17,8 +17,8 @@ DETAIL_DELAY = 0.15  # s: the detail follows the cursor once it rests, not on ev
 
 
 def load_sources(ws, first: bool = False) -> dict:
-    """Datasets and suites; with `first`, also the first source's row ids and first page of rows,
-    so the screen's first useful frame needs one worker round trip instead of three."""
+    """Datasets and suites; with `first`, also the first page of the first source, so the screen's
+    first rows need one worker round trip instead of two."""
     from core import browse
     from core.datasets import list_datasets, list_suites
 
@@ -28,9 +28,7 @@ def load_sources(ws, first: bool = False) -> dict:
                 else ("suite", out["suites"][0]["name"]) if out["suites"] else None)
         if pick:
             kind, name = pick
-            ids = browse.row_ids(ws, kind, name)
-            rows = browse.summaries(ws, kind, ids[:PAGE])
-            out["first"] = {"kind": kind, "name": name, "ids": ids, "rows": rows}
+            out["first"] = {"kind": kind, "name": name, "rows": browse.window(ws, kind, name, 0, PAGE)}
     return out
 
 
@@ -88,8 +86,10 @@ class DataScreen(MirageScreen):
     def _sources_loaded(self, result: dict) -> None:
         datasets, suites, first = result["datasets"], result["suites"], result["first"]
         if first is not None:  # the first page came with the list: show it without another round trip
-            self.source = {"_kind": first["kind"], "name": first["name"]}
-            self.query_one(RowTable).load(first["kind"], first["ids"], first_rows=first["rows"])
+            kind, name = first["kind"], first["name"]
+            self.source = next(s for s in (datasets if kind == "dataset" else suites) if s["name"] == name)
+            self.source = {**self.source, "_kind": kind}
+            self.query_one(RowTable).load(kind, name, total=self._total(self.source), first_rows=first["rows"])
         empty = not datasets and not suites
         self.query_one("#data-layout").display = not empty
         self.query_one("#data-empty").display = empty
@@ -110,8 +110,9 @@ class DataScreen(MirageScreen):
         if src is None:
             return
         same = self.source is not None and (self.source["_kind"], self.source["name"]) == (src["_kind"], src["name"])
-        self.source = src  # (replaces the bare stand-in set from the first page)
-        if same and self.query_one(RowTable).ids:
+        self.source = src
+        table = self.query_one(RowTable)
+        if same and table.source_name == src["name"] and table.kind == src["_kind"]:
             self._update_status()
             return
         self.query_text = ""
@@ -119,26 +120,33 @@ class DataScreen(MirageScreen):
         self.query_one("#data-search", Input).value = ""
         self._load_ids()
 
+    @staticmethod
+    def _total(src: dict) -> int:
+        return src["items"] if src["_kind"] == "suite" else src["examples"]
+
     def _load_ids(self) -> None:
+        """Show the selected source: all of it by position, or the matches of the current search."""
         from core import browse
 
         src = self.source
         if src is None:
             return
         kind, name, query = src["_kind"], src["name"], self.query_text
-        if query:
-            self.query_one("#data-status", Static).update(f"searching for “{query}”…")
-            self.run_core(browse.search_ids, kind, name, query,
-                          on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
-        else:
-            self.run_core(browse.row_ids, kind, name,
-                          on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
+        if not query:
+            self.matches = None
+            self.workers.cancel_group(self, "ids")  # a search still running is moot
+            self.query_one(RowTable).load(kind, name, total=self._total(src))
+            self._update_status()
+            return
+        self.query_one("#data-status", Static).update(f"searching for “{query}”…")
+        self.run_core(browse.search_ids, kind, name, query,
+                      on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
 
     def _ids_loaded(self, kind: str, name: str, query: str, ids: list[int]) -> None:
         if self.source is None or (self.source["_kind"], self.source["name"]) != (kind, name) or query != self.query_text:
             return  # the user moved on
-        self.matches = len(ids) if query else None
-        self.query_one(RowTable).load(kind, ids, query=query)
+        self.matches = len(ids)
+        self.query_one(RowTable).load(kind, name, ids=ids, query=query)
         self._update_status()
 
     # -- search -------------------------------------------------------------------------------------
@@ -217,7 +225,7 @@ class DataScreen(MirageScreen):
             status.update("")
             return
         table = self.query_one(RowTable)
-        n = len(table.ids)
+        n = table.total
         parts = [f"row {table.cursor + 1:,}/{n:,}" if n else "no rows"]
         if self.query_text:
             parts.append(f"{n:,} match{'es' if n != 1 else ''} for “{self.query_text}” (esc clears)")

@@ -1,8 +1,9 @@
 """A virtual table of examples or items: renders only visible lines and pages summaries from SQLite on demand.
 
 Textual's DataTable builds every row up front (seconds and hundreds of MB at 100k rows), so this
-is a Line API ScrollView: it holds the ordered row ids, asks a worker for the summaries of the
-window on screen (`core.browse.summaries`), caches them and draws placeholders until they arrive.
+is a Line API ScrollView: it knows how many rows there are, asks a worker for the summaries of the
+window on screen (`core.browse.window` by position, or `core.browse.summaries` for the ids of a
+search's matches), caches them and draws placeholders until they arrive.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ SUITE_COLUMNS = [
 
 
 class RowTable(CoreWorkers, ScrollView, can_focus=True):
-    """Rows of one source; `load(kind, ids)` replaces them. Posts `messages.ExampleSelected`."""
+    """Rows of one source; `load(...)` replaces them. Posts `messages.ExampleSelected`."""
 
     COMPONENT_CLASSES = {"row-table--header", "row-table--cursor", "row-table--placeholder", "row-table--match"}
     DEFAULT_CSS = """
@@ -96,31 +97,30 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.kind = "dataset"
         self.search_query = ""  # (not `query`: that is Widget.query, the DOM query)
-        self.ids: list[int] = []
+        self.source_name = ""
+        self.ids: list[int] | None = None  # a search's matches; None when browsing by position
+        self.total = 0
         self.columns: list[Column] = DATASET_COLUMNS
         self._cache: dict[int, dict] = {}   # position -> summary
         self._generation = 0                 # bumps on load(): results for older ids are dropped
         self._fetch_scheduled = False
 
     # -- data ---------------------------------------------------------------------------------------
-    def load(self, kind: str, ids: list[int], *, cursor: int = 0, first_rows: list[dict] | None = None,
-             query: str = "") -> None:
-        """Show `ids`; `first_rows` (summaries of ids[:len(first_rows)], if already fetched) fill the cache.
-
-        With `query` (the search that produced `ids`), rows show snippets around the matches.
-        """
+    def load(self, kind: str, name: str, *, total: int | None = None, ids: list[int] | None = None,
+             first_rows: list[dict] | None = None, query: str = "", cursor: int = 0) -> None:
+        """Browse `name` (a dataset or suite) by position, `total` rows; or, with `ids`, show those rows
+        (a search's matches, `query` giving their snippets). `first_rows`: the first page, if fetched."""
         self.kind = kind
+        self.source_name = name
         self.search_query = query
         self.columns = SUITE_COLUMNS if kind == "suite" else DATASET_COLUMNS
         self.ids = ids
-        self._cache = {}
-        if first_rows:
-            by_id = {r["id"]: r for r in first_rows}
-            self._cache = {p: by_id[i] for p, i in enumerate(ids[:len(first_rows)]) if i in by_id}
+        self.total = len(ids) if ids is not None else int(total or 0)
+        self._cache = dict(enumerate(first_rows or []))
         self._generation += 1
-        self.virtual_size = Size(self.size.width, len(ids) + 1)  # +1: the header line
+        self.virtual_size = Size(self.size.width, self.total + 1)  # +1: the header line
         self.scroll_to(0, 0, animate=False)
-        self.cursor = min(cursor, max(len(ids) - 1, 0))
+        self.cursor = min(cursor, max(self.total - 1, 0))
         self.refresh()
 
     def row_at(self, pos: int) -> dict | None:
@@ -128,11 +128,15 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
 
     @property
     def current_id(self) -> int | None:
-        return self.ids[self.cursor] if 0 <= self.cursor < len(self.ids) else None
+        """The SQL id of the row under the cursor (None until its page has arrived)."""
+        if self.ids is not None:
+            return self.ids[self.cursor] if 0 <= self.cursor < self.total else None
+        row = self._cache.get(self.cursor)
+        return row["id"] if row and "id" in row else None
 
     def _visible_range(self) -> range:
         top = int(self.scroll_offset.y)
-        return range(top, min(top + self.size.height, len(self.ids)))
+        return range(top, min(top + self.size.height, self.total))
 
     def _schedule_fetch(self) -> None:
         if not self._fetch_scheduled:
@@ -147,21 +151,28 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
             return
         page = SEARCH_PAGE if self.search_query else PAGE
         start = (missing[0] // page) * page
-        end = min(((missing[-1] // page) + 1) * page, len(self.ids))
+        end = min(((missing[-1] // page) + 1) * page, self.total)
         if len(self._cache) > CACHE_ROWS:
             self._cache = {p: r for p, r in self._cache.items() if p in visible}
         generation, kind = self._generation, self.kind
-        from core.browse import summaries
+        from core import browse
 
-        self.run_core(summaries, kind, self.ids[start:end], self.search_query, group="rows",
-                      on_result=lambda rows: self._loaded(generation, start, end, rows))
+        done = lambda rows: self._loaded(generation, start, end, rows)  # noqa: E731
+        if self.ids is not None:
+            self.run_core(browse.summaries, kind, self.ids[start:end], self.search_query, group="rows",
+                          on_result=done)
+        else:
+            self.run_core(browse.window, kind, self.source_name, start, end, group="rows", on_result=done)
 
     def _loaded(self, generation: int, start: int, end: int, rows: list[dict]) -> None:
         if generation != self._generation:
             return
-        by_id = {r["id"]: r for r in rows}
-        for pos in range(start, end):
-            r = by_id.get(self.ids[pos])
+        if self.ids is not None:
+            by_id = {r["id"]: r for r in rows}
+            found = [by_id.get(self.ids[pos]) for pos in range(start, end)]
+        else:
+            found = rows + [None] * (end - start - len(rows))  # rows deleted since the count
+        for pos, r in zip(range(start, end), found):
             self._cache[pos] = r if r is not None else {"_missing": True}
         self.refresh()
         if self.cursor in range(start, end):
@@ -208,7 +219,7 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
             return self._line([c.title for c in self.columns], widths,
                               base + self.get_component_rich_style("row-table--header")).extend_cell_length(width)
         pos = int(self.scroll_offset.y) + y - 1
-        if pos >= len(self.ids):
+        if pos >= self.total:
             return Strip.blank(width, base)
         row = self._cache.get(pos)
         style = base
@@ -225,11 +236,11 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         return self._line(cells, widths, style, match).extend_cell_length(width, style)
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self.ids) + 1)
+        self.virtual_size = Size(self.size.width, self.total + 1)
 
     # -- cursor -------------------------------------------------------------------------------------
     def watch_cursor(self, old: int, new: int) -> None:
-        if not self.ids:
+        if not self.total:
             return
         top = int(self.scroll_offset.y)
         rows = max(self.size.height - 1, 1)
@@ -246,22 +257,22 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
             self.post_message(msg.ExampleSelected(self.kind, rid, open=open, position=self.cursor))
 
     def action_cursor(self, delta: int) -> None:
-        if self.ids:
-            self.cursor = max(0, min(len(self.ids) - 1, self.cursor + delta))
+        if self.total:
+            self.cursor = max(0, min(self.total - 1, self.cursor + delta))
 
     def action_page(self, direction: int) -> None:
         self.action_cursor(direction * max(self.size.height - 2, 1))
 
     def action_jump(self, where: int) -> None:
-        if self.ids:
-            self.cursor = 0 if where == 0 else len(self.ids) - 1
+        if self.total:
+            self.cursor = 0 if where == 0 else self.total - 1
 
     def action_open(self) -> None:
         self._announce(open=True)
 
     def on_click(self, event) -> None:
         pos = int(self.scroll_offset.y) + event.y - 1
-        if event.y >= 1 and 0 <= pos < len(self.ids):
+        if event.y >= 1 and 0 <= pos < self.total:
             self.cursor = pos
             if event.chain >= 2:
                 self._announce(open=True)
