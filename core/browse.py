@@ -22,21 +22,6 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def row_ids(ws: Workspace, kind: str, name: str) -> list[int]:
-    """Ids of a dataset's (or subset's) examples, or a suite's items, in their stable order."""
-    _check_kind(kind)
-    if kind == "suite":
-        s = get_suite(ws, name)
-        return [r[0] for r in ws.db.execute("select id from items where suite_id = ? order by idx", [s["id"]])]
-    ds = get_dataset(ws, name)
-    if ds["kind"] == "subset":
-        sql = ("select e.id from examples e join subset_members m on m.example_id = e.id"
-               " where m.subset_id = ? order by e.dataset_id, e.idx")
-    else:
-        sql = "select id from examples where dataset_id = ? order by idx"
-    return [r[0] for r in ws.db.execute(sql, [ds["id"]])]
-
-
 def _summary_columns(kind: str, alias: str = "") -> str:
     a = f"{alias}." if alias else ""
     if kind == "suite":
