@@ -391,6 +391,12 @@ def _run_endpoint(ws, model, reqs, *, store, concurrency, cancel, stats, timeout
         if fatal is not None:
             raise fatal
         check_cancel(cancel)
+    except BaseException:
+        # Ctrl-C, cancel or a fatal error: close the connections so requests in flight end now
+        # instead of at their timeout (what finished is already stored).
+        stop.set()
+        client.close()
+        raise
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
