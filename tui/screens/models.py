@@ -216,7 +216,9 @@ class ModelsScreen(MirageScreen):
         t.clear()
         for r in state["models"]:
             chat = {True: "yes", False: "no"}.get(r["chat_template"], "?")
-            t.add_row(r["name"], r["kind"], r["size"] or "", chat, r["location"] or "", str(r["generations"]),
+            loc = r["location"] or ""
+            loc = loc if len(loc) <= 44 else "…" + loc[-43:]  # keep outputs and server in view
+            t.add_row(r["name"], r["kind"], r["size"] or "", chat, loc, str(r["generations"]),
                       r["server"], key=r["name"])
         if state["models"]:
             t.move_cursor(row=min(keep, len(state["models"]) - 1))
