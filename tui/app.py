@@ -117,9 +117,12 @@ class MirageApp(App[int]):
 
     def __init__(self, ws_path: str | Path, *, start: str = "data", start_args: dict[str, Any] | None = None,
                  keymap: dict[str, str] | None = None) -> None:
-        super().__init__()
         if start not in SCREENS:
             raise ValueError(f"unknown screen {start!r} (have: {', '.join(SCREENS)})")
+        # Start in the first screen's mode (Textual's DEFAULT_MODE, read in App.__init__), so no
+        # blank default screen is built and then switched away from.
+        self.DEFAULT_MODE = start
+        super().__init__()
         self.ws_path = Path(ws_path)
         self.keymap: dict[str, str] = dict(keymap or {})
         self.start = start
@@ -174,7 +177,6 @@ class MirageApp(App[int]):
             self.notify(f"mirage.toml [keys]: unknown action id(s) {', '.join(unknown)} (see ? for ids)",
                         severity="warning", timeout=8)
         self.set_keymap(self.keymap)
-        self.switch_mode(self.start)
 
     def on_ready(self) -> None:
         # Finish what start-up skipped, off the UI thread, once the first screen has had time to fill
