@@ -32,6 +32,7 @@ class HelpScreen(ModalScreen[None]):
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
+        below = self.app.screen_stack[-2] if len(self.app.screen_stack) > 1 else None
         # Importing every screen module registers its actions (help is rare; the cost is fine here).
         self.app.load_all_screen_modules()
         keymap = self.app.keymap
@@ -43,6 +44,15 @@ class HelpScreen(ModalScreen[None]):
             for a in actions_mod.by_scope(scope):
                 table.add_row(scope, key_label(self.app, actions_mod.effective_key(a, keymap)),
                               a.description, a.id, key=a.id)
+        # Keys of the focused widget (table movement, scrolling...): not remappable, still listed.
+        if below is not None:
+            seen = set()
+            for key, active in below.active_bindings.items():
+                b = active.binding
+                if b.id in actions_mod.REGISTRY or not b.description or b.system or (b.action, key) in seen:
+                    continue
+                seen.add((b.action, key))
+                table.add_row("focused", key_label(self.app, key), b.description, "", key=f"local:{key}")
         table.focus()
 
     def action_close(self) -> None:
