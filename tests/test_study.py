@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 from compare_data import add_generation, add_suite, build_study, set_roles
@@ -271,3 +273,38 @@ def test_analysis_views_export(ws, built):
     assert path.endswith("nq-table2.md") and "unigram_overlap" in open(path).read()
     with pytest.raises(BadInput, match="unknown view"):
         study.export_view(rep, "nope")
+
+
+def test_coverage_support_sort_and_neighbours(ws, built):
+    """Real coverage (the packaged MiniLM) feeds the support sort and the nearest-examples list."""
+    from compare_data import ANSWERS
+    from core import coverage
+    from core.progress import exhaust
+    from core.workspace import dumps, now
+
+    # Imitation data that covers questions 0-4 almost word for word, and nothing else.
+    with ws.transaction():
+        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values ('imit', 'imitation',"
+                            " 'ready', ?)", [now()]).lastrowid
+        for i in range(5):
+            q = f"Question {i}: which capital is answer number {i % len(ANSWERS)}?"
+            conv = [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWERS[i]}]
+            ws.db.execute("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+                          " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                          [did, i, "synth", dumps(conv), q, ANSWERS[i], 10, f"h{i}"])
+        for i, q in enumerate(["How do I bake bread?", "Write a poem about the sea.", "Sort a list in Python."]):
+            conv = [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]
+            ws.db.execute("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+                          " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                          [did, 5 + i, "chat", dumps(conv), q, "ok", 5, f"c{i}"])
+    exhaust(coverage.compute(ws, "imit", "nq"))
+    view = study.open_view(ws, "nq")
+    assert view.data == "imit" and not np.isnan(view.support).any()
+    view.apply(study.Filters(sort="support"))
+    order = [view.row(p).idx for p in range(view.n)]
+    supports = [view.row(p).support for p in range(view.n)]
+    assert supports == sorted(supports)  # least supported first
+    assert 0 in order[-5:]  # a covered question ranks among the best supported
+    pos = order.index(0)
+    nbs = view.neighbours(pos)
+    assert nbs and nbs[0]["text"].startswith("Question 0:") and nbs[0]["similarity"] > 0.9

@@ -18,6 +18,7 @@ from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 from tui.widgets.compare.pane import ModelPane, strip_label
 from tui.widgets.compare.rendered import RenderedView
+from tui.widgets.compare.rating import RATING_ACTIONS  # noqa: F401  (registers the rating keys: help lists them)
 
 PATTERN_CYCLE = [None, *study.PATTERNS]
 SORT_CYCLE = list(study.SORTS)

@@ -16,11 +16,13 @@ from tui.screens.base import CoreWorkers
 from tui.widgets.compare.pane import GoldMarkdown
 
 RATING_ACTIONS = actions_mod.register(
-    Action("compare.rate.a", "a", "A is better", "pick('A')"),
-    Action("compare.rate.b", "b", "B is better", "pick('B')"),
-    Action("compare.rate.tie", "t,equals_sign", "Tie", "pick('tie')"),
-    Action("compare.rate.skip", "s", "Skip", "skip"),
-    Action("compare.rate.close", "escape", "End rating", "close"),
+    # Keys of the rating mode (help lists them under compare); not in the palette, which runs
+    # actions on the Compare screen itself.
+    Action("compare.rate.a", "a", "A is better", "pick('A')", palette=False),
+    Action("compare.rate.b", "b", "B is better", "pick('B')", palette=False),
+    Action("compare.rate.tie", "t,equals_sign", "Tie", "pick('tie')", palette=False),
+    Action("compare.rate.skip", "s", "Skip", "skip", palette=False),
+    Action("compare.rate.close", "escape", "End rating", "close", palette=False),
 )
 
 
