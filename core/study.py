@@ -67,10 +67,22 @@ def models_with_outputs(ws: Workspace, suite: str) -> list[str]:
         " where i.suite_id = ? order by g.model", [s["id"]]).fetchall()]
 
 
+def _adapters_of(ws: Workspace, base: str) -> list[str]:
+    """Adapters whose finetune lineage names `base` (as core.report picks imitation models)."""
+    out = []
+    for name, spec in ws.db.execute("select name, spec from models where kind = 'adapter' order by id"):
+        lineage = (json.loads(spec or "{}").get("lineage") or {})
+        if lineage.get("base") == base:
+            out.append(name)
+    return out
+
+
 def roles_of(ws: Workspace) -> dict[str, str]:
-    """model name -> role ('teacher', 'base', 'imitation') from the workspace config."""
+    """model name -> role ('teacher', 'base', 'imitation'): the config's `[roles]`; without
+    imitation models there, the adapters finetuned from the base."""
     r = ws.config.roles
-    out = {m: "imitation" for m in r.imitation}
+    imitation = list(r.imitation) or (_adapters_of(ws, r.base) if r.base else [])
+    out = {m: "imitation" for m in imitation}
     if r.base:
         out[r.base] = "base"
     if r.teacher:
@@ -82,7 +94,8 @@ def default_models(ws: Workspace, suite: str) -> list[str]:
     """base | imitation(s) | teacher when the config names them and they have outputs, else all (≤ 4)."""
     have = models_with_outputs(ws, suite)
     r = ws.config.roles
-    wanted = [r.base, *r.imitation, r.teacher]
+    roles = roles_of(ws)
+    wanted = [r.base, *[m for m, role in roles.items() if role == "imitation"], r.teacher]
     picked = [m for m in wanted if m and m in have]
     if len(picked) >= 2:
         if len(picked) > 4:  # keep base and teacher, the newest imitations in between
@@ -305,7 +318,7 @@ class CompareView:
             from core import coverage
         except ImportError:
             return
-        data = self.data or _latest_coverage_data(self.ws, self.suite)
+        data = self.data or self._imitation_data() or _latest_coverage_data(self.ws, self.suite)
         if not data or not hasattr(coverage, "item_support"):
             return
         try:
@@ -318,6 +331,17 @@ class CompareView:
                 self.support[p] = value
         self.data = data
         self.support_note = f"coverage by '{data}'"
+
+    def _imitation_data(self) -> str | None:
+        """The dataset the view's imitation model was finetuned on, from its lineage."""
+        for model in self.models:
+            if self.roles.get(model) != "imitation":
+                continue
+            row = self.ws.db.execute("select spec from models where name = ?", [model]).fetchone()
+            data = (json.loads(row[0] or "{}").get("lineage") or {}).get("data") if row else None
+            if data and self.ws.db.execute("select 1 from datasets where name = ?", [data]).fetchone():
+                return data
+        return None
 
     # -- roles -----------------------------------------------------------------------------------
     def role(self, model: str) -> str:

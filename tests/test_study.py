@@ -32,6 +32,19 @@ def test_default_models_without_roles_are_those_with_outputs(ws, built):
     assert study.default_models(ws, "nq") == ["base", "imitation", "teacher"]
 
 
+def test_imitation_role_from_adapter_lineage(ws, built):
+    from core.workspace import dumps, now
+
+    set_roles(ws, '[roles]\nteacher = "teacher"\nbase = "base"\n')
+    for name, base in (("imitation", "base"), ("other-adapter", "elsewhere")):
+        ws.db.execute("insert into models (name, kind, spec, created_at) values (?, 'adapter', ?, ?)",
+                      [name, dumps({"base": base, "lineage": {"base": base, "tokens": 1000}}), now()])
+    assert study.roles_of(ws) == {"imitation": "imitation", "base": "base", "teacher": "teacher"}
+    view = study.CompareView(ws, "nq")
+    assert view.models == ["base", "imitation", "teacher"]
+    assert view.apply(study.Filters(pattern="teacher-right-imitation-wrong")) > 0
+
+
 def test_unknown_model_names_what_exists(ws, built):
     with pytest.raises(NotFound, match="no outputs of gpt-9.*have: base, imitation, teacher"):
         study.CompareView(ws, "nq", ["base", "gpt-9"])
