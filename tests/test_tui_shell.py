@@ -243,3 +243,29 @@ async def test_no_heavy_imports_at_start_up(ws):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == ""
+
+
+def test_lean_sqlite_utils_import_is_thread_safe_and_restored():
+    # Fresh interpreter: sqlite-utils must not be imported yet for the lean path to run.
+    code = (
+        "import sys, threading\n"
+        "from tui.app import import_sqlite_utils_lean, restore_sqlite_utils_types\n"
+        "errors = []\n"
+        "def worker():\n"
+        "    try:\n"
+        "        import_sqlite_utils_lean()\n"
+        "        import numpy\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "assert 'sqlite_utils' not in sys.modules\n"
+        "ts = [threading.Thread(target=worker) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import sqlite_utils.db as sdb\n"
+        "print('lean', sdb.np is None and sdb.pd is None)\n"
+        "restore_sqlite_utils_types()\n"
+        "import numpy as np\n"
+        "print('restored', sdb.COLUMN_TYPE_MAPPING[np.int64], sdb.pd is not None, errors)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["lean True", "restored INTEGER True []"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ SCREENS: dict[str, str] = {
 
 
 RESTORE_DELAY = 1.5  # s after the first frame
+# Held while numpy/pandas are hidden, and around every other import the app makes on its own
+# (screen modules, the restore), so no thread ever sees them hidden. run_core workers call
+# import_sqlite_utils_lean first, so they wait here too.
+_IMPORT_LOCK = threading.RLock()
 
 
 def import_sqlite_utils_lean() -> None:
@@ -67,21 +72,23 @@ def import_sqlite_utils_lean() -> None:
     TUI draws its first frame without them; `restore_sqlite_utils_types` (run in a worker after
     the first frame) adds the mappings back, so later core calls behave exactly as in the CLI.
     """
-    if "sqlite_utils" in sys.modules:
-        return
-    hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
-    for m in hidden:
-        sys.modules[m] = None  # type: ignore[assignment]  # makes `import m` raise ImportError
-    try:
-        import sqlite_utils  # noqa: F401
-    finally:
+    with _IMPORT_LOCK:
+        if "sqlite_utils" in sys.modules:
+            return
+        hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
         for m in hidden:
-            if sys.modules.get(m) is None:
-                del sys.modules[m]
+            sys.modules[m] = None  # type: ignore[assignment]  # makes `import m` raise ImportError
+        try:
+            import sqlite_utils  # noqa: F401
+        finally:
+            for m in hidden:
+                if sys.modules.get(m) is None:
+                    del sys.modules[m]
 
 
 def restore_sqlite_utils_types() -> None:
     """Give sqlite-utils the numpy/pandas column-type mappings that `import_sqlite_utils_lean` skipped."""
+    import_sqlite_utils_lean()  # once it has returned, nothing is ever hidden again: no lock needed
     import sqlite_utils.db as sdb
 
     if sdb.np is None:
@@ -106,7 +113,8 @@ def restore_sqlite_utils_types() -> None:
 
 def load_screen_class(name: str) -> type[Screen]:
     modname, _, cls = SCREENS[name].partition(":")
-    return getattr(importlib.import_module(modname), cls)
+    with _IMPORT_LOCK:  # a screen module may import numpy: never while it is hidden
+        return getattr(importlib.import_module(modname), cls)
 
 
 class MirageApp(App[int]):
