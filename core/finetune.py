@@ -721,6 +721,8 @@ class Trainer:
             last_loss = None
             for step in range(start_step, plan.total_steps):
                 if self.cancelled():
+                    if step > start_step and step % cfg["save_every"]:
+                        self.checkpoint(step)  # a cancelled run resumes where it stopped
                     return {"status": "cancelled", "step": step}
                 t0 = time.perf_counter()
                 loss, tokens, batch_ids = self.step(step)
@@ -873,6 +875,15 @@ def submit(ws: Workspace, base: str, data: str, *, tokens: list[int | None] | No
         else:
             jobs.run(ws, job_id, on_event=on_event)
     return ids
+
+
+def budget_notes(ws: Workspace, data: str, budgets: list[int | None]) -> list[str]:
+    """Budgets beyond the data, judged cheaply from the token counts stored at import."""
+    from core.datasets import count_examples
+
+    n, tokens = count_examples(ws, data)
+    return [f"budget {human_tokens(b)} is larger than '{data}' (~{tokens:,} tokens in {n} examples):"
+            " that run uses all of it" for b in budgets if b is not None and b > tokens]
 
 
 def _register_adapter(ws: Workspace, cfg: dict, out: Path, plan: Plan, job_id: int) -> str:

@@ -99,6 +99,9 @@ def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, 
             last["t"] = time.monotonic()
             _print_event(ev)
 
+    if not as_json:
+        for note in ft.budget_notes(ws, data, budgets):
+            click.echo(f"note: {note}", err=True)
     ids = ft.submit(ws, base, data, tokens=budgets, name=name, detach=detach, start=not no_start,
                     on_event=None if as_json else on_event, **overrides)
     from core import jobs
