@@ -318,12 +318,20 @@ class CompareView:
             from core import coverage
         except ImportError:
             return
-        data = self.data or self._imitation_data() or _latest_coverage_data(self.ws, self.suite)
-        if not data or not hasattr(coverage, "item_support"):
+        if not hasattr(coverage, "item_support"):
             return
-        try:
-            sup = coverage.item_support(self.ws, data, self.suite)
-        except Exception:  # coverage not computed for this pair: the sort just has nothing to use
+        # An explicit dataset; else the imitation model's training data; else the last coverage run.
+        candidates = [self.data] if self.data else [self._imitation_data(),
+                                                    _latest_coverage_data(self.ws, self.suite)]
+        sup, data = {}, None
+        for data in (c for c in candidates if c):
+            try:
+                sup = coverage.item_support(self.ws, data, self.suite)
+            except Exception:  # coverage not computed for this pair: the sort has nothing to use
+                sup = {}
+            if sup:
+                break
+        if not sup:
             return
         for item_id, value in sup.items():
             p = self.pos_of_item.get(int(item_id))
