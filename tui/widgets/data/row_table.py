@@ -119,7 +119,7 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         self._cache = dict(enumerate(first_rows or []))
         self._generation += 1
         self.virtual_size = Size(self.size.width, self.total + 1)  # +1: the header line
-        self.scroll_to(0, 0, animate=False)
+        self.scroll_to(0, 0, animate=False, force=True)
         self.cursor = min(cursor, max(self.total - 1, 0))
         self.refresh()
 
@@ -244,10 +244,12 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
             return
         top = int(self.scroll_offset.y)
         rows = max(self.size.height - 1, 1)
+        # force: Textual ignores a scroll while it has not yet decided the scrollbar is needed (just
+        # after load() set virtual_size), which left the cursor off screen and its page unfetched.
         if new < top:
-            self.scroll_to(y=new, animate=False)
+            self.scroll_to(y=new, animate=False, force=True)
         elif new >= top + rows:
-            self.scroll_to(y=new - rows + 1, animate=False)
+            self.scroll_to(y=new - rows + 1, animate=False, force=True)
         self.refresh()
         self._announce(open=False)
 
