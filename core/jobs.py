@@ -36,6 +36,7 @@ HANDLERS: dict[str, str] = {
     "coverage": "core.coverage:run_job",
     "collect": "core.collect:run_job",
     "score": "core.scoring:run_job",
+    "study": "core.demo:run_job",
     "selftest": "core.jobs:_selftest_job",
 }
 # Lanes serialise jobs that compete for the same resource (one training run at a time on a CPU).

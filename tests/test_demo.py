@@ -92,3 +92,59 @@ def test_sample_generators_reproduce_the_committed_files(tmp_path):
         subprocess.run([sys.executable, str(copy)], check=True, capture_output=True, timeout=60)
         for out in outputs:
             assert (tmp_path / out).read_bytes() == (SAMPLES / out).read_bytes(), out
+
+
+# -- the study, end to end on the real packaged models -----------------------------------------------
+QUICK_MODELS = ("gemma3-270m", "imitation-broad-quick", "imitation-geography-quick", "teacher")
+
+
+def _run_demo(ws_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "core", "demo", "--headless", "--quick", "--workspace", str(ws_path)],
+                          capture_output=True, text=True, timeout=3600, cwd=REPO)
+    return proc, time.monotonic() - t0
+
+
+def _study_counts(ws_path: Path) -> dict:
+    from core import demo, jobs
+    from core.workspace import Workspace
+
+    ws = Workspace.open(ws_path)
+    study = [j for j in jobs.list_jobs(ws, kind="study") if j["status"] == "done"][-1]
+    return {
+        "steps": demo.step_results(ws, study["id"]),
+        "generations": ws.db.execute("select count(*) from generations").fetchone()[0],
+        "scores": ws.db.execute("select count(*) from scores").fetchone()[0],
+        "jobs": ws.db.execute("select count(*) from jobs where kind != 'study'").fetchone()[0],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_demo_headless_quick_runs_the_study_and_reruns_incrementally(tmp_path):
+    ws_path = tmp_path / "demo"
+    first, t_first = _run_demo(ws_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    report = first.stdout
+    # Every model's scores are in the report: a QA row per model with a number in it.
+    for model in QUICK_MODELS:
+        rows = [ln for ln in report.splitlines() if ln.startswith("|") and f" {model} " in ln]
+        assert rows, f"{model} missing from the report:\n{report[:3000]}"
+        assert any(any(ch.isdigit() for ch in r.split("|", 2)[2]) for r in rows), rows
+    assert "qa-quick" in report and "style-quick" in report
+    counts = _study_counts(ws_path)
+    assert all(not s.get("cached") for k, s in counts["steps"].items() if k not in ("models", "report")), counts
+    assert counts["generations"] >= 4 * (30 + 10 + 3 + 5)  # 4 models x (qa, mc, code, style) quick items
+
+    second, t_second = _run_demo(ws_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    again = _study_counts(ws_path)
+    # Incremental: nothing new generated, scored, trained or re-run; every step cached.
+    assert again["generations"] == counts["generations"]
+    assert again["scores"] == counts["scores"]
+    assert again["jobs"] == counts["jobs"]
+    assert all(s.get("cached") and s.get("new", 0) == 0 for s in again["steps"].values()), again["steps"]
+    assert second.stdout == report
+    print(f"\ndemo --headless --quick: first run {t_first:.0f} s, rerun {t_second:.0f} s")
