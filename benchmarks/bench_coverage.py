@@ -65,6 +65,10 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10_000, help="texts per alternating direct/mirage block")
     ap.add_argument("--direct-every", type=int, default=1,
                     help="time the direct-encode baseline on every K-th block only (saves time at large n)")
+    ap.add_argument("--random-vectors", type=float, default=None, metavar="TEXTS_PER_S",
+                    help="skip the embedding model: store random unit vectors and measure everything after "
+                         "embedding at full n, against the embedding time that TEXTS_PER_S would take "
+                         "(e.g. 330, this CPU's unloaded MiniLM rate)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -97,41 +101,51 @@ def main() -> None:
     it_texts = [r["question"] for r in nq]
 
     model = emb.resolve_model("")
-    st = emb.load(model)
-    st.encode(ex_texts[:256], batch_size=64)  # warm-up, not timed
+    if args.random_vectors:
+        # Search, lexical overlap, clusters and aggregation do not depend on what the vectors mean.
+        rng = np.random.default_rng(0)
+        for keys, mode in ((ex_keys, "user"), (it_keys, "prompt")):
+            for i in range(0, len(keys), emb.SHARD_ROWS):
+                v = rng.standard_normal((len(keys[i:i + emb.SHARD_ROWS]), 384)).astype(np.float32)
+                emb.EmbeddingStore(ws, model, mode).add(keys[i:i + emb.SHARD_ROWS], v / np.linalg.norm(v, axis=1, keepdims=True))
+        t_mirage = (len(ex_keys) + len(it_keys)) / args.random_vectors
+        line("coverage.embed_all_texts_estimated", t_mirage, "s", "texts/s assumed", args.random_vectors, None)
+    else:
+        st = emb.load(model)
+        st.encode(ex_texts[:256], batch_size=64)  # warm-up, not timed
 
-    # -- embedding: direct encode vs mirage's cached, sharded embed, alternating blocks -------------
-    # Wall and CPU time both: on a shared machine other processes' load lands on one block or the
-    # other; process CPU time (all threads) is the steadier measure of the work itself.
-    t_direct = t_mirage = c_direct = c_mirage = 0.0
-    t_mirage_all = 0.0
-    n_compared = 0
-    blocks = [(ex_keys[i:i + args.block], ex_texts[i:i + args.block], "user")
-              for i in range(0, len(ex_texts), args.block)] + [(it_keys, it_texts, "prompt")]
-    for b, (keys, texts, mode) in enumerate(blocks):
-        compare = b % args.direct_every == 0 or mode == "prompt"
-        if compare:
+        # -- embedding: direct encode vs mirage's cached, sharded embed, alternating blocks -------------
+        # Wall and CPU time both: on a shared machine other processes' load lands on one block or the
+        # other; process CPU time (all threads) is the steadier measure of the work itself.
+        t_direct = t_mirage = c_direct = c_mirage = 0.0
+        t_mirage_all = 0.0
+        n_compared = 0
+        blocks = [(ex_keys[i:i + args.block], ex_texts[i:i + args.block], "user")
+                  for i in range(0, len(ex_texts), args.block)] + [(it_keys, it_texts, "prompt")]
+        for b, (keys, texts, mode) in enumerate(blocks):
+            compare = b % args.direct_every == 0 or mode == "prompt"
+            if compare:
+                t, c = time.perf_counter(), time.process_time()
+                st.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+                t_direct += time.perf_counter() - t
+                c_direct += time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            st.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
-            t_direct += time.perf_counter() - t
-            c_direct += time.process_time() - c
-        t, c = time.perf_counter(), time.process_time()
-        _, new = exhaust(emb.embed(ws, model, mode, keys, texts))
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-        t_mirage_all += dt
-        assert new == len(set(keys))
-        if compare:
-            t_mirage += dt
-            c_mirage += dc
-            n_compared += len(texts)
-        print(json.dumps({"progress": f"block {b + 1}/{len(blocks)}", "texts_per_s": round(len(texts) / dt, 1)}),
-              file=sys.stderr, flush=True)
-    line("coverage.embed_throughput", n_compared / t_mirage, "texts/s", "sentence-transformers encode",
-         n_compared / t_direct, t_direct / t_mirage)
-    line("coverage.embed_throughput_cpu", n_compared / c_mirage, "texts/cpu-s", "sentence-transformers encode",
-         n_compared / c_direct, c_direct / c_mirage)
-    line("coverage.embed_all_texts", t_mirage_all, "s")
-    t_mirage = t_mirage_all  # the time the shares below are measured against: embedding everything
+            _, new = exhaust(emb.embed(ws, model, mode, keys, texts))
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            t_mirage_all += dt
+            assert new == len(set(keys))
+            if compare:
+                t_mirage += dt
+                c_mirage += dc
+                n_compared += len(texts)
+            print(json.dumps({"progress": f"block {b + 1}/{len(blocks)}", "texts_per_s": round(len(texts) / dt, 1)}),
+                  file=sys.stderr, flush=True)
+        line("coverage.embed_throughput", n_compared / t_mirage, "texts/s", "sentence-transformers encode",
+             n_compared / t_direct, t_direct / t_mirage)
+        line("coverage.embed_throughput_cpu", n_compared / c_mirage, "texts/cpu-s", "sentence-transformers encode",
+             n_compared / c_direct, c_direct / c_mirage)
+        line("coverage.embed_all_texts", t_mirage_all, "s")
+        t_mirage = t_mirage_all  # the time the shares below are measured against: embedding everything
 
     # cached: reading back every vector
     t = time.perf_counter()

@@ -48,6 +48,7 @@ PREVIEW_CHARS = 240
 SAMPLES_PER_CLUSTER = 3
 TERMS_PER_CLUSTER = 8
 TERM_SAMPLE = 20000  # docs used for cluster terms: c-TF-IDF's top terms settle long before 100k
+MINIBATCH_FROM = 20000  # examples above which clusters use mini-batch k-means
 SEARCH_CHUNK = 8192  # examples per similarity block: bounds memory at items x chunk floats
 
 
@@ -114,47 +115,56 @@ def nearest(items: np.ndarray, examples: np.ndarray, k: int, threshold: float, g
     """Top-k examples per item, how many examples pass `threshold` per item, and per item group.
 
     Works in blocks of examples so memory stays at items x SEARCH_CHUNK floats, whatever the data
-    size. Returns (top indices, top similarities, count above per item, examples-above mask per
-    group as a list of index arrays).
+    size. torch rather than numpy: its topk is ~20x faster than numpy's argpartition on these
+    blocks and both it and the matmul use every core. Returns (top indices, top similarities,
+    count above per item, per group the sorted example indices above threshold for some item).
     """
+    import torch
+
     n_items, n_ex = len(items), len(examples)
     k = min(k, n_ex)
-    q = items.astype(np.float32)
-    best_s = np.full((n_items, k), -np.inf, dtype=np.float32)
-    best_i = np.zeros((n_items, k), dtype=np.int64)
-    above = np.zeros(n_items, dtype=np.int64)
+    q = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+    best_s = torch.full((n_items, 0), -float("inf"))
+    best_i = torch.zeros((n_items, 0), dtype=torch.long)
+    above = torch.zeros(n_items, dtype=torch.long)
+    group_t = torch.from_numpy(np.asarray(groups, dtype=np.int64))
     served: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
-    rows = np.arange(n_items)[:, None]
-    for start in range(0, n_ex, SEARCH_CHUNK):
-        check_cancel(cancel)
-        block = examples[start:start + SEARCH_CHUNK].astype(np.float32)
-        sims = q @ block.T
-        kk = min(k, sims.shape[1])
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, sims[rows, part]], axis=1)
-        cand_i = np.concatenate([best_i, part + start], axis=1)
-        keep = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-        best_s, best_i = cand_s[rows, keep], cand_i[rows, keep]
-        hit = sims >= threshold
-        above += hit.sum(1)
-        if hit.any():
-            for g in range(n_groups):
-                cols = np.flatnonzero(hit[groups == g].any(0))
-                if len(cols):
-                    served[g].append(cols + start)
-    order = np.argsort(-best_s, axis=1)
-    best_s, best_i = best_s[rows, order], best_i[rows, order]
+    with torch.inference_mode():
+        for start in range(0, n_ex, SEARCH_CHUNK):
+            check_cancel(cancel)
+            block = torch.from_numpy(np.ascontiguousarray(examples[start:start + SEARCH_CHUNK], dtype=np.float32))
+            sims = q @ block.T
+            s_top, i_top = torch.topk(sims, min(k, sims.shape[1]), dim=1)
+            cand_s = torch.cat([best_s, s_top], dim=1)
+            cand_i = torch.cat([best_i, i_top + start], dim=1)
+            best_s, pick = torch.topk(cand_s, min(k, cand_s.shape[1]), dim=1)  # sorted, descending
+            best_i = torch.gather(cand_i, 1, pick)
+            # Only items whose best match in this block passes the threshold can have hits: counting
+            # over those rows alone keeps a sparse-support block nearly free.
+            hot = torch.nonzero(s_top[:, 0] >= threshold).flatten()
+            if len(hot):
+                hit = sims[hot] >= threshold
+                above[hot] += hit.sum(1)
+                hot_group = group_t[hot]
+                for g in torch.unique(hot_group).tolist():
+                    cols = torch.nonzero(hit[hot_group == g].any(0)).flatten()
+                    served[g].append(cols.numpy() + start)
     served_idx = [np.unique(np.concatenate(s)) if s else np.empty(0, np.int64) for s in served]
-    return best_i, best_s, above, served_idx
+    return best_i.numpy(), best_s.numpy(), above.numpy(), served_idx
 
 
 # -- clusters -----------------------------------------------------------------------------------------
 def _kmeans(vectors: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if n_clusters <= 1:
         return np.zeros(len(vectors), dtype=np.int64), vectors.mean(0, keepdims=True)
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=3)
+    if len(vectors) > MINIBATCH_FROM:
+        # Full k-means over 100k x 384 took minutes here; mini-batches reach nearly the same
+        # centres in seconds (Sculley 2010), still seeded and so repeatable.
+        km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=4096, max_iter=20)
+    else:
+        km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=3)
     labels = km.fit_predict(vectors)
     return labels.astype(np.int64), km.cluster_centers_
 
@@ -612,7 +622,7 @@ def list_subsets(ws: Workspace) -> list[dict]:
             " where m.subset_id = ?", [r["id"]]).fetchone()
         spec = meta.get("spec", {})
         out.append({"name": r["name"], "parent": meta.get("parent", r["source"]), "examples": n, "tokens": tokens,
-                    "spec": spec, "filters": ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("seed", "clustering_id")),
+                    "spec": spec, "filters": ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("seed", "clustering_id", "embedding_model")),
                     "created_at": r["created_at"]})
     return out
 

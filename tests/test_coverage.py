@@ -306,3 +306,15 @@ def test_coverage_job_runs_in_foreground(study):
     job = jobs.get_job(study, job_id)
     assert job["status"] == "done", job.get("error")
     assert cov.task_support(study, "imit", "qa")["sports"] == 1.0
+
+
+def test_multi_process_pool_gives_the_same_vectors(ws, tmp_path):
+    """--device cpu --device cpu: sentence-transformers' multi-process pool, same vectors as one process."""
+    model = emb.resolve_model(str(_tiny_sentence_model(tmp_path)))
+    texts = [f"question number {i} about {w}" for i, w in enumerate(["rivers", "kings", "songs", "atoms"] * 3)]
+    keys = [f"k{i}" for i in range(len(texts))]
+    single, n1 = exhaust(emb.embed(ws, model, "user", keys, texts))
+    shutil.rmtree(ws.artifacts / "embeddings")
+    pooled, n2 = exhaust(emb.embed(ws, model, "user", keys, texts, devices=["cpu", "cpu"]))
+    assert n1 == n2 == len(texts)
+    np.testing.assert_allclose(pooled.astype(np.float32), single.astype(np.float32), atol=2e-3)
