@@ -898,7 +898,11 @@ def _register_adapter(ws: Workspace, cfg: dict, out: Path, plan: Plan, job_id: i
         if known:
             base = known[0]
         else:
-            base = default_name(ws, p.name, "base", None).removesuffix("-base-all") or "base"
+            taken = {r["name"] for r in ws.db.query("select name from models")} | set(models.PACKAGED)
+            stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in p.name).lstrip("._-") or "base"
+            base, k = stem, 2
+            while base in taken:
+                base, k = f"{stem}-{k}", k + 1
             models.register(ws, base, "hf", {"path": folder})
     lineage = {
         "base": base, "data": cfg["data"], "budget": cfg["tokens"], "tokens": plan.sel.tokens,
