@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -199,6 +200,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     line("coverage.peak_memory", peak_gb, "GB", "target", 4.0, peak_gb / 4.0)
     line("coverage.n_examples", args.n, "examples")
+    ws.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
