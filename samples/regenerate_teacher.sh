@@ -58,6 +58,7 @@ for name in ("broad", "synthetic_geography"):
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     meta = get_dataset(ws, name)["meta"]
+    meta["command"] = meta.get("command", "").replace(str(Path.cwd()) + "/", "")  # no machine paths
     (out / f"{name}.recipe.json").write_text(json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     print(f"{out / (name + '.jsonl')}: {len(rows)} conversations")
 PY
