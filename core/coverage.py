@@ -233,14 +233,20 @@ def clustering(ws: Workspace, ds: dict, ex: dict, vectors: np.ndarray, model: em
             "samples": [{"example_id": int(ex["ids"][i]), "text": ex["user"][i][:PREVIEW_CHARS]} for i in close],
         })
     with ws.transaction():
-        cur = ws.db.execute(
-            "insert into coverage_clusterings (key, dataset_id, model_key, mode, n_clusters, seed, data_hash,"
-            " clusters, created_at) values (?,?,?,?,?,?,?,?,?)",
-            [key, ds["id"], model.key, mode, n_clusters, seed, data_hash, dumps(clusters), now()])
-        cid = cur.lastrowid
-        ws.db.conn.executemany(
-            "insert into coverage_cluster_members (clustering_id, example_id, cluster) values (?,?,?)",
-            zip([cid] * len(labels), ex["ids"].tolist(), labels.tolist()))
+        # Another process (the TUI, a job) may have stored the same clustering meanwhile: same
+        # inputs and seed, so keep theirs and read it back.
+        taken = ws.db.execute("select 1 from coverage_clusterings where key = ?", [key]).fetchone()
+        if not taken:
+            cur = ws.db.execute(
+                "insert into coverage_clusterings (key, dataset_id, model_key, mode, n_clusters, seed, data_hash,"
+                " clusters, created_at) values (?,?,?,?,?,?,?,?,?)",
+                [key, ds["id"], model.key, mode, n_clusters, seed, data_hash, dumps(clusters), now()])
+            cid = cur.lastrowid
+            ws.db.conn.executemany(
+                "insert into coverage_cluster_members (clustering_id, example_id, cluster) values (?,?,?)",
+                zip([cid] * len(labels), ex["ids"].tolist(), labels.tolist()))
+    if taken:
+        return clustering(ws, ds, ex, vectors, model, mode, n_clusters, seed, data_hash)
     return {"id": cid, "clusters": clusters, "labels": labels}
 
 
