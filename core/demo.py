@@ -128,6 +128,22 @@ class Study:
         self.plan = plan
         self.server = None  # the teacher's `transformers serve` process, started only when needed
 
+    def drive(self, gen, *, every_s: float = 5.0):
+        """Run a progress generator in this job, recording its progress as messages only, so the
+        study's own step / total_steps keep counting study steps (what the Jobs screen shows)."""
+        last = 0.0
+        while True:
+            self.ctx.check_cancel()
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            t = time.monotonic()
+            if t - last >= every_s:
+                of = f" {p.done}/{p.total}" if p.total else ""
+                self.ctx.event(message=f"  {p.detail or 'working'}{of}")
+                last = t
+
     # -- child jobs -----------------------------------------------------------------------------------------
     def child(self, kind: str, name: str, config: dict) -> dict:
         """Run a child job to completion, or reuse one that finished with the same config."""
@@ -182,7 +198,7 @@ class Study:
             return
         port = self._teacher_port()
         self.ctx.event(message=f"starting the teacher: transformers serve on 127.0.0.1:{port}")
-        self.server = self.ctx.drive(serving.start(self.ws, TEACHER_PACKAGED, port=port), every_s=10)
+        self.server = self.drive(serving.start(self.ws, TEACHER_PACKAGED, port=port), every_s=10)
         serving.register_endpoint(self.ws, self.server, self.plan.teacher)
         self.ctx.event(message=f"teacher '{self.plan.teacher}' ready at {self.server.base_url}")
 
@@ -285,9 +301,9 @@ def step_import(study: Study) -> dict:
     files = _sample_files(study)
     new = 0
     for kind, name in plan.suites:
-        res = study.ctx.drive(ingest.import_suite(ws, files[kind], name, fmt=kind, cancel=study.ctx.cancel))
+        res = study.drive(ingest.import_suite(ws, files[kind], name, fmt=kind, cancel=study.ctx.cancel))
         new += int(res.get("imported", 0))
-    res = study.ctx.drive(ingest.import_data(ws, [files["broad"], files["synthetic"]], plan.data,
+    res = study.drive(ingest.import_data(ws, [files["broad"], files["synthetic"]], plan.data,
                                              fmt="messages", cancel=study.ctx.cancel))
     new += int(res.get("imported", 0))
     return {"new": new, "cached": new == 0}
@@ -303,7 +319,7 @@ def step_models(study: Study) -> dict:
         m = models._manifest(folder)
         if m and models._check_converted(folder, m):
             continue
-        study.ctx.drive(models.prepare_packaged(name))
+        study.drive(models.prepare_packaged(name))
         new += 1
     return {"new": new, "cached": new == 0}
 
@@ -341,8 +357,10 @@ class _LazyLoaded:
         if self.pair is None:
             from core import finetune, models
 
-            # bf16 where the CPU has it: about twice as fast as fp32 here (see DESIGN.md).
-            dtype = "bfloat16" if finetune.cpu_has_bf16() else None
+            # bf16 where the CPU has it (faster matmuls, see DESIGN.md) for plain models. Not for
+            # adapters: a LoRA merged into a bf16 Gemma generated 6x slower here than in fp32.
+            adapter = models.get_model(self.ws, self.name)["kind"] == "adapter"
+            dtype = "bfloat16" if finetune.cpu_has_bf16() and not adapter else None
             model, tok = models.load_causal_lm(self.ws, self.name, dtype=dtype)
             if hasattr(model, "merge_and_unload"):  # an adapter: fold LoRA in, generation runs faster
                 model = model.merge_and_unload()
@@ -374,7 +392,7 @@ def _generate(study: Study, model: str) -> dict:
     new = 0
     for kind, suite in study.plan.suites:
         study.ctx.event(message=f"generating: {model} on {suite}")
-        summary = study.ctx.drive(generation.generate(
+        summary = study.drive(generation.generate(
             study.ws, model, suite, max_new_tokens=study.plan.max_new_tokens[kind], loaded=loaded,
             batch_size=study.plan.batch_generate, cancel=study.ctx.cancel))
         new += int(summary["generated"])
