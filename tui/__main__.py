@@ -13,8 +13,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", "-w", metavar="PATH", default=None,
                         help="workspace folder (default: $MIRAGE_WORKSPACE, else the current folder)")
     parser.add_argument("--screen", choices=sorted(SCREENS), default="data", help="screen to open first")
+    parser.add_argument("--suite", default=None, help="compare: the suite to open")
+    parser.add_argument("--models", default=None, help="compare: models to show, comma-separated")
+    parser.add_argument("--job", type=int, default=None, help="jobs: the job to select")
     args = parser.parse_args(argv)
-    return run(args.workspace, start=args.screen)
+    start_args: dict = {}
+    if args.suite:
+        start_args["suite"] = args.suite
+    if args.models is not None:
+        start_args["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.job is not None:
+        start_args["job"] = args.job
+    return run(args.workspace, start=args.screen, start_args=start_args or None)
 
 
 if __name__ == "__main__":
