@@ -16,11 +16,8 @@ what it did (`new` rows or steps, `cached`, `seconds`), which the tests and the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import re
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any, Callable
 
 from core import jobs
 from core.errors import JobError, MirageError, NotFound
-from core.workspace import Workspace, dumps, now
+from core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -465,12 +462,21 @@ def step_score(study: Study) -> dict:
     return {"new": new, "cached": cached}
 
 
+def same_report(a: str | None, b: str | None) -> bool:
+    """Equal reports, ignoring the time each was generated at."""
+    if a is None or b is None:
+        return False
+    strip = lambda t: re.sub(r"Generated \S+", "Generated", t)  # noqa: E731
+    return strip(a) == strip(b)
+
+
 def step_report(study: Study) -> dict:
     text = build_report(study.ws, study.plan)
     path = report_path(study.ws, study.plan)
     old = path.read_text(encoding="utf-8") if path.exists() else None
+    unchanged = same_report(old, text)
     path.write_text(text, encoding="utf-8")
-    return {"new": 0 if old == text else 1, "cached": old == text, "path": str(path)}
+    return {"new": 0 if unchanged else 1, "cached": unchanged, "path": str(path)}
 
 
 STEPS: list[Step] = [
