@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -30,9 +29,9 @@ def demo(ctx, headless, quick, samples):
     plan = demo_mod.Plan.make(quick, samples)
     if not headless:
         job_id = demo_mod.start(ws, plan, detach=True)
-        from tui.app import run
+        from core.commands.ui import exec_tui
 
-        sys.exit(run(str(ws.root), start="jobs", start_args={"job": job_id}))
+        exec_tui(str(ws.root), screen="jobs", job=job_id)  # the TUI in its own interpreter
 
     def show(ev: dict) -> None:
         if ev.get("message"):
