@@ -8,6 +8,10 @@ labels, LoRA config, batch, max length, learning rate, schedule and number of st
 is compared as the mean assistant-token loss of each trained adapter on the same held-out
 examples, computed the same way (the model's own loss) in each worker.
 
+TRL runs with its SFTConfig defaults apart from the settings above, so with activation checkpointing
+on (its default): lower peak memory than mirage's loop, paid for by recomputing the body in the
+backward pass. `--trl-gradient-checkpointing off` measures TRL without it.
+
 Ablations of mirage's loop (each a worker too): `full_logits` (the model's own loss over the
 whole vocabulary at every position, instead of chunked logits at label positions only) and
 `no_grouping` (shuffled batches instead of length-grouped ones).
@@ -181,7 +185,10 @@ def worker_trl(args) -> None:
     cfg = SFTConfig(output_dir=out, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
                     learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=-(-3 * args.steps // 100), max_steps=args.steps,
                     bf16=True, logging_steps=1, save_strategy="no", report_to="none", max_length=args.max_length,
-                    use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+                    use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+                    # SFTConfig turns activation checkpointing on by default (less memory, a recompute
+                    # of the body in backward); --trl-gradient-checkpointing off measures TRL without it.
+                    **({} if args.trl_gradient_checkpointing == "default" else {"gradient_checkpointing": False}))
     lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=plan.tok, peft_config=lora,
                          data_collator=collator, callbacks=[TurnTaking()])
@@ -204,7 +211,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--ws", str(ws),
              "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
-             "--threads", str(args.threads)],
+             "--threads", str(args.threads), "--trl-gradient-checkpointing", args.trl_gradient_checkpointing],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=args.worker_log, text=True, env=env)
 
     def ask(self, cmd: str | None) -> dict:
@@ -349,6 +356,8 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=24)
     ap.add_argument("--ablations", default="full_logits,no_grouping",
                     help="variants of mirage's loop to measure too (comma-separated; empty for none)")
+    ap.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="default",
+                    help="TRL's SFTConfig default (on) or off")
     ap.add_argument("--worker")
     ap.add_argument("--folder")
     ap.add_argument("--ws")
