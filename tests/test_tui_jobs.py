@@ -50,6 +50,12 @@ async def test_lists_jobs_with_progress_loss_curve_and_log_then_reattaches(ws):
         await wait_for(pilot, lambda: len(app.screen.losses) == 4)
         assert sorted(dict(app.screen.losses).items()) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
         assert "done" in log_text(app)
+    # Opened on a given job (`python -m tui --screen jobs --job N`), that job is selected.
+    other = jobs.submit(ws, "selftest", "other", {"steps": 2, "sleep": 0.0}, detach=False)
+    app = MirageApp(ws.root, start="jobs", start_args={"job": done})
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: table_status(app).get(other) == "done" and len(app.screen.losses) == 4)
+        assert app.screen.selected == done
     # A job started while the app is closed shows up when it reopens: the screen only reads the DB.
     running = jobs.submit(ws, "selftest", "slow", {"steps": 400, "sleep": 0.05}, detach=True)
     app = MirageApp(ws.root, start="jobs")

@@ -136,7 +136,7 @@ class JobsScreen(MirageScreen):
 
     def __init__(self, **args: Any) -> None:
         super().__init__(**args)
-        self.selected: int | None = None
+        self.selected: int | None = args.get("job")  # `python -m tui --screen jobs --job N`
         self.after_event = 0
         self.losses: list[tuple[int, float]] = []
         self.job_rows: list[dict] = []
@@ -166,6 +166,11 @@ class JobsScreen(MirageScreen):
         self._draw_loss()
         self.poll()
         self.set_interval(POLL_S, self.poll)
+
+    def receive_args(self, **args: Any) -> None:
+        super().receive_args(**args)
+        if args.get("job") is not None:
+            self._select(int(args["job"]))
 
     # -- polling --------------------------------------------------------------------------------------
     def poll(self) -> None:
