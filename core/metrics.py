@@ -162,6 +162,12 @@ _PREFIX = re.compile(r"^\s*(?:\*\*)?(?:final\s+answer|short\s+answer|answer|a)\s
 _SENTENCE_END = re.compile(r"(?<![A-Z])(?<!\b[A-Z][a-z])[.!?](?=\s+[\"'(\[]?[A-Z0-9])")
 _BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
 _TRAILING = re.compile(r"[\s.!,;:]+$")
+# "The capital of France is Paris." A chat model restating the question puts the answer after the
+# last copula. Only for sentences that open like a restatement, and only a short tail, so that
+# "Paris is the capital of France." (answer first) is left alone.
+_RESTATEMENT = re.compile(
+    r"^(?:the|it|this|that)\b.*?\b(?:is|was|are|were|is\s+called|was\s+called|equals)\s+(?P<tail>[^,;]+)$",
+    re.IGNORECASE)
 _WRAPPERS = re.compile(r"^[\s\"'*`(\[]+|[\s\"'*`)\]]+$")
 
 
@@ -175,7 +181,7 @@ def extract_answer(output: str) -> tuple[str, str]:
 
     Rules, first that applies: `answer_is` ("... the answer is X."), `bold` (the one short
     **bold** span of a longer reply), `prefix` (leading "Answer:" / "A:"), then `first_line` (several lines: keep the first non-empty), `first_sentence`
-    (several sentences: keep the first), else `raw`. Wrapping quotes, bold and a trailing period go.
+    (several sentences: keep the first), then `restatement` ("The capital of X is Y" -> "Y"), else `raw`. Wrapping quotes, bold and a trailing period go.
     """
     text = output.strip()
     if not text:
@@ -200,6 +206,12 @@ def extract_answer(output: str) -> tuple[str, str]:
     if first != text.strip():
         text = first
         rule = rule if rule != "raw" else "first_sentence"
+    if rule in ("raw", "first_line", "first_sentence"):
+        m = _RESTATEMENT.match(_TRAILING.sub("", text.strip()))
+        # The tail ends at any ". " too: the sentence splitter keeps "H2O. This ..." whole.
+        tail = re.split(r"\.\s", m.group("tail"))[0] if m else ""
+        if tail and len(tail.split()) <= 6:
+            text, rule = tail, "restatement"
     text = _WRAPPERS.sub("", _TRAILING.sub("", text.strip().replace("**", "")))
     return text, rule
 

@@ -27,7 +27,7 @@ from core.workspace import Workspace, dumps, now
 
 # Bump a metric's version when its definition changes: its stored scores are then recomputed.
 VERSIONS = {
-    "exact_match": "2", "f1": "2", "contains": "1",  # 2: whole-output match, bold rule
+    "exact_match": "3", "f1": "3", "contains": "1",  # 2: whole-output match, bold rule; 3: restatement rule
     "mc_accuracy": "1", "mc_accuracy_loglik": "1",
     "pass@1": "1",
     "uses_list": "1", "ends_with_summary": "1", "markdown_structure": "1", "stock_phrases": "1",

@@ -63,6 +63,12 @@ def test_qa_metrics(pred, golds, em, f1, contains):
     ("The capital of Australia is **Canberra**, not Sydney.", "Canberra", "bold"),
     ("**Note:** it is **Canberra**.", "Note: it is Canberra", "raw"),   # two bold spans: no bold rule
     ("**Canberra**", "Canberra", "raw"),
+    ("The capital of France is Paris.", "Paris", "restatement"),
+    ("The year World War I began was 1914.", "1914", "restatement"),
+    ("The chemical formula for water is H2O. This is a fundamental reaction", "H2O", "restatement"),
+    ("Paris is the capital of France.", "Paris is the capital of France", "raw"),  # answer first: kept
+    ("The play was written by the renowned English playwright William Shakespeare in his early years",
+     "The play was written by the renowned English playwright William Shakespeare in his early years", "raw"),
     ("", "", "empty"),
 ])
 def test_extract_answer(output, answer, rule):
