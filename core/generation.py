@@ -23,7 +23,9 @@ from core.errors import Cancelled, EndpointError, ModelError
 from core.progress import Progress, Work, check_cancel
 from core.workspace import Workspace, dumps, now
 
-DEFAULT_BATCH_SIZE = 16
+# bench_generate (SmolLM2, 64 prompts, greedy, identical outputs): batch 16 ran 3.95x faster than one at a
+# time, batch 64 ran 17.97x; left padding keeps outputs identical at any size.
+DEFAULT_BATCH_SIZE = 64
 DEFAULT_CONCURRENCY = 4
 MAX_ATTEMPTS = 6
 CODE_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"]

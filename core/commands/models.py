@@ -168,7 +168,7 @@ def _report(summary: dict, as_json: bool, fields: list[str]) -> None:
 @click.option("--seed", type=int, help="Sampling seed (with --temperature > 0).")
 @click.option("--kshot", type=int, help="Examples in completion prompts (default: [defaults] kshot).")
 @click.option("--prompt-style", type=STYLES, default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Local models: prompts per batch.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Local models: prompts per batch.")
 @click.option("--concurrency", type=int, help="Endpoints: concurrent requests.")
 @click.option("--task", help="Only this task of the suite.")
 @click.option("--limit", type=int, help="Only the first N items.")
