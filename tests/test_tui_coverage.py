@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import DataTable, ProgressBar, Static
-from textual.worker import WorkerCancelled
 
 from core import embeddings as emb
 from test_coverage import CODE, COOKING, PLANTED, add_dataset, add_suite, study  # noqa: F401  (fixture)
+from pilot_helpers import wait_for
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio
@@ -17,18 +17,6 @@ SIZE = (120, 34)
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, condition, *, rounds: int = 600):
-    for _ in range(rounds):
-        if condition():
-            return
-        try:
-            await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass
-        await pilot.pause(0.02)
-    raise AssertionError("condition never became true")
 
 
 def status(app) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import DataTable, Input, RichLog, Static
-from textual.worker import WorkerCancelled
 
 from core import jobs
+from pilot_helpers import wait_for
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio
@@ -16,19 +16,6 @@ SIZE = (120, 40)
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, condition, *, rounds: int = 600):
-    """Poll a real condition: drain workers and messages, then yield briefly (the poll timer)."""
-    for _ in range(rounds):
-        if condition():
-            return
-        try:
-            await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass
-        await pilot.pause(0.05)
-    raise AssertionError("condition never became true")
 
 
 def table_status(app) -> dict[int, str]:

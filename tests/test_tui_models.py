@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import DataTable, Input, Select
-from textual.worker import WorkerCancelled
 
 from core import jobs, models
 from fake_openai import FakeOpenAI, Faults
 from test_generation import qa_suite
 from tiny_lm import build_tiny_llama
+from pilot_helpers import wait_for
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio
@@ -19,18 +19,6 @@ SIZE = (120, 36)
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, condition, *, rounds: int = 400):
-    for _ in range(rounds):
-        if condition():
-            return
-        try:
-            await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass
-        await pilot.pause(0.05)
-    raise AssertionError("condition never became true")
 
 
 def table_names(app) -> list[str]:
