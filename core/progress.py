@@ -27,6 +27,16 @@ class Progress:
 Work = Generator[Progress, None, T]
 
 
+def format_duration(seconds: float | None, unknown: str = "?") -> str:
+    """Seconds as a short human duration ("45s", "3m07s", "1h02m"); `unknown` for None."""
+    if seconds is None:
+        return unknown
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
 def check_cancel(cancel: threading.Event | None) -> None:
     """Call between units of work; raises Cancelled once the event is set."""
     if cancel is not None and cancel.is_set():

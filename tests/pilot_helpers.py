@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 from textual.worker import WorkerCancelled
 
 
-async def wait_for(pilot, condition, *, rounds: int = 600, step: float = 0.05):
-    """Poll a real condition: drain workers and messages, then yield briefly (the poll timer)."""
-    for _ in range(rounds):
-        if condition():
-            return
+async def wait_for(pilot, condition, *, timeout: float = 30.0):
+    """Poll a real condition: drain workers and the message queue, then yield briefly (timers).
+
+    The timeout only bounds a failure; a passing test waits just as long as the app needs.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never became true")
         try:
             await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:
+        except WorkerCancelled:  # superseded by a newer call in its group: expected
             pass
-        await pilot.pause(step)
-    raise AssertionError("condition never became true")
+        await pilot.pause()
+        if not condition():
+            await pilot.pause(0.01)  # lets timers (debounces, the detail delay) fire

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
-from textual.worker import WorkerCancelled
 from textual.widgets import Input, Markdown
 
 import tui_workspace
+from pilot_helpers import wait_for
 from tui.app import MirageApp
 from tui.widgets.data.detail import DetailPane, Turn
 from tui.widgets.data.row_table import PAGE, RowTable
@@ -28,24 +27,6 @@ def data_ws(tmp_path):
     ws = tui_workspace.build(tmp_path / "ws")
     yield ws
     ws.close()
-
-
-async def wait_for(pilot, condition, *, timeout: float = 30.0):
-    """Poll a real condition: drain workers and the message queue, then yield briefly (timers).
-
-    The timeout only bounds a failure; a passing test waits just as long as the app needs.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never became true")
-        try:
-            await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:  # superseded by a newer call in its group: expected
-            pass
-        await pilot.pause()
-        if not condition():
-            await pilot.pause(0.01)  # lets timers (debounces, the detail delay) fire
 
 
 def table(app) -> RowTable:

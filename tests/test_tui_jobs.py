@@ -76,7 +76,7 @@ async def test_launch_form_estimates_then_starts_a_finetune(ws, tmp_path):
         shown = str(app.screen.query_one("#jobs-estimate", Static).render())
         assert "12 examples" in shown and "3 steps" in shown and "larger than the data" in shown
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: any(s == "done" for s in table_status(app).values()), rounds=2000)
+        await wait_for(pilot, lambda: any(s == "done" for s in table_status(app).values()), timeout=120)
         (job,) = jobs.list_jobs(ws)
         assert job["kind"] == "finetune" and job["config"]["batch_size"] == 4
         await wait_for(pilot, lambda: "adapter saved as model" in log_text(app))

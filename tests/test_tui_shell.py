@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 
 import subprocess
 import sys
 
 import pytest
-from textual.worker import WorkerCancelled
 
 from textual.command import CommandList
 
 from tui import actions as actions_mod
+from pilot_helpers import wait_for
 from tui.app import SCREENS, MirageApp, build_app
 
 pytestmark = pytest.mark.anyio
@@ -23,24 +22,6 @@ HEAVY = ("torch", "transformers", "datasets", "sentence_transformers", "peft")
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, condition, *, timeout: float = 30.0):
-    """Poll a real condition: drain workers and the message queue, then yield briefly (timers).
-
-    The timeout only bounds a failure; a passing test waits just as long as the app needs.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never became true")
-        try:
-            await pilot.app.workers.wait_for_complete()
-        except WorkerCancelled:  # superseded by a newer call in its group: expected
-            pass
-        await pilot.pause()
-        if not condition():
-            await pilot.pause(0.01)  # lets timers (debounces, the detail delay) fire
 
 
 async def test_navigation_reaches_every_screen(ws):

@@ -5,15 +5,7 @@ from __future__ import annotations
 import click
 
 from core.cli import emit_json, json_option, open_workspace, workspace_option
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+from core.progress import format_duration as _duration
 
 
 def _print_event(ev: dict) -> None:

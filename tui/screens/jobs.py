@@ -14,6 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, RichLog, Static
 from textual_plotext import PlotextPlot
 
+from core.progress import format_duration
 from tui.actions import Action
 from tui.screens.base import MirageScreen
 
@@ -90,12 +91,7 @@ def resume_job(ws, job_id: int) -> dict:
 
 # -- display helpers ---------------------------------------------------------------------------------------
 def duration(s: float | None) -> str:
-    if s is None:
-        return ""
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+    return format_duration(s, unknown="")
 
 
 def progress_bar(step: int | None, total: int | None, width: int = 14) -> Text:
