@@ -22,13 +22,18 @@ def _decode(row: dict, *fields: str) -> dict:
 
 
 # -- datasets ----------------------------------------------------------------------------------------
-def get_dataset(ws: Workspace, name: str) -> dict:
-    rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))
+def _get_ready(ws: Workspace, table: str, noun: str, import_cmd: str, name: str) -> dict:
+    """The ready row called `name` in `table`, or NotFound listing what there is."""
+    rows = list(ws.db.query(f"select * from {table} where name = ? and status = 'ready'", [name]))
     if not rows:
-        known = [r["name"] for r in ws.db.query("select name from datasets where status='ready' order by name")]
-        hint = f" (have: {', '.join(known)})" if known else " (none imported yet: `mirage import data FILE --name NAME`)"
-        raise NotFound(f"no dataset '{name}'{hint}")
+        known = [r["name"] for r in ws.db.query(f"select name from {table} where status='ready' order by name")]
+        hint = f" (have: {', '.join(known)})" if known else f" (none imported yet: `mirage import {import_cmd} FILE --name NAME`)"
+        raise NotFound(f"no {noun} '{name}'{hint}")
     return _decode(rows[0], "meta")
+
+
+def get_dataset(ws: Workspace, name: str) -> dict:
+    return _get_ready(ws, "datasets", "dataset", "data", name)
 
 
 def _examples_sql(ds: dict) -> tuple[str, list]:
@@ -86,12 +91,7 @@ def list_datasets(ws: Workspace) -> list[dict]:
 
 # -- suites ------------------------------------------------------------------------------------------
 def get_suite(ws: Workspace, name: str) -> dict:
-    rows = list(ws.db.query("select * from suites where name = ? and status = 'ready'", [name]))
-    if not rows:
-        known = [r["name"] for r in ws.db.query("select name from suites where status='ready' order by name")]
-        hint = f" (have: {', '.join(known)})" if known else " (none imported yet: `mirage import suite FILE --name NAME`)"
-        raise NotFound(f"no suite '{name}'{hint}")
-    return _decode(rows[0], "meta")
+    return _get_ready(ws, "suites", "suite", "suite", name)
 
 
 def iter_items(ws: Workspace, suite: str, *, task: str | None = None) -> Iterator[dict]:
