@@ -5,7 +5,9 @@ The file is generated once (seeded) and cached in the temp dir: 100,000 conversa
 (human, gpt, human) of ~300 words each, ~550 MB (the TUI start-up benchmark's workspace has the
 same shape). Each side runs in its own child process and its peak RSS is that child's own
 (`os.wait4` rusage); the `datasets` side gets a fresh cache folder each run so it really parses.
-Median of `--runs`.
+Median of `--runs`. The import returns before its full-text index is complete (core.search
+builds it in the background for a large import); a second line times the import until that is
+done too.
 
     python benchmarks/bench_import.py [--conversations 100000] [--runs 3] [--tokenizer PATH]
 """
@@ -86,8 +88,14 @@ def child_mirage(path: str, workdir: str, tokenizer: str) -> dict:
                    stdout=subprocess.DEVNULL, cwd=REPO)
     if tokenizer:
         env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.config)
-    return _timed([sys.executable, "-m", "core", "import", "data", path, "--name", "bench",
-                   "--json", "-w", ws], env)
+    start = time.perf_counter()
+    out = _timed([sys.executable, "-m", "core", "import", "data", path, "--name", "bench",
+                  "--json", "-w", ws], env)
+    # The search index is built after the import returns (core.search, by a background process
+    # for a file this size): time until it is complete too. The indexer waits for the running one.
+    _timed([sys.executable, "-m", "core.search", "index", ws], env)
+    out["searchable_seconds"] = time.perf_counter() - start
+    return out
 
 
 def child_datasets(path: str, workdir: str) -> dict:
@@ -143,6 +151,7 @@ def main() -> None:
 
     t_ours = statistics.median(r["seconds"] for r in ours)
     t_theirs = statistics.median(r["seconds"] for r in theirs)
+    t_search = statistics.median(r["searchable_seconds"] for r in ours)
     peak = max(r["peak_mb"] for r in ours)
     label = "builtin" if not args.tokenizer else "tokenizers"
     print(json.dumps({
@@ -150,6 +159,12 @@ def main() -> None:
         "unit": "s", "baseline": "datasets.load_dataset('json')", "baseline_value": round(t_theirs, 2),
         "ratio": round(t_ours / t_theirs, 2), "target": f"<= {TARGET_RATIO}",
         "runs": [round(r["seconds"], 2) for r in ours], "baseline_runs": [round(r["seconds"], 2) for r in theirs],
+    }))
+    print(json.dumps({
+        "name": f"import_sharegpt_{args.conversations}_{label}_searchable_seconds", "value": round(t_search, 2),
+        "unit": "s", "baseline": "datasets.load_dataset('json')", "baseline_value": round(t_theirs, 2),
+        "ratio": round(t_search / t_theirs, 2), "note": "until the background full-text index is complete",
+        "runs": [round(r["searchable_seconds"], 2) for r in ours],
     }))
     # Memory has an absolute target: the baseline is the 1 GB limit (ratio < 1 meets it).
     print(json.dumps({

@@ -126,7 +126,7 @@ def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
     match snippets). core.search builds the query and owns the FTS tables (m010_ingest_fts).
     """
     _check_kind(kind)
-    from core.search import fts_query
+    from core.search import ensure_indexed, fts_query
 
     q = fts_query(query)
     if q is None:
@@ -137,6 +137,7 @@ def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
                " where items_fts match ? and i.suite_id = ? order by rank")
         return [r[0] for r in ws.db.execute(sql, [q, s["id"]])]
     ds = get_dataset(ws, name)
+    ensure_indexed(ws)
     scope = ("e.id in (select example_id from subset_members where subset_id = ?)" if ds["kind"] == "subset"
              else "e.dataset_id = ?")
     sql = ("select e.id from examples_fts join examples e on e.id = examples_fts.rowid"

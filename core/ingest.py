@@ -11,11 +11,13 @@ private name) that every reader ignores. At the end one short transaction makes 
 the staging row and its rows are deleted. A crash leaves a staging row whose process is gone; the
 next import removes it. Readers never see a half-imported file.
 
-Full-text index: each chunk's rows are indexed by one bulk `insert ... select` in the chunk's own
-transaction (the FTS triggers skip staged rows: a trigger per row made FTS5 flush per row and the
-import ~7x slower; m011_ingest_fts_bulk). So every row is always indexed, and dropping staged
-rows deletes their index entries explicitly. The writes run on a writer thread (sqlite releases
-the GIL) while the main thread parses the next chunk.
+Full-text index: the FTS triggers skip staged rows (a trigger per row made FTS5 flush per row and
+the import ~7x slower; m011_ingest_fts_bulk). A suite's items are indexed chunk by chunk by one
+bulk `insert ... select` in the chunk's own transaction. A dataset's examples are published with
+their ids in `fts_backlog` and indexed by core.search after the import (m060_ingest_fts_backlog):
+tokenising the text was the import's largest cost, and nothing needs the index until a search,
+which finishes the backlog first. The writes run on a writer thread (sqlite releases the GIL)
+while the main thread parses the next chunk.
 """
 
 from __future__ import annotations
@@ -597,20 +599,26 @@ def _drop_staged(ws: Workspace, table: str, stage_id: int) -> None:
     child, fk, cols = _CHILD[table]
     col_list = ", ".join(cols)
     with ws.transaction():
-        ws.db.execute(f"insert into {child}_fts({child}_fts, rowid, {col_list}) select 'delete', id, {col_list}"
-                      f" from {child} where {fk} = ?", [stage_id])
+        if child == "examples":  # never indexed while staged; an older version's rows were queued by m060
+            ws.db.execute("delete from fts_backlog where example_id in (select id from examples where dataset_id = ?)",
+                          [stage_id])
+        else:
+            ws.db.execute(f"insert into {child}_fts({child}_fts, rowid, {col_list}) select 'delete', id, {col_list}"
+                          f" from {child} where {fk} = ?", [stage_id])
         ws.db.execute(f"delete from {child} where {fk} = ?", [stage_id])
         ws.db.execute(f"delete from {table} where id = ? and status = 'importing'", [stage_id])
 
 
 def _insert_indexed(ws: Workspace, table: str, stage_id: int, sql: str, rows: list[tuple]) -> int:
-    """Insert a chunk of staged rows and index them in bulk, in one transaction; returns rows added."""
+    """Insert a chunk of staged rows and (items) index them in bulk, in one transaction; returns rows added.
+
+    Examples are indexed after publishing (core.search.index_backlog)."""
     child, fk, cols = _CHILD[table]
     col_list = ", ".join(cols)
     with ws.transaction():
         (last,) = ws.db.execute(f"select coalesce(max(id), 0) from {child}").fetchone()
         inserted = ws.db.conn.executemany(sql, rows).rowcount if rows else 0
-        if inserted:
+        if inserted and child != "examples":
             ws.db.execute(f"insert into {child}_fts(rowid, {col_list}) select id, {col_list} from {child}"
                           f" where {fk} = ? and id > ?", [stage_id, last])
     return inserted
@@ -845,6 +853,9 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
         else:
             _publish_dataset(ws, stage, name, target, target_meta, files_meta, formats, stats, repeat)
             stage.done()
+            from core.search import index_after_import
+
+            search_index = index_after_import(ws)
     except BaseException:
         for w in writers:  # no write may land after the staged rows are dropped
             w.finish_quietly()
@@ -861,6 +872,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
         "duplicates": stats["duplicates"], "skipped_bad": badrows.n,
         "report": str(badrows.path) if badrows.path else None, "tokens": stats["tokens"],
         "tokenizer": counter.name, "unchanged": unchanged, "examples": n, "total_tokens": tokens,
+        "search_index": "none" if unchanged else search_index,
     }
 
 
@@ -900,6 +912,8 @@ def _publish_dataset(ws, stage: _Staging, name, target, target_meta, files_meta,
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     new_files = [f for f in files_meta if f not in repeat]
     with ws.transaction():
+        # Queue the rows for the full-text index as they become visible (core.search indexes them).
+        ws.db.execute("insert into fts_backlog (example_id) select id from examples where dataset_id = ?", [stage.id])
         # Look again: another import may have created the name meanwhile (then this one appends),
         # or someone deleted the dataset this import meant to append to (then it becomes it).
         rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))

@@ -425,3 +425,53 @@ def test_cli_import_json_summary_and_one_line_errors(ws, tmp_path):
     assert [(d["name"], d["examples"]) for d in json.loads(r.stdout)] == [("d", 1)]
     r = mirage("import", "suite", tmp_path / "missing.jsonl", "--name", "s", "-w", ws.root)
     assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'missing.jsonl'}: no such file\n"
+
+
+# -- the full-text index after an import (core.search backlog, m060_ingest_fts_backlog) ----------------
+def test_large_import_is_indexed_in_the_background_and_searches_wait_for_it(ws, tmp_path, monkeypatch):
+    from core import search
+
+    monkeypatch.setattr(search, "BACKGROUND_MIN", 50)
+    monkeypatch.setattr(search, "INDEX_CHUNK", 7)  # many short transactions
+    rows = [sharegpt(f"question {i} about topic{i}", f"answer {i}") for i in range(120)]
+    rows[77] = sharegpt("Where is the Eiffel tower?", "In Paris, on the Champ de Mars.")
+    summary = run(import_data(ws, [write_jsonl(tmp_path / "big.jsonl", rows)], "big"))
+    assert summary["search_index"] == "background"
+    # A search does not miss rows the background indexer has not reached: it finishes them first.
+    assert [r["idx"] for r in search_examples(ws, "big", "champ mars")] == [77]
+    assert search.index_pending(ws) == 0 and fts_ok(ws)
+    log = (ws.artifacts / "logs" / "search-index.log")
+    assert log.exists()
+
+
+def test_rows_waiting_for_the_index_can_be_deleted_and_a_second_indexer_steps_aside(ws, tmp_path, monkeypatch):
+    import fcntl
+
+    from core import search
+
+    monkeypatch.setattr(search, "BACKGROUND_MIN", 10**9)
+    monkeypatch.setattr(search, "index_after_import", lambda ws: "none")  # leave the backlog as published
+    run(import_data(ws, [write_jsonl(tmp_path / "a.jsonl", [sharegpt(f"q{i}", f"a{i}") for i in range(30)])], "a"))
+    assert search.index_pending(ws) == 30
+    ws.db.execute("delete from examples where idx < 5")  # not indexed yet: no FTS 'delete' may be sent
+    ws.db.execute("update examples set assistant_text = 'changed' where idx = 6")
+    assert search.index_pending(ws) == 25
+    assert ws.db.execute("select count(*) from examples_fts where examples_fts match 'q10'").fetchone()[0] == 0
+    with open(ws.artifacts / "search-index.lock", "a") as held:  # an indexer is running elsewhere
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert search.index_backlog(ws, wait=False) == 0 and search.index_pending(ws) == 25
+    assert search.index_backlog(ws) == 25 and fts_ok(ws)
+    assert [r["idx"] for r in search_examples(ws, "a", "changed")] == [6]
+    ws.db.execute("delete from datasets where name = 'a'")
+    assert fts_ok(ws) and ws.db.execute("select count(*) from examples_fts").fetchone()[0] == 0
+
+
+def test_index_command_runs_as_a_process(ws, tmp_path, monkeypatch):
+    from core import search
+
+    monkeypatch.setattr(search, "index_after_import", lambda ws: "none")
+    run(import_data(ws, [write_jsonl(tmp_path / "a.jsonl", [sharegpt("alpha", "beta"), sharegpt("gamma", "delta")])],
+                    "a"))
+    proc = subprocess.run([sys.executable, "-m", "core.search", "index", str(ws.root)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "indexed 2 examples" in proc.stdout
+    assert search.index_pending(ws) == 0 and fts_ok(ws)

@@ -48,6 +48,8 @@ def import_data_cmd(ctx, files, name, fmt, skip_bad, source, as_json):
         click.echo(f"imported {summary['imported']:,} examples ({summary['tokens']:,} tokens, format"
                    f" {summary['format']}) into '{name}'; {summary['duplicates']:,} duplicates skipped;"
                    f" dataset now {summary['examples']:,} examples, {summary['total_tokens']:,} tokens")
+        if summary.get("search_index") == "background":
+            click.echo("search index: building in the background (searches wait for it to finish)")
 
 
 @import_group.command("suite")
