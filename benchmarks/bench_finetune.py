@@ -8,9 +8,9 @@ labels, LoRA config, batch, max length, learning rate, schedule and number of st
 is compared as the mean assistant-token loss of each trained adapter on the same held-out
 examples, computed the same way (the model's own loss) in each worker.
 
-TRL runs with its SFTConfig defaults apart from the settings above, so with activation checkpointing
-on (its default): lower peak memory than mirage's loop, paid for by recomputing the body in the
-backward pass. `--trl-gradient-checkpointing off` measures TRL without it.
+Activation checkpointing is the same on both sides: on by default (TRL's SFTConfig default; mirage's
+`--gradient-checkpointing`), `--gradient-checkpointing off` for both without it. Everything else on
+TRL's side is its SFTConfig defaults.
 
 Ablations of mirage's loop (each a worker too): `full_logits` (the model's own loss over the
 whole vocabulary at every position, instead of chunked logits at label positions only) and
@@ -99,7 +99,8 @@ def _plans(args):
 
     ws = Workspace.open(args.ws)
     common = dict(batch_size=args.batch, max_length=args.max_length, max_steps=args.steps, lr=2e-4,
-                  rank=8, alpha=16, dropout=0.05, target_modules="q_proj,v_proj", dtype="bf16")
+                  rank=8, alpha=16, dropout=0.05, target_modules="q_proj,v_proj", dtype="bf16",
+                  gradient_checkpointing=args.gradient_checkpointing == "on")
     extra = {"ours": {}, "full_logits": {"loss_impl": "full"}, "no_grouping": {"group_by_length": False},
              "trl": {}}[args.worker]
     plan = ft.make_plan(ws, ft.make_config(args.folder, "train", **common, **extra))
@@ -186,9 +187,8 @@ def worker_trl(args) -> None:
                     learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=-(-3 * args.steps // 100), max_steps=args.steps,
                     bf16=True, logging_steps=1, save_strategy="no", report_to="none", max_length=args.max_length,
                     use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-                    # SFTConfig turns activation checkpointing on by default (less memory, a recompute
-                    # of the body in backward); --trl-gradient-checkpointing off measures TRL without it.
-                    **({} if args.trl_gradient_checkpointing == "default" else {"gradient_checkpointing": False}))
+                    # SFTConfig's default is on (less memory, a recompute of the body in backward).
+                    gradient_checkpointing=args.gradient_checkpointing == "on")
     lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=plan.tok, peft_config=lora,
                          data_collator=collator, callbacks=[TurnTaking()])
@@ -211,7 +211,7 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--ws", str(ws),
              "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
-             "--threads", str(args.threads), "--trl-gradient-checkpointing", args.trl_gradient_checkpointing],
+             "--threads", str(args.threads), "--gradient-checkpointing", args.gradient_checkpointing],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=args.worker_log, text=True, env=env)
 
     def ask(self, cmd: str | None) -> dict:
@@ -327,7 +327,8 @@ def bench_model(model_name: str, args, root: Path) -> None:
         }
     tag = model_name
     o, t = stats["ours"], stats["trl"]
-    common = {"steps": args.steps, "batch": args.batch, "max_length": args.max_length, "threads": args.threads}
+    common = {"steps": args.steps, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
+              "gradient_checkpointing": args.gradient_checkpointing}
     emit(f"finetune_tokens_per_s[{tag}]", o["median"], "tokens/s", "trl_sft_trainer", t["median"],
          ours_range=[round(o["min"], 1), round(o["max"], 1)], trl_range=[round(t["min"], 1), round(t["max"], 1)],
          ours_pad_fraction=round(o["pad_fraction"], 3), trl_pad_fraction=round(t["pad_fraction"], 3), **common)
@@ -356,8 +357,8 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=24)
     ap.add_argument("--ablations", default="full_logits,no_grouping",
                     help="variants of mirage's loop to measure too (comma-separated; empty for none)")
-    ap.add_argument("--trl-gradient-checkpointing", choices=["default", "off"], default="default",
-                    help="TRL's SFTConfig default (on) or off")
+    ap.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                    help="activation checkpointing on both sides (on: TRL's SFTConfig default)")
     ap.add_argument("--worker")
     ap.add_argument("--folder")
     ap.add_argument("--ws")

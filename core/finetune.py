@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     "template": "auto",  # auto: the base's chat template if it is a chat model, else DEFAULT_TEMPLATE
     "logit_chunk": 256,  # label positions per output-layer chunk (256 x 262k vocab x fp32 = 268 MB)
     "group_by_length": True,  # False: plain shuffled batches (benchmark ablation)
+    # Activation checkpointing: recompute each layer in the backward pass instead of keeping its
+    # activations (less memory, ~1/3 more compute). Off for small models on a CPU, where memory is
+    # plentiful and time is not; turn it on for long sequences or bigger bases.
+    "gradient_checkpointing": False,
     "loss_impl": "chunked",  # "full": the model's own loss over full-vocabulary logits (benchmark ablation)
     "throttle_s": 0.0,  # pause after each step (tests and demos: a window to kill a run mid-way)
 }
@@ -145,6 +149,7 @@ def make_config(base: str, data: str, *, tokens: int | None = None, name: str | 
     if cfg["loss_impl"] not in ("chunked", "full"):
         raise BadInput("finetune", f"one of chunked, full (got '{cfg['loss_impl']}')", field="loss_impl")
     cfg["group_by_length"] = bool(cfg["group_by_length"])
+    cfg["gradient_checkpointing"] = bool(cfg["gradient_checkpointing"])
     cfg.update(base=base, data=data, tokens=tokens, name=name)
     return cfg
 
@@ -525,6 +530,9 @@ def build_model(plan: Plan, device: str):
     except OSError as e:
         raise ModelError(f"{plan.folder}: could not load the model ({str(e).splitlines()[0]})") from None
     model.config.use_cache = False
+    if cfg.get("gradient_checkpointing"):
+        # transformers' own per-layer checkpointing; non-reentrant needs no grad on the inputs.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = cfg["target_modules"]
     targets = "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg["rank"], lora_alpha=cfg["alpha"],

@@ -50,6 +50,8 @@ def _print_event(ev: dict) -> None:
               help="Weights dtype; auto = bf16 where supported.  [default: auto]")
 @click.option("--template", type=click.Choice(["auto", "base", "default"]),
               help="Chat template: the base's (chat models), or mirage's default (### User: / ### Assistant:).  [default: auto]")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Recompute activations in the backward pass: less memory, ~1/3 more compute.  [default: off]")
 @json_option
 @workspace_option
 @click.pass_context
