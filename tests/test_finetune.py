@@ -206,6 +206,30 @@ def test_chunked_loss_matches_the_full_logits_loss_and_its_gradients(tiny_base, 
             torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_checkpointing_is_on_when_asked_and_changes_no_gradient(tiny_base, data_ws):
+    import torch
+
+    grads, losses = {}, {}
+    for ckpt in (False, True):
+        cfg = ft.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, gradient_checkpointing=ckpt)
+        plan = ft.make_plan(data_ws, cfg)
+        peft_model, _ = ft.build_model(plan, "cpu")
+        assert peft_model.get_base_model().is_gradient_checkpointing is ckpt
+        torch.manual_seed(1)
+        for _, p in peft_model.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)
+        module = ft._trainable_module(peft_model, cfg["logit_chunk"])
+        module.train()
+        loss_sum, n = module(*ft.collate(plan, [0, 1, 2], "cpu"))
+        (loss_sum / n).backward()
+        losses[ckpt] = float(loss_sum.detach() / n)
+        grads[ckpt] = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    for k in grads[False]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-5, atol=1e-7)
+
+
 # -- training ---------------------------------------------------------------------------------------------------
 def _step_events(ws, job_id):
     by_step = {}
