@@ -112,6 +112,10 @@ def record(ws: Workspace, kind: str, row_id: int) -> dict:
         fields = ("conversation", "meta")
     if not rows:
         raise NotFound(f"no {'item' if kind == 'suite' else 'example'} with id {row_id} (deleted?)")
+    if kind != "suite":
+        from core.datasets import decode_example
+
+        return decode_example(rows[0])
     r = dict(rows[0])
     for f in fields:
         if r.get(f) is not None:

@@ -139,12 +139,11 @@ def _store(ws: Workspace, dataset_id: int, teacher: str, fp: str, results, to_ex
             " created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
             [(teacher, fp, r.prompt, dumps(r.decoding), r.key, text, dumps(meta), t) for r, text, meta in results])
         for (r, conv, ex_meta), n_tokens in zip(examples, counts):
+            layout, user, assistant = ds_mod.pack_conversation(conv)
             cur = ws.db.execute(
                 "insert or ignore into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
                 " n_tokens, content_hash, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [dataset_id, int(r.tag), teacher, dumps(conv),
-                 "\n\n".join(m["content"] for m in conv if m["role"] == "user"),
-                 "\n\n".join(m["content"] for m in conv if m["role"] == "assistant"),
+                [dataset_id, int(r.tag), teacher, dumps(layout), user, assistant,
                  int(n_tokens), content_hash(conv),
                  dumps({**ex_meta, "request": r.key[:16]})])
             added += cur.rowcount

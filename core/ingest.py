@@ -16,8 +16,8 @@ the import ~7x slower; m011_ingest_fts_bulk). A suite's items are indexed chunk 
 bulk `insert ... select` in the chunk's own transaction. A dataset's examples are published with
 their ids in `fts_backlog` and indexed by core.search after the import (m060_ingest_fts_backlog):
 tokenising the text was the import's largest cost, and nothing needs the index until a search,
-which finishes the backlog first. The writes run on a writer thread (sqlite releases the GIL)
-while the main thread parses the next chunk.
+which finishes the backlog first. The main thread parses, a second thread counts tokens and a
+third writes (sqlite and numpy release the GIL), each a chunk apart.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from core.datasets import pack_conversation
 from core.errors import BadInput, Cancelled, ConfigError, MirageError
 from core.progress import Progress, Work, check_cancel
 from core.workspace import Workspace, dumps, now
@@ -628,8 +629,8 @@ class _Writer(threading.Thread):
     """Runs `flush(chunk)` for each submitted chunk on its own thread; the first error stops it
     and is re-raised on the next submit() or finish()."""
 
-    def __init__(self, flush: Callable[[Any], None]):
-        super().__init__(daemon=True, name="mirage-import-writer")
+    def __init__(self, flush: Callable[[Any], None], name: str = "mirage-import-writer"):
+        super().__init__(daemon=True, name=name)
         import queue
 
         self.flush = flush
@@ -792,8 +793,12 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
             batch: list[tuple] = []
             texts: list[str] = []
             before = dict(stats)
-            writer = _Writer(lambda chunk: _flush_examples(ws, stage.id, *chunk, stats, target))
-            writers.append(writer)
+            db_writer = _Writer(lambda chunk: _flush_examples(ws, stage.id, *chunk, stats, target))
+            # Token counting (numpy, which releases the GIL) on a thread of its own between the
+            # parser and the database writer: a three-stage pipeline kept both cores busy.
+            writer = _Writer(lambda chunk, w=db_writer: w.submit((chunk[0], counter.count(chunk[1]), chunk[2])),
+                             name="mirage-import-counter")
+            writers += [writer, db_writer]
             for loc, rec in read_records(src, kind):
                 if isinstance(rec, BadInput):
                     badrows(rec)
@@ -817,23 +822,23 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
                     continue
                 row_source = rec.get("source") if isinstance(rec.get("source"), str) else (
                     rec.get("dataset") if isinstance(rec.get("dataset"), str) else label)
-                user = "\n\n".join(t["content"] for t in conv if t["role"] == "user")
-                assistant = "\n\n".join(t["content"] for t in conv if t["role"] == "assistant")
+                # the text once: user and assistant turns joined, the conversation as its layout
+                layout, user, assistant = pack_conversation(conv)
                 upstream_id = rec.get("id")
                 meta = _dumps_bytes({"id": upstream_id}).decode() if isinstance(upstream_id, (str, int)) else "{}"
-                batch.append((stage.id, 0, row_source, conv_bytes.decode("utf-8", "surrogatepass"), user, assistant,
+                batch.append((stage.id, 0, row_source, _dumps_bytes(layout).decode("utf-8", "surrogatepass"), user, assistant,
                               0, hashlib.sha256(conv_bytes).hexdigest(), meta))
                 texts.append("\n".join(t["content"] for t in conv))
                 if len(batch) >= BATCH:
                     check_cancel(cancel)
-                    # counting here, not on the writer: measured, the writer was the slower side
-                    writer.submit((batch, counter.count(texts), stats["read"] - len(batch)))
+                    writer.submit((batch, texts, stats["read"] - len(batch)))
                     batch, texts = [], []
                     yield Progress(done_bytes + _position(src), total_bytes,
                                    f"{stats['imported']:,} imported")
             if batch:
-                writer.submit((batch, counter.count(texts), stats["read"] - len(batch)))
+                writer.submit((batch, texts, stats["read"] - len(batch)))
             writer.finish()
+            db_writer.finish()
             if file_fmt is None:
                 raise BadInput(src.label, "no records" if not badrows.n else "no good records")
             formats.append(file_fmt)
@@ -894,7 +899,7 @@ def _json(text: str | None) -> dict:
 
 def _flush_examples(ws, stage_id: int, batch: list[tuple], counts: list[int], base: int,
                     stats: dict, target: dict | None) -> None:
-    """Writer thread: drop rows the target dataset already has, insert and index the chunk."""
+    """Writer thread: drop rows the target dataset already has, insert the chunk."""
     rows = [r[:1] + (base + i,) + r[2:6] + (c,) + r[7:] for i, (r, c) in enumerate(zip(batch, counts))]
     if target is not None:
         # Appending: a row whose conversation the dataset already has is a duplicate too.

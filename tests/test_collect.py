@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from core import collect, generation, models
+from core.datasets import decode_example
 from core.cli import main
 from core.errors import BadInput, EndpointError
 from core.progress import exhaust
@@ -30,7 +31,7 @@ def write_prompts(tmp_path, n=12):
 
 
 def examples(ws, name):
-    return [dict(r) for r in ws.db.query(
+    return [decode_example(r) for r in ws.db.query(
         "select e.* from examples e join datasets d on d.id = e.dataset_id where d.name = ? order by e.idx", [name])]
 
 
@@ -46,7 +47,7 @@ def test_collect_from_prompts_file_with_provenance(ws, teacher, tmp_path):
     s = exhaust(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=3, command="test"))
     assert (s["examples"], s["asked"], s["cached"]) == (12, 12, 0)
     rows = examples(ws, "imit")
-    conv = json.loads(rows[3]["conversation"])
+    conv = rows[3]["conversation"]
     assert conv == [{"role": "user", "content": "Tell me about topic 3."},
                     {"role": "assistant", "content": "Answer to: Tell me about topic 3."}]
     assert rows[3]["source"] == "teacher"
@@ -90,11 +91,11 @@ def test_synthetic_recipe_dedupes_and_reaches_n(ws, teacher):
     assert s["examples"] == 8
     assert s["duplicates"] > 0 and s["unparsable"] > 0  # the stub repeats itself and sometimes refuses
     rows = examples(ws, "nq-synth")
-    qs = [json.loads(r["conversation"])[0]["content"] for r in rows]
+    qs = [r["conversation"][0]["content"] for r in rows]
     assert len(set(qs)) == 8 and all(q.startswith("What is fact number") for q in qs)
     first = teacher.requests[0]["messages"][0]["content"]
     assert first.count("Question:") == 4 and "Answer: " in first  # 3 seed pairs + the format line
-    assert json.loads(rows[0]["meta"])["seed_items"]
+    assert rows[0]["meta"]["seed_items"]
     # A rerun asks nothing: every request index is cached.
     n_req = len(teacher.requests)
     s2 = exhaust(collect.collect(ws, "teacher", synthetic_from="seed", n=8, k=3, seed=0, name="nq-synth"))

@@ -128,10 +128,12 @@ def prepare(ctx, name, verify, as_json):
 @click.argument("model")
 @click.option("--port", type=int, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--name", "reg_name", metavar="NAME", help="Register it as this openai model (default MODEL@local).")
+@click.option("--continuous-batching/--no-continuous-batching", default=True, show_default=True,
+              help="Batch concurrent requests (paged attention); off: one request at a time.")
 @json_option
 @workspace_option
 @click.pass_context
-def serve(ctx, model, port, reg_name, as_json):
+def serve(ctx, model, port, reg_name, continuous_batching, as_json):
     """Serve a local model on 127.0.0.1 (OpenAI-compatible, `transformers serve`) until Ctrl-C."""
     from core import serving
 
@@ -148,7 +150,7 @@ def serve(ctx, model, port, reg_name, as_json):
         sys.stdout.flush()
 
     try:
-        serving.serve(ws, model, port, on_ready=ready)
+        serving.serve(ws, model, port, on_ready=ready, continuous_batching=continuous_batching)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
 
