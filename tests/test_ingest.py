@@ -475,3 +475,17 @@ def test_index_command_runs_as_a_process(ws, tmp_path, monkeypatch):
     proc = subprocess.run([sys.executable, "-m", "core.search", "index", str(ws.root)], capture_output=True, text=True)
     assert proc.returncode == 0 and "indexed 2 examples" in proc.stdout
     assert search.index_pending(ws) == 0 and fts_ok(ws)
+
+
+def test_conversation_layout_round_trips_any_text():
+    from core.datasets import pack_conversation, unpack_conversation
+
+    conv = [{"role": "system", "content": "Be brief.\n\nReally."},
+            {"role": "user", "content": "two\n\nparagraphs, é, 日本, 🙂"}, {"role": "assistant", "content": ""},
+            {"role": "user", "content": "\n\n"}, {"role": "assistant", "content": "last\n\n"}]
+    layout, user, assistant = pack_conversation(conv)
+    assert user == "two\n\nparagraphs, é, 日本, 🙂\n\n\n\n" and assistant == "\n\nlast\n\n"
+    assert "content" not in layout[1] and layout[0]["content"] == "Be brief.\n\nReally."  # text stored once
+    assert unpack_conversation(dumps(layout), user, assistant) == conv
+    old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]  # rows from before the layout
+    assert unpack_conversation(dumps(old), "q", "a") == old
