@@ -155,13 +155,20 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
     with serving.ensure_server(ws, "smollm2-135m-instruct") as (name, server):
         assert name == "smollm2-135m-instruct@local"
         assert [s.port for s in serving.list_servers(ws)] == [server.port]
+        # continuous batching: the server batches concurrent requests, so they are sent together
+        assert "--continuous-batching" in open(server.log).read()
+        assert models.get_model(ws, name)["spec"]["max_concurrency"] == serving.BATCHED_CONCURRENCY
         assert serving._get_json(server.base_url + "/models")["object"] == "list"
         client, model_id = models.openai_client(ws, name)
         reply = client.chat.completions.create(model=model_id, max_tokens=12, temperature=0,
                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert "Paris" in reply.choices[0].message.content
+        make_suite(ws, "capitals2", "qa", [{"prompt": f"What is the capital of {c}?", "gold": [g]}
+                                          for c, g in (("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"))])
         s = exhaust(generation.generate(ws, name, "capitals", max_new_tokens=12))
         assert s["generated"] == 1
+        s = exhaust(generation.generate(ws, name, "capitals2", max_new_tokens=12))  # 3 requests at once
+        assert s["generated"] == 3
         out = ws.db.execute("select output, meta from generations").fetchone()
         assert "Paris" in out[0] and json.loads(out[1])["usage"]["completion_tokens"] > 0
     assert serving.list_servers(ws) == []
