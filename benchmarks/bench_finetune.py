@@ -75,6 +75,12 @@ def _reply(obj) -> None:
     sys.stdout.flush()
 
 
+def _peak_mb() -> float:
+    """This worker's peak RSS so far. Read after each training step, so the held-out evaluation at
+    the end (full-vocabulary logits, the same on both sides) does not count as training memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _eval_loss(model, plan_eval, device="cpu") -> float:
     """Mean assistant-token loss over the held-out set, with the model's own (full-logits) loss."""
     import torch
@@ -129,10 +135,10 @@ def worker_ours(args) -> None:
             labels = sum(sum(1 for x in plan.sel.labels[i][1:] if x != ft.IGNORE) for b in mb for i in b)
             padded = sum(len(b) * max(len(plan.sel.ids[i]) for i in b) for b in mb)
             step += 1
-            _reply({"seconds": dt, "tokens": tokens, "label_tokens": labels, "padded_tokens": padded, "loss": loss})
+            _reply({"seconds": dt, "tokens": tokens, "label_tokens": labels, "padded_tokens": padded, "loss": loss,
+                    "peak_rss_mb": _peak_mb()})
         elif cmd == "eval":
-            _reply({"eval_loss": _eval_loss(trainer.peft_model, plan_eval),
-                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            _reply({"eval_loss": _eval_loss(trainer.peft_model, plan_eval)})
         else:
             return
 
@@ -179,7 +185,7 @@ def worker_trl(args) -> None:
         def on_log(self, a, state, control, logs=None, **kw):
             if getattr(self, "pending", False) and logs and "loss" in logs:
                 self.pending = False
-                _reply({"seconds": self.dt, "loss": logs["loss"], **last})
+                _reply({"seconds": self.dt, "loss": logs["loss"], "peak_rss_mb": _peak_mb(), **last})
 
     model = AutoModelForCausalLM.from_pretrained(str(plan.folder), dtype=torch.bfloat16)
     out = tempfile.mkdtemp()
@@ -196,8 +202,7 @@ def worker_trl(args) -> None:
     trainer.train()
     for line in sys.stdin:
         if line.strip() == "eval":
-            _reply({"eval_loss": _eval_loss(trainer.model, plan_eval),
-                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            _reply({"eval_loss": _eval_loss(trainer.model, plan_eval)})
         else:
             return
 
@@ -323,6 +328,7 @@ def bench_model(model_name: str, args, root: Path) -> None:
             "mean_rate": toks / secs, "flops_rate": flops / secs,
             "pad_fraction": 1 - toks / sum(s["padded_tokens"] for s in steps),
             "last_train_loss": statistics.mean(s["loss"] for s in per_step[k][-3:]),
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in per_step[k]),  # model load and training steps
             **finals[k],
         }
     tag = model_name
