@@ -50,11 +50,11 @@ class Plan:
     style_items: int | None = None
     broad_examples: int | None = None    # recorded broad teacher answers imported (None: all)
     synthetic_examples: int | None = None
-    max_steps: int = 24
+    max_steps: int = 20
     batch_size: int = 4
-    max_length: int = 384
+    max_length: int = 256
     lr: float = 1e-3
-    max_new_tokens: dict[str, int] = field(default_factory=lambda: {"qa": 24, "mc": 8, "code": 128, "prompts": 128})
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: {"qa": 24, "mc": 8, "code": 128, "prompts": 96})
     batch_generate: int = 16
 
     @classmethod

@@ -158,6 +158,7 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
         # continuous batching: the server batches concurrent requests, so they are sent together
         assert "--continuous-batching" in open(server.log).read()
         assert models.get_model(ws, name)["spec"]["max_concurrency"] == serving.BATCHED_CONCURRENCY
+        # its paged KV cache is sized, not taken from the machine's memory (it grew to 14 GB)
         assert serving._get_json(server.base_url + "/models")["object"] == "list"
         client, model_id = models.openai_client(ws, name)
         reply = client.chat.completions.create(model=model_id, max_tokens=12, temperature=0,
@@ -171,4 +172,6 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
         assert s["generated"] == 3
         out = ws.db.execute("select output, meta from generations").fetchone()
         assert "Paris" in out[0] and json.loads(out[1])["usage"]["completion_tokens"] > 0
+        peak_kb = int(next(ln for ln in open(f"/proc/{server.pid}/status") if ln.startswith("VmHWM")).split()[1])
+        assert peak_kb < 4 * 1024 * 1024, f"server peak RSS {peak_kb / 1024**2:.1f} GB"
     assert serving.list_servers(ws) == []
