@@ -28,8 +28,8 @@ from core.workspace import Workspace, now
 
 START_TIMEOUT_S = 300.0
 # With continuous batching (paged attention) `transformers serve` batches concurrent requests:
-# measured here on SmolLM2-135M, 16 greedy answers of <= 48 tokens took 16.9 s one at a time,
-# 5.8 s 8 at once and 4.6 s 16 at once (same answers). Without it, concurrent requests compete in
+# on SmolLM2-135M, 16 greedy answers of <= 48 tokens took 6.8 s sent 16 at once against 31.9 s
+# one at a time, the same answers (benchmarks/bench_serve.py). Without it, concurrent requests compete in
 # threads: 4 at once took twice as long per answer as 1, so a plain server gets one at a time.
 BATCHED_CONCURRENCY = 16
 # The paged KV cache, sized explicitly: left to itself `transformers serve` sized it from the
