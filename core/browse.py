@@ -98,29 +98,20 @@ def summaries(ws: Workspace, kind: str, ids: list[int], query: str = "") -> list
 def record(ws: Workspace, kind: str, row_id: int) -> dict:
     """One example (conversation decoded) or item (gold, choices decoded) with its source's name."""
     _check_kind(kind)
+    from core.datasets import decode_example, decode_item
     from core.errors import NotFound
 
     if kind == "suite":
         rows = list(ws.db.query(
             "select i.*, s.name as suite, s.kind as suite_kind from items i join suites s on s.id = i.suite_id"
             " where i.id = ?", [row_id]))
-        fields = ("gold", "choices", "meta")
     else:
         rows = list(ws.db.query(
             "select e.*, d.name as dataset from examples e join datasets d on d.id = e.dataset_id where e.id = ?",
             [row_id]))
-        fields = ("conversation", "meta")
     if not rows:
         raise NotFound(f"no {'item' if kind == 'suite' else 'example'} with id {row_id} (deleted?)")
-    if kind != "suite":
-        from core.datasets import decode_example
-
-        return decode_example(rows[0])
-    r = dict(rows[0])
-    for f in fields:
-        if r.get(f) is not None:
-            r[f] = json.loads(r[f])
-    return r
+    return decode_item(rows[0]) if kind == "suite" else decode_example(rows[0])
 
 
 def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
