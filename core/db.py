@@ -7,9 +7,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import sqlite_utils
+from core.lean import import_sqlite_utils
 
-from core import migrations
+import_sqlite_utils()  # without pandas: see core.lean
+import sqlite_utils  # noqa: E402
+
+from core import migrations  # noqa: E402
 
 BUSY_TIMEOUT_S = 60.0
 

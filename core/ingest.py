@@ -22,11 +22,14 @@ third writes (sqlite and numpy release the GIL), each a chunk apart.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import os
+import sqlite3
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,7 @@ from core.workspace import Workspace, dumps, now
 
 DATA_FORMATS = ("sharegpt", "alpaca", "messages")
 SUITE_FORMATS = ("qa", "mc", "code", "prompts")
-BATCH = 1000                       # rows per insert transaction: short lock holds, few round trips
+BATCH = 2000  # rows per insert transaction: ~0.1 s lock holds; 1000 made the 100k import ~10% slower
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record (line) larger than this is bad input, not data
 LETTERS = "ABCDEFGHIJ"
 
@@ -409,10 +412,12 @@ class TokenCounter:
     """
 
     RUN = 8  # bytes of a letters/digits run per token
+    LEVELS = 4  # runs up to 8*LEVELS bytes are counted by shifted ANDs, longer ones from their spans
 
     def __init__(self, spec: str = ""):
         self.spec = spec
         self._tok = None
+        self._scratch = threading.local()
         if spec:
             p = Path(spec).expanduser()
             f = p / "tokenizer.json" if p.is_dir() else p
@@ -425,24 +430,33 @@ class TokenCounter:
             except Exception as e:
                 raise ConfigError(f"defaults.tokenizer: {f}: {str(e).splitlines()[0]}") from None
         else:
-            import numpy as np
-
-            lut = np.zeros(256, dtype=np.uint8)  # 0 space, 1 word byte, 2 one-byte token, 3 wide char
+            classes = bytearray(256)  # 0 space, 1 word byte, 2 one-byte token, 3 wide char
             for b in range(256):
                 c = chr(b)
                 if 0xE0 <= b < 0xF8:
-                    lut[b] = 3
+                    classes[b] = 3
                 elif b >= 0x80 or c.isalnum() or c == "_":
-                    lut[b] = 1
+                    classes[b] = 1
                 elif c in " \t\r\x00\x0b\x0c":
-                    lut[b] = 0
+                    classes[b] = 0
                 else:
-                    lut[b] = 2
-            self._lut = lut
+                    classes[b] = 2
+            self._classes = bytes(classes)  # a bytes.translate table: one C pass, no numpy gather
 
     @property
     def name(self) -> str:
         return self.spec or "builtin"
+
+    def _buffers(self, n: int):
+        """Four bool scratch arrays of length n, kept per thread: fresh 5 MB arrays per chunk
+        cost their page faults every time (the count took ~1.3x as long)."""
+        import numpy as np
+
+        s = self._scratch
+        if getattr(s, "size", 0) < n:
+            s.size = n + n // 4
+            s.arrays = [np.empty(s.size, dtype=bool) for _ in range(4)]
+        return [a[:n] for a in s.arrays]
 
     def count(self, texts: list[str]) -> list[int]:
         if not texts:
@@ -452,20 +466,55 @@ class TokenCounter:
         import numpy as np
 
         enc = [t.encode("utf-8", "surrogatepass") for t in texts]
-        # text i occupies [bounds[i], bounds[i+1]) of the joined buffer (a NUL separator after each)
+        # text i occupies [bounds[i], bounds[i+1]) of the joined buffer (a NUL, class 0, after each)
         bounds = np.zeros(len(enc) + 1, dtype=np.int64)
         np.cumsum(np.fromiter((len(e) + 1 for e in enc), dtype=np.int64, count=len(enc)), out=bounds[1:])
-        cls = self._lut[np.frombuffer(b"\x00".join(enc) + b"\x00", dtype=np.uint8)]
-        edges = np.diff((cls == 1).view(np.int8), prepend=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
-        runs_before = np.zeros(len(starts) + 1, dtype=np.int64)
-        np.cumsum(1 + (ends - starts - 1) // self.RUN, out=runs_before[1:])
-        singles = np.flatnonzero(cls >= 2)
-        # a few thousand binary searches of text bounds, not one per run or per byte
-        run_tokens = np.diff(runs_before[np.searchsorted(starts, bounds)])
-        single_tokens = np.diff(np.searchsorted(singles, bounds))
-        return (run_tokens + single_tokens).tolist()
+        cls = np.frombuffer((b"\x00".join(enc) + b"\x00").translate(self._classes), dtype=np.uint8)
+        n = len(cls)
+        tok, word, a, b = self._buffers(n)
+        # tok marks each byte that starts a token; a text's count is the marks in its span.
+        np.equal(cls, 1, out=word)
+        np.greater_equal(cls, 2, out=tok)            # punctuation, newlines, wide characters
+        np.greater(word[1:], word[:-1], out=a[1:])   # a run's first byte
+        a[0] = word[0]
+        np.logical_or(tok, a, out=tok)
+        extra = None
+        if n > 8:
+            # wk[j]: bytes j..j+8k all word bytes (k = level), built by doubling: 2, 4, 8, then 9.
+            np.logical_and(word[1:], word[:-1], out=a[:n - 1])
+            np.logical_and(a[2:n - 1], a[:n - 3], out=b[:n - 3])
+            np.logical_and(b[4:n - 3], b[:n - 7], out=a[:n - 7])
+            np.logical_and(a[1:n - 7], word[:n - 8], out=b[:n - 8])
+            m = n - 8
+            wk, spare = b, a
+            level = 1
+            while wk[:m].any():
+                if level > self.LEVELS:
+                    # Rare (URLs, base64): runs longer than 8*LEVELS bytes, counted from where wk
+                    # holds, [s, s + L - 8*LEVELS), as the tokens they still owe.
+                    edges = np.diff(wk[:m].view(np.int8), prepend=np.int8(0), append=np.int8(0))
+                    rise, fall = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+                    owed = np.zeros(len(rise) + 1, dtype=np.int64)
+                    np.cumsum((fall - rise + self.RUN - 1) // self.RUN, out=owed[1:])
+                    extra = np.diff(owed[np.searchsorted(rise, bounds)])
+                    break
+                # a run of 8k+1 bytes or more starting at j owes a token at j + 8k
+                shift = self.RUN * level
+                np.greater(wk[1:m], wk[:m - 1], out=spare[:m - 1])
+                np.logical_or(tok[shift + 1:shift + m], spare[:m - 1], out=tok[shift + 1:shift + m])
+                tok[shift] |= wk[0]
+                if m <= self.RUN:
+                    break
+                m -= self.RUN
+                np.logical_and(wk[:m], wk[self.RUN:m + self.RUN], out=spare[:m])
+                wk, spare = spare, wk
+                level += 1
+        b_ = bounds.tolist()
+        nonzero = np.count_nonzero
+        counts = [int(nonzero(tok[b_[i]:b_[i + 1]])) for i in range(len(enc))]
+        if extra is not None:
+            counts = [c + x for c, x in zip(counts, extra.tolist())]
+        return counts
 
 
 def token_counter(ws: Workspace) -> TokenCounter:
@@ -618,11 +667,56 @@ def _insert_indexed(ws: Workspace, table: str, stage_id: int, sql: str, rows: li
     col_list = ", ".join(cols)
     with ws.transaction():
         (last,) = ws.db.execute(f"select coalesce(max(id), 0) from {child}").fetchone()
-        inserted = ws.db.conn.executemany(sql, rows).rowcount if rows else 0
+        inserted = _insert_rows(ws.db.conn, sql, rows)
         if inserted and child != "examples":
             ws.db.execute(f"insert into {child}_fts(rowid, {col_list}) select id, {col_list} from {child}"
                           f" where {fk} = ? and id > ?", [stage_id, last])
     return inserted
+
+
+def _insert_rows(conn, sql: str, rows: list[tuple]) -> int:
+    """Run `insert ... values (?, ...)` for `rows` as few multi-row statements; returns rows added.
+
+    Not executemany: that steps once per row, and each step gives up the GIL and must win it back
+    from the parsing thread (up to the 5 ms switch interval each time). One statement per chunk
+    holds it once; benchmarks/bench_import.py went from ~10 s to ~N s.
+    """
+    if not rows:
+        return 0
+    head, one = sql.rsplit(" values ", 1)
+    width = len(rows[0])
+    per = max(1, min(len(rows), conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    added = 0
+    for i in range(0, len(rows), per):
+        part = rows[i:i + per]
+        params = [v for row in part for v in row]
+        added += conn.execute(f"{head} values {','.join([one] * len(part))}", params).rowcount
+    return added
+
+
+@contextlib.contextmanager
+def _bulk_writes(ws: Workspace):
+    """Settings for a large import, restored after it (benchmarks/bench_import.py, 100k rows).
+
+    - a 64 MB page cache: each chunk's rows land at random places in the content-hash index, and
+      with the default 2 MB cache those index pages were evicted and read back, chunk after chunk;
+    - a WAL checkpoint every ~40 MB instead of every ~4 MB (one per chunk);
+    - a 1 ms GIL switch interval instead of 5: the counter and the writer give the GIL up around
+      every numpy call and SQLite statement and then wait for the parsing thread to hand it back.
+    """
+    conn = ws.db.conn
+    (cache,) = conn.execute("pragma cache_size").fetchone()
+    (checkpoint,) = conn.execute("pragma wal_autocheckpoint").fetchone()
+    switch = sys.getswitchinterval()
+    conn.execute("pragma cache_size = -65536")
+    conn.execute("pragma wal_autocheckpoint = 10000")
+    sys.setswitchinterval(min(switch, 0.001))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch)
+        conn.execute(f"pragma wal_autocheckpoint = {int(checkpoint)}")
+        conn.execute(f"pragma cache_size = {int(cache)}")
 
 
 class _Writer(threading.Thread):
@@ -782,7 +876,9 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
     files_meta, formats = [], []
     writers: list[_Writer] = []
     done_bytes = 0
+    bulk = contextlib.ExitStack()
     try:
+        bulk.enter_context(_bulk_writes(ws))
         for src in sources:
             kind = src.kind()
             if kind == "txt":
@@ -793,10 +889,12 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
             batch: list[tuple] = []
             texts: list[str] = []
             before = dict(stats)
-            db_writer = _Writer(lambda chunk: _flush_examples(ws, stage.id, *chunk, stats, target))
-            # Token counting (numpy, which releases the GIL) on a thread of its own between the
-            # parser and the database writer (counting on the writer's thread took ~8% longer).
-            writer = _Writer(lambda chunk, w=db_writer: w.submit((chunk[0], counter.count(chunk[1]), chunk[2])),
+            db_writer = _Writer(lambda rows: _flush_examples(ws, stage.id, rows, stats, target))
+            # Token counting and content hashing (numpy and hashlib, which release the GIL) on a
+            # thread of their own between the parser and the database writer (counting on the
+            # writer's thread took ~8% longer; hashing on the parser's, ~4x its own time waiting
+            # to get the GIL back after each 5 KB hash).
+            writer = _Writer(lambda chunk, w=db_writer: w.submit(_measure_rows(counter, *chunk)),
                              name="mirage-import-counter")
             writers += [writer, db_writer]
             for loc, rec in read_records(src, kind):
@@ -827,7 +925,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
                 upstream_id = rec.get("id")
                 meta = _dumps_bytes({"id": upstream_id}).decode() if isinstance(upstream_id, (str, int)) else "{}"
                 batch.append((stage.id, 0, row_source, _dumps_bytes(layout).decode("utf-8", "surrogatepass"), user, assistant,
-                              0, hashlib.sha256(conv_bytes).hexdigest(), meta))
+                              0, conv_bytes, meta))
                 texts.append("\n".join(t["content"] for t in conv))
                 if len(batch) >= BATCH:
                     check_cancel(cancel)
@@ -848,6 +946,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
                                "imported": stats["imported"] - before["imported"]})
             done_bytes += src.size
             yield Progress(done_bytes, total_bytes, f"{stats['imported']:,} imported")
+        bulk.close()
         stats["tokens"] = ws.db.execute("select coalesce(sum(n_tokens), 0) from examples where dataset_id = ?",
                                         [stage.id]).fetchone()[0]
         # A file already imported into this dataset adds nothing and is not counted again.
@@ -864,6 +963,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
     except BaseException:
         for w in writers:  # no write may land after the staged rows are dropped
             w.finish_quietly()
+        bulk.close()
         stage.discard()
         badrows.close()
         if badrows.path and not skip_bad:
@@ -897,10 +997,27 @@ def _json(text: str | None) -> dict:
     return json.loads(text or "{}")
 
 
-def _flush_examples(ws, stage_id: int, batch: list[tuple], counts: list[int], base: int,
-                    stats: dict, target: dict | None) -> None:
+def _measure_rows(counter: TokenCounter, batch: list[tuple], texts: list[str], base: int) -> list[tuple]:
+    """Counter thread: each row gets its position, token count and content hash (of its bytes)."""
+    counts = counter.count(texts)
+    return [r[:1] + (base + i,) + r[2:6] + (c, _sha256_holding_gil(r[7])) + r[8:]
+            for i, (r, c) in enumerate(zip(batch, counts))]
+
+
+def _sha256_holding_gil(data: bytes) -> str:
+    """hashlib.sha256(data).hexdigest(), fed in pieces under hashlib's 2 KB threshold for
+    releasing the GIL: a 5 KB hash is too short to gain from running beside the parser, and each
+    release left this thread waiting to get the GIL back from it."""
+    h = hashlib.sha256()
+    view = memoryview(data)
+    for i in range(0, len(data), 2047):
+        h.update(view[i:i + 2047])
+    return h.hexdigest()
+
+
+def _flush_examples(ws, stage_id: int, rows: list[tuple], stats: dict, target: dict | None) -> None:
     """Writer thread: drop rows the target dataset already has, insert the chunk."""
-    rows = [r[:1] + (base + i,) + r[2:6] + (c,) + r[7:] for i, (r, c) in enumerate(zip(batch, counts))]
+    n = len(rows)
     if target is not None:
         # Appending: a row whose conversation the dataset already has is a duplicate too.
         marks = ",".join("?" * len(rows))
@@ -910,7 +1027,7 @@ def _flush_examples(ws, stage_id: int, batch: list[tuple], counts: list[int], ba
         rows = [r for r in rows if r[7] not in have]
     inserted = _insert_indexed(ws, "datasets", stage_id, _EXAMPLE_INSERT, rows)
     stats["imported"] += inserted
-    stats["duplicates"] += len(batch) - inserted
+    stats["duplicates"] += n - inserted
 
 
 def _publish_dataset(ws, stage: _Staging, name, target, target_meta, files_meta, formats, stats, repeat) -> None:

@@ -286,6 +286,44 @@ def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
     assert fts_ok(ws)
 
 
+def _reference_count(text: str) -> int:
+    """The built-in counter's rule, byte by byte: a run of letters/digits/_/UTF-8 bytes costs one
+    token per 8 bytes (rounded up); punctuation, newlines and each 3-4 byte character's lead one."""
+    n, run = 0, 0
+    for byte in text.encode("utf-8", "surrogatepass") + b" ":
+        c = chr(byte)
+        word = not 0xE0 <= byte < 0xF8 and (byte >= 0x80 or c.isalnum() or c == "_")
+        if word:
+            run += 1
+            continue
+        n += (run + 7) // 8
+        run = 0
+        if c not in " \t\r\x00\x0b\x0c":
+            n += 1
+    return n
+
+
+def test_token_counter_builtin_matches_its_rule_on_runs_of_every_length():
+    # The vectorised scan handles runs up to 8*LEVELS bytes by shifted ANDs and longer ones from
+    # their spans: both paths, their boundaries, texts shorter than a run, and mixed chunks.
+    import random
+
+    rng = random.Random(7)
+    pieces = list("ab_Z09 \t\n.,!?:;()[]{}\"'") + ["é", "日", "😀", "\x00", "ß", "ÿ", "\ud800"]
+    texts = ["", "a", "a" * 8, "a" * 9]
+    texts += ["a" * n for n in range(60)] + [" x" + "b" * n + "." for n in range(60)] + ["q" * 500 + " 日"]
+    for _ in range(1500):
+        texts.append("".join(rng.choice(pieces) if rng.random() < 0.5 else "w" * rng.randint(1, 45)
+                             for _ in range(rng.randint(0, 40))))
+    c = TokenCounter("")
+    for size in (1, 3, 97, len(texts)):
+        for i in range(0, len(texts), size):
+            chunk = texts[i:i + size]
+            counts = c.count(chunk)
+            assert counts == [_reference_count(t) for t in chunk], chunk[:3]
+            assert all(type(n) is int for n in counts)  # sqlite3 cannot bind numpy integers
+
+
 def test_token_counter_builtin_and_tokenizers_file(tmp_path):
     c = TokenCounter("")
     assert c.count(["Hello, world!", "", "supercalifragilistic", "日本語"]) == [4, 0, 3, 6]

@@ -44,6 +44,7 @@ from typing import Any
 from textual.app import App
 from textual.screen import Screen
 
+from core.lean import IMPORT_LOCK, import_sqlite_utils, restore_sqlite_utils_types  # noqa: F401 - re-exported
 from tui import actions as actions_mod
 from tui.palette import MirageCommands
 
@@ -59,56 +60,19 @@ SCREENS: dict[str, str] = {
 
 
 RESTORE_DELAY = 1.5  # s after the first frame
-# Held while numpy/pandas are hidden, and around every other import the app makes on its own
-# (screen modules, the restore), so no thread ever sees them hidden. run_core workers call
-# import_sqlite_utils_lean first, so they wait here too.
-_IMPORT_LOCK = threading.RLock()
+# core.lean's lock: held while numpy/pandas are hidden, and around every other import the app
+# makes on its own (screen modules, the restore), so no thread ever sees them hidden. run_core
+# workers call import_sqlite_utils_lean first, so they wait here too.
+_IMPORT_LOCK = IMPORT_LOCK
 
 
 def import_sqlite_utils_lean() -> None:
     """Import sqlite-utils without letting it import pandas and numpy (~0.5 s of a ~1 s start-up).
 
-    sqlite-utils imports both at import time only to map their scalar types to column types. The
-    TUI draws its first frame without them; `restore_sqlite_utils_types` (run in a worker after
-    the first frame) adds the mappings back, so later core calls behave exactly as in the CLI.
+    The TUI draws its first frame without them; `restore_sqlite_utils_types` (run in a worker after
+    the first frame) adds their column-type mappings back, so later core calls behave as in the CLI.
     """
-    with _IMPORT_LOCK:
-        if "sqlite_utils" in sys.modules:
-            return
-        hidden = [m for m in ("pandas", "numpy") if m not in sys.modules]
-        for m in hidden:
-            sys.modules[m] = None  # type: ignore[assignment]  # makes `import m` raise ImportError
-        try:
-            import sqlite_utils  # noqa: F401
-        finally:
-            for m in hidden:
-                if sys.modules.get(m) is None:
-                    del sys.modules[m]
-
-
-def restore_sqlite_utils_types() -> None:
-    """Give sqlite-utils the numpy/pandas column-type mappings that `import_sqlite_utils_lean` skipped."""
-    import_sqlite_utils_lean()  # once it has returned, nothing is ever hidden again: no lock needed
-    import sqlite_utils.db as sdb
-
-    if sdb.np is None:
-        try:
-            import numpy as np
-        except ImportError:
-            return
-        sdb.np = np
-        sdb.COLUMN_TYPE_MAPPING.update({
-            np.int8: "INTEGER", np.int16: "INTEGER", np.int32: "INTEGER", np.int64: "INTEGER",
-            np.uint8: "INTEGER", np.uint16: "INTEGER", np.uint32: "INTEGER", np.uint64: "INTEGER",
-            np.float16: "REAL", np.float32: "REAL", np.float64: "REAL",
-        })
-    if sdb.pd is None:
-        try:
-            import pandas as pd
-        except ImportError:
-            return
-        sdb.pd = pd
-        sdb.COLUMN_TYPE_MAPPING.update({pd.Timestamp: "TEXT"})
+    import_sqlite_utils(hide=("pandas", "numpy"))
 
 
 def load_screen_class(name: str) -> type[Screen]:
