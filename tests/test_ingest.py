@@ -304,18 +304,21 @@ def _reference_count(text: str) -> int:
 
 
 def test_token_counter_builtin_matches_its_rule_on_runs_of_every_length():
-    # The vectorised scan handles runs up to 8*LEVELS bytes by shifted ANDs and longer ones from
-    # their spans: both paths, their boundaries, texts shorter than a run, and mixed chunks.
+    # The vectorised scan packs bytes 64 to a word and handles runs up to 8*LEVELS bytes by
+    # shifted ANDs, longer ones from their spans: both paths, runs and texts across word edges,
+    # texts shorter than a run, non-ASCII chunks and ASCII-only ones, and mixed chunks.
     import random
 
     rng = random.Random(7)
     pieces = list("ab_Z09 \t\n.,!?:;()[]{}\"'") + ["é", "日", "😀", "\x00", "ß", "ÿ", "\ud800"]
     texts = ["", "a", "a" * 8, "a" * 9]
-    texts += ["a" * n for n in range(60)] + [" x" + "b" * n + "." for n in range(60)] + ["q" * 500 + " 日"]
+    texts += ["a" * n for n in range(140)] + [" x" + "b" * n + "." for n in range(140)] + ["q" * 500 + " 日"]
     for _ in range(1500):
         texts.append("".join(rng.choice(pieces) if rng.random() < 0.5 else "w" * rng.randint(1, 45)
                              for _ in range(rng.randint(0, 40))))
     c = TokenCounter("")
+    ascii_only = [t for t in texts if t.isascii()]
+    assert c.count(ascii_only) == [_reference_count(t) for t in ascii_only]
     for size in (1, 3, 97, len(texts)):
         for i in range(0, len(texts), size):
             chunk = texts[i:i + size]
