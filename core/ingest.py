@@ -96,12 +96,11 @@ def _type(v) -> str:
 
 
 # -- reading files ------------------------------------------------------------------------------------
-class _HashingReader(io.RawIOBase):
-    """Raw file reads that also feed a sha256, so a file's identity costs no second pass."""
+class _CountingReader(io.RawIOBase):
+    """Raw file reads that keep count of the bytes read (the progress bar's position)."""
 
     def __init__(self, raw):
         self.raw = raw
-        self.sha = hashlib.sha256()
         self.pos = 0
 
     def readable(self):
@@ -110,7 +109,6 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, b):
         n = self.raw.readinto(b)
         if n:
-            self.sha.update(memoryview(b)[:n])
             self.pos += n
         return n
 
@@ -135,29 +133,48 @@ class Source:
             self.size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         else:
             self.size = self.path.stat().st_size
-        self._hashing: _HashingReader | None = None
+        self._reader: _CountingReader | None = None
         self._digest: str | None = None
+        self._digesting: threading.Thread | None = None
 
     # The byte position drives the progress bar (for .gz: compressed bytes read).
     @property
     def pos(self) -> int:
-        return self._hashing.pos if self._hashing else 0
+        return self._reader.pos if self._reader else 0
+
+    def start_digest(self) -> None:
+        """Hash the file on a thread of its own while the importer reads it. It is a second read,
+        from the page cache; hashing inside the parser's reads made the parser wait for it (0.4 s
+        of a 100k-conversation import, benchmarks/bench_import.py)."""
+        if self._digest is None and self._digesting is None and not self.is_dir:
+            self._digesting = threading.Thread(target=self._hash, daemon=True, name="mirage-import-digest")
+            self._digesting.start()
+
+    def _hash(self) -> None:
+        try:
+            self._digest = self._file_digest()
+        except OSError:
+            pass  # digest() tries again and raises
+
+    def _file_digest(self) -> str:
+        h = hashlib.sha256()  # of the file's bytes as stored (a .gz is hashed compressed)
+        buf = bytearray(8 << 20)  # large reads: each gives up the GIL and waits to get it back
+        view = memoryview(buf)
+        with open(self.path, "rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                h.update(view[:n])
+        return h.hexdigest()
 
     def digest(self) -> str:
+        if self._digesting is not None:
+            self._digesting.join()
         if self._digest is None:
-            if self._hashing is not None:
-                # finish hashing whatever the reader did not consume (trailing bytes)
-                sha = self._hashing.sha
-                with open(self.path, "rb") as fh:
-                    fh.seek(self._hashing.pos)
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        sha.update(chunk)
-                self._digest = sha.hexdigest()
+            if not self.is_dir:
+                self._digest = self._file_digest()
             else:
                 h = hashlib.sha256()
-                files = sorted(f for f in self.path.rglob("*") if f.is_file()) if self.is_dir else [self.path]
-                for f in files:
-                    h.update(str(f.relative_to(self.path) if self.is_dir else f.name).encode())
+                for f in sorted(f for f in self.path.rglob("*") if f.is_file()):
+                    h.update(str(f.relative_to(self.path)).encode())
                     with open(f, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):
                             h.update(chunk)
@@ -167,8 +184,8 @@ class Source:
     def open_binary(self):
         """A buffered binary stream of the (decompressed) content; gzip found by its magic bytes."""
         raw = open(self.path, "rb")
-        self._hashing = _HashingReader(raw)
-        buffered = io.BufferedReader(self._hashing, 1 << 20)
+        self._reader = _CountingReader(raw)
+        buffered = io.BufferedReader(self._reader, 1 << 20)
         if buffered.peek(2)[:2] == b"\x1f\x8b":
             return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), 1 << 20)
         return buffered
@@ -190,7 +207,7 @@ class Source:
         # JSON or JSONL: the first non-blank character decides ('[' = one array, '{' = lines).
         with self.open_binary() as f:
             head = f.peek(4096)[:4096]
-        self._hashing = None
+        self._reader = None
         head = head.lstrip(b"\xef\xbb\xbf").lstrip()
         if head[:1] == b"[":
             return "json"
@@ -923,6 +940,7 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
         bulk.enter_context(_bulk_writes(ws))
         for src in sources:
             kind = src.kind()
+            src.start_digest()
             if kind == "txt":
                 raise BadInput(src.label, "a .txt file holds prompts, not conversations"
                                           " (import it as a suite: `mirage import suite FILE --format prompts`)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from core.search import fts_query, search_examples, search_items
@@ -110,7 +111,6 @@ def test_sharegpt_jsonl_normalised_with_source_tokens_hash_and_duplicates(ws, tm
     assert ex[0]["assistant_text"] == "Paris.\n\nMadrid."
     assert [e["source"] for e in ex] == ["geo-set", "chat.jsonl"]
     assert ex[0]["meta"] == {"id": "c1"}
-    import hashlib
     assert ex[1]["content_hash"] == hashlib.sha256(dumps(ex[1]["conversation"]).encode()).hexdigest()
     # turns joined by a newline: What, is, 2, +, 2, ?, newline, 4
     assert ex[1]["n_tokens"] == 8
@@ -175,6 +175,9 @@ def test_reimport_is_idempotent_and_append_adds_new_rows_only(ws, tmp_path):
     again = run(import_data(ws, [a], "d"))
     assert again["unchanged"] and again["imported"] == 0
     assert snapshot(ws) == before
+    # the recorded digest is the file's SHA-256 (as `sha256sum` gives it), hashed beside the parser
+    files = json.loads(ws.db.execute("select meta from datasets where name = 'd'").fetchone()[0])["files"]
+    assert files[0]["sha256"] == hashlib.sha256(a.read_bytes()).hexdigest()
     b = write_jsonl(tmp_path / "b.jsonl", [sharegpt("q2", "a2"), sharegpt("q3", "a3")])
     more = run(import_data(ws, [b], "d"))
     assert (first["imported"], more["imported"], more["duplicates"]) == (2, 1, 1)
