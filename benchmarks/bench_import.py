@@ -9,7 +9,7 @@ Median of `--runs`. The import returns before its full-text index is complete (c
 builds it in the background for a large import); a second line times the import until that is
 done too.
 
-    python benchmarks/bench_import.py [--conversations 100000] [--runs 3] [--tokenizer PATH]
+    python benchmarks/bench_import.py [--conversations 100000] [--runs 5] [--tokenizer PATH]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _timed(cmd: list[str], env: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conversations", type=int, default=100_000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokenizer", default="", help="tokenizer.json / folder (default: built-in counter)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "mirage-bench"))
     args = ap.parse_args()

@@ -16,8 +16,14 @@ the import ~7x slower; m011_ingest_fts_bulk). A suite's items are indexed chunk 
 bulk `insert ... select` in the chunk's own transaction. A dataset's examples are published with
 their ids in `fts_backlog` and indexed by core.search after the import (m060_ingest_fts_backlog):
 tokenising the text was the import's largest cost, and nothing needs the index until a search,
-which finishes the backlog first. The main thread parses, a second thread counts tokens and a
-third writes (sqlite and numpy release the GIL), each a chunk apart.
+which finishes the backlog first.
+
+Pipeline of a data import (`_ExampleSink`), each stage a chunk apart: the main thread parses and
+normalises; a second thread counts tokens (numpy, mostly without the GIL) and hashes the rows; a
+third writes them, one multi-row statement per chunk (SQLite runs without the GIL); a fourth
+hashes the file itself. On 2 cores the parser is the critical path and every stage's time under
+the GIL is its time too: see benchmarks/bench_import.py for the figures and _bulk_writes for the
+settings an import changes while it runs.
 """
 
 from __future__ import annotations
@@ -426,8 +432,9 @@ class TokenCounter:
     punctuation mark or newline, each 3-4 byte UTF-8 character (CJK, emoji). Against the SmolLM2
     BPE tokenizer it came within 0-4% in total on NQ questions, GPTeacher code, HumanEval and
     AlpacaEval text (~8% off per text). The `tokenizers` library on the same text was ~40x slower
-    here (encode_batch, 2 shared cores) - too slow to keep an import within 2x of
-    `datasets.load_dataset`; a per-text regex (`re.findall`) was ~4x slower than this scan.
+    here (encode_batch, 2 shared cores) than a first version of this scan, itself 5x slower than
+    this one - far too slow to keep an import within 2x of `datasets.load_dataset`; a per-text
+    regex (`re.findall`) was ~4x slower than that first version.
     Set `defaults.tokenizer` to a tokenizer.json (or a folder holding one) for exact counts.
     """
 
@@ -733,7 +740,7 @@ def _insert_rows(conn, sql: str, rows: list[tuple]) -> int:
 
     Not executemany: that steps once per row, and each step gives up the GIL and must win it back
     from the parsing thread (up to the 5 ms switch interval each time). One statement per chunk
-    holds it once; benchmarks/bench_import.py went from ~10 s to ~N s.
+    gives it up once: the 100k import (benchmarks/bench_import.py) went from ~10 s to ~7.4 s.
     """
     if not rows:
         return 0
