@@ -2,7 +2,7 @@
 `datasets.load_dataset("json")` on the same file, and the import's peak memory.
 
 The file is generated once (seeded) and cached in the temp dir: 100,000 conversations of 3 turns
-(human, gpt, human) of ~300 words each, ~550 MB (the TUI start-up benchmark's workspace has the
+(human, gpt, human) of ~300 words each, 523 MB (the TUI start-up benchmark's workspace has the
 same shape). Each side runs in its own child process and its peak RSS is that child's own
 (`os.wait4` rusage); the `datasets` side gets a fresh cache folder each run so it really parses.
 Median of `--runs`. The import returns before its full-text index is complete (core.search
