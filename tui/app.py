@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
