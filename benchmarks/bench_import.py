@@ -10,6 +10,7 @@ builds it in the background for a large import); a second line times the import 
 done too.
 
     python benchmarks/bench_import.py [--conversations 100000] [--runs 5] [--tokenizer PATH]
+        [--ablations executemany,batch_2000,no_bulk_settings]
 """
 
 from __future__ import annotations
@@ -79,8 +80,28 @@ def make_file(path: Path, n: int) -> None:
     tmp.rename(path)
 
 
+# -- ablations: the import with one of its speed measures undone (--ablations) ----------------------------
+# Each is a patch applied in the import's own process before the CLI runs, so the figure in
+# core.ingest's comments for that measure can be checked against the full import, same run.
+ABLATIONS = {
+    # one `executemany` per chunk: a step per row, each giving up the GIL
+    "executemany": "ingest._insert_rows = lambda conn, sql, rows: conn.executemany(sql, rows).rowcount if rows else 0",
+    # 2,000-row chunks (each its own transaction) instead of 1,000
+    "batch_2000": "ingest.BATCH = 2000",
+    # none of _bulk_writes's settings (page cache, checkpoints, temp store, switch interval)
+    "no_bulk_settings": "ingest._bulk_writes = lambda ws: contextlib.nullcontext()",
+}
+
+
+def _cli_command(ablation: str) -> list[str]:
+    if not ablation:
+        return [sys.executable, "-m", "core"]
+    code = f"import contextlib\nfrom core import ingest\n{ABLATIONS[ablation]}\nfrom core.cli import main\nmain()\n"
+    return [sys.executable, "-c", code]
+
+
 # -- the two sides, each run in a child process -------------------------------------------------------
-def child_mirage(path: str, workdir: str, tokenizer: str) -> dict:
+def child_mirage(path: str, workdir: str, tokenizer: str, ablation: str = "") -> dict:
     env = dict(os.environ)
     ws = os.path.join(workdir, "ws")
     shutil.rmtree(ws, ignore_errors=True)
@@ -89,8 +110,7 @@ def child_mirage(path: str, workdir: str, tokenizer: str) -> dict:
     if tokenizer:
         env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.config)
     start = time.perf_counter()
-    out = _timed([sys.executable, "-m", "core", "import", "data", path, "--name", "bench",
-                  "--json", "-w", ws], env)
+    out = _timed(_cli_command(ablation) + ["import", "data", path, "--name", "bench", "--json", "-w", ws], env)
     # The search index is built after the import returns (core.search, by a background process
     # for a file this size): time until it is complete too. The indexer waits for the running one.
     _timed([sys.executable, "-m", "core.search", "index", ws], env)
@@ -129,7 +149,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokenizer", default="", help="tokenizer.json / folder (default: built-in counter)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "mirage-bench"))
+    ap.add_argument("--ablations", default="", help=f"comma-separated, from: {', '.join(ABLATIONS)}")
     args = ap.parse_args()
+    ablations = [a for a in args.ablations.split(",") if a]
+    for a in ablations:
+        if a not in ABLATIONS:
+            ap.error(f"unknown ablation {a!r} (expected one of {', '.join(ABLATIONS)})")
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -140,10 +165,14 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="mirage-bench-import-")
     try:
         ours, theirs = [], []
-        for _ in range(args.runs):
-            # alternate so a burst of load on the shared machine hits both sides alike
+        ablated: dict[str, list[dict]] = {a: [] for a in ablations}
+        kinds = [""] + ablations
+        for i in range(args.runs):
+            # alternate so a burst of load on the shared machine hits both sides alike; rotate the
+            # import variants so none always runs first after `datasets` writes its cache
             theirs.append(child_datasets(str(data), work))
-            ours.append(child_mirage(str(data), work, args.tokenizer))
+            for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+                (ablated[kind] if kind else ours).append(child_mirage(str(data), work, args.tokenizer, kind))
         summary = json.loads(ours[-1]["stdout"])
         assert summary["imported"] == args.conversations, summary
     finally:
@@ -173,6 +202,14 @@ def main() -> None:
         "ratio": round(peak / TARGET_PEAK_MB, 2), "target": f"< {TARGET_PEAK_MB:.0f} MB",
         "datasets_peak_mb": round(max(r["peak_mb"] for r in theirs), 1),
     }))
+    for a, runs in ablated.items():
+        t = statistics.median(r["seconds"] for r in runs)
+        print(json.dumps({
+            "name": f"import_sharegpt_{args.conversations}_{label}_ablation_{a}_seconds", "value": round(t, 2),
+            "unit": "s", "baseline": "the full import, same runs", "baseline_value": round(t_ours, 2),
+            "ratio": round(t / t_ours, 2), "runs": [round(r["seconds"], 2) for r in runs],
+            "peak_mb": round(max(r["peak_mb"] for r in runs), 1),
+        }))
 
 
 if __name__ == "__main__":

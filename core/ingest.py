@@ -18,12 +18,12 @@ their ids in `fts_backlog` and indexed by core.search after the import (m060_ing
 tokenising the text was the import's largest cost, and nothing needs the index until a search,
 which finishes the backlog first.
 
-Pipeline of a data import (`_ExampleSink`), each stage a chunk apart: the main thread parses and
-normalises; a second thread counts tokens (numpy, mostly without the GIL) and hashes the rows; a
-third writes them, one multi-row statement per chunk (SQLite runs without the GIL); a fourth
-hashes the file itself. On 2 cores the parser is the critical path and every stage's time under
-the GIL is its time too: see benchmarks/bench_import.py for the figures and _bulk_writes for the
-settings an import changes while it runs.
+Pipeline of a data import (`_ExampleSink`), each stage a chunk apart: the main thread reads (hashing
+the file as it goes), parses and normalises; a second thread counts tokens (numpy, mostly without
+the GIL) and hashes the rows; a third writes them, one multi-row statement per chunk (SQLite runs
+without the GIL). On 2 cores the parser is the critical path and every stage's time under the GIL
+is its time too. `python benchmarks/bench_import.py --ablations ...` times the import with one of
+these measures undone; _bulk_writes lists the settings an import changes while it runs.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from core.workspace import Workspace, dumps, now
 
 DATA_FORMATS = ("sharegpt", "alpaca", "messages")
 SUITE_FORMATS = ("qa", "mc", "code", "prompts")
-BATCH = 2000  # rows per insert transaction: ~0.1 s lock holds; 1000 made the 100k import ~10% slower
+BATCH = 1000  # rows per insert transaction: short lock holds; 2000 (ablation batch_2000) was no faster and peaked 216 MB higher
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record (line) larger than this is bad input, not data
 LETTERS = "ABCDEFGHIJ"
 
@@ -102,11 +102,12 @@ def _type(v) -> str:
 
 
 # -- reading files ------------------------------------------------------------------------------------
-class _CountingReader(io.RawIOBase):
-    """Raw file reads that keep count of the bytes read (the progress bar's position)."""
+class _HashingReader(io.RawIOBase):
+    """Raw file reads that also feed a sha256, so a file's identity costs no second pass."""
 
     def __init__(self, raw):
         self.raw = raw
+        self.sha = hashlib.sha256()
         self.pos = 0
 
     def readable(self):
@@ -115,6 +116,7 @@ class _CountingReader(io.RawIOBase):
     def readinto(self, b):
         n = self.raw.readinto(b)
         if n:
+            self.sha.update(memoryview(b)[:n])
             self.pos += n
         return n
 
@@ -139,48 +141,29 @@ class Source:
             self.size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         else:
             self.size = self.path.stat().st_size
-        self._reader: _CountingReader | None = None
+        self._hashing: _HashingReader | None = None
         self._digest: str | None = None
-        self._digesting: threading.Thread | None = None
 
     # The byte position drives the progress bar (for .gz: compressed bytes read).
     @property
     def pos(self) -> int:
-        return self._reader.pos if self._reader else 0
-
-    def start_digest(self) -> None:
-        """Hash the file on a thread of its own while the importer reads it. It is a second read,
-        from the page cache; hashing inside the parser's reads made the parser wait for it (0.4 s
-        of a 100k-conversation import, benchmarks/bench_import.py)."""
-        if self._digest is None and self._digesting is None and not self.is_dir:
-            self._digesting = threading.Thread(target=self._hash, daemon=True, name="mirage-import-digest")
-            self._digesting.start()
-
-    def _hash(self) -> None:
-        try:
-            self._digest = self._file_digest()
-        except OSError:
-            pass  # digest() tries again and raises
-
-    def _file_digest(self) -> str:
-        h = hashlib.sha256()  # of the file's bytes as stored (a .gz is hashed compressed)
-        buf = bytearray(8 << 20)  # large reads: each gives up the GIL and waits to get it back
-        view = memoryview(buf)
-        with open(self.path, "rb", buffering=0) as fh:
-            while n := fh.readinto(buf):
-                h.update(view[:n])
-        return h.hexdigest()
+        return self._hashing.pos if self._hashing else 0
 
     def digest(self) -> str:
-        if self._digesting is not None:
-            self._digesting.join()
         if self._digest is None:
-            if not self.is_dir:
-                self._digest = self._file_digest()
+            if self._hashing is not None:
+                # finish hashing whatever the reader did not consume (trailing bytes)
+                sha = self._hashing.sha
+                with open(self.path, "rb") as fh:
+                    fh.seek(self._hashing.pos)
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        sha.update(chunk)
+                self._digest = sha.hexdigest()
             else:
                 h = hashlib.sha256()
-                for f in sorted(f for f in self.path.rglob("*") if f.is_file()):
-                    h.update(str(f.relative_to(self.path)).encode())
+                files = sorted(f for f in self.path.rglob("*") if f.is_file()) if self.is_dir else [self.path]
+                for f in files:
+                    h.update(str(f.relative_to(self.path) if self.is_dir else f.name).encode())
                     with open(f, "rb") as fh:
                         for chunk in iter(lambda: fh.read(1 << 20), b""):
                             h.update(chunk)
@@ -190,8 +173,8 @@ class Source:
     def open_binary(self):
         """A buffered binary stream of the (decompressed) content; gzip found by its magic bytes."""
         raw = open(self.path, "rb")
-        self._reader = _CountingReader(raw)
-        buffered = io.BufferedReader(self._reader, 1 << 20)
+        self._hashing = _HashingReader(raw)
+        buffered = io.BufferedReader(self._hashing, 1 << 20)
         if buffered.peek(2)[:2] == b"\x1f\x8b":
             return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), 1 << 20)
         return buffered
@@ -213,7 +196,7 @@ class Source:
         # JSON or JSONL: the first non-blank character decides ('[' = one array, '{' = lines).
         with self.open_binary() as f:
             head = f.peek(4096)[:4096]
-        self._reader = None
+        self._hashing = None
         head = head.lstrip(b"\xef\xbb\xbf").lstrip()
         if head[:1] == b"[":
             return "json"
@@ -740,7 +723,7 @@ def _insert_rows(conn, sql: str, rows: list[tuple]) -> int:
 
     Not executemany: that steps once per row, and each step gives up the GIL and must win it back
     from the parsing thread (up to the 5 ms switch interval each time). One statement per chunk
-    gives it up once: the 100k import (benchmarks/bench_import.py) went from ~10 s to ~7.4 s.
+    gives it up once: `bench_import.py --ablations executemany` took 1.55x as long (5 runs).
     """
     if not rows:
         return 0
@@ -757,7 +740,8 @@ def _insert_rows(conn, sql: str, rows: list[tuple]) -> int:
 
 @contextlib.contextmanager
 def _bulk_writes(ws: Workspace):
-    """Settings for a large import, restored after it (benchmarks/bench_import.py, 100k rows).
+    """Settings for a large import, restored after it. Without them the 100k import took 1.32x as
+    long (`benchmarks/bench_import.py --ablations no_bulk_settings`, 5 runs).
 
     - a 64 MB page cache: each chunk's rows land at random places in the content-hash index, and
       with the default 2 MB cache those index pages were evicted and read back, chunk after chunk;
@@ -947,7 +931,6 @@ def import_data(ws: Workspace, files: list[str | os.PathLike], name: str, *, fmt
         bulk.enter_context(_bulk_writes(ws))
         for src in sources:
             kind = src.kind()
-            src.start_digest()
             if kind == "txt":
                 raise BadInput(src.label, "a .txt file holds prompts, not conversations"
                                           " (import it as a suite: `mirage import suite FILE --format prompts`)")
@@ -1066,10 +1049,10 @@ class _ExampleSink:
     """Counts, hashes and writes one file's chunks of staged example rows, on two threads.
 
     Token counting and content hashing run on a thread of their own between the parser and the
-    database writer (numpy and SQLite release the GIL; counting on the writer's thread took ~8%
-    longer). Writing from a child process instead, fed pickled chunks through a pipe, was tried
-    and measured: no faster (5.6-6.1 s against 5.5-5.8 s for 100k rows), because the pickling
-    and the pipe cost about the CPU that the shared GIL had been wasting; two cores are the limit.
+    database writer (numpy and SQLite release the GIL). Measured with throwaway in-process
+    harnesses, not kept in the repository: counting on the writer's thread took ~8% longer, and
+    writing from a child process fed pickled chunks through a pipe was no faster (5.6-6.1 s
+    against 5.5-5.8 s for 100k rows): pickling and the pipe cost about what the shared GIL wasted.
     """
 
     def __init__(self, ws: Workspace, stage_id: int, target: dict | None, counter: TokenCounter):
