@@ -34,14 +34,25 @@ READ_PAUSE_S = 0.3
 
 def emit(name, value, unit, baseline, baseline_value):
     ratio = (value / baseline_value) if baseline_value else None
-    print(json.dumps({"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
-                      "baseline_value": None if baseline_value is None else round(baseline_value, 3),
-                      "ratio": None if ratio is None else round(ratio, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 3),
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_value": None if baseline_value is None else round(baseline_value, 3),
+                "ratio": None if ratio is None else round(ratio, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 def build(path: str, items: int) -> None:
     from compare_data import build_big
-    from core.workspace import Workspace
+
+    from core.store.workspace import Workspace
 
     ws = Workspace.init(path)
     build_big(ws, n_items=items)
@@ -111,7 +122,7 @@ async def measure(path: str, presses: int) -> dict:
                 await asyncio.sleep(READ_PAUSE_S)
                 out["v"].append(await timed("v"))
         # A held key: presses back to back, so nothing is rendered ahead.
-        for n in range(min(presses, 60)):
+        for _ in range(min(presses, 60)):
             out["held"].append(await timed("j"))
         assert screen.row is not None
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -136,10 +147,14 @@ def main() -> None:
     emit("compare_j_p95", pct(r["j"], 0.95), "ms", "empty key press p95", empty95)
     emit("compare_j_p95_vs_target", pct(r["j"], 0.95), "ms", "target p95", TARGET_P95_MS)
     emit("compare_j_held_p95", pct(r["held"], 0.95), "ms", "empty key press p95", empty95)
-    emit("compare_j_cpu_p50", statistics.median(r["cpu"]["j"]), "ms", "empty key press cpu p50",
-         statistics.median(r["cpu"]["f19"]))
-    emit("compare_j_cpu_p95", pct(r["cpu"]["j"], 0.95), "ms", "empty key press cpu p95",
-         pct(r["cpu"]["f19"], 0.95))
+    emit(
+        "compare_j_cpu_p50",
+        statistics.median(r["cpu"]["j"]),
+        "ms",
+        "empty key press cpu p50",
+        statistics.median(r["cpu"]["f19"]),
+    )
+    emit("compare_j_cpu_p95", pct(r["cpu"]["j"], 0.95), "ms", "empty key press cpu p95", pct(r["cpu"]["f19"], 0.95))
     emit("compare_filter_switch_p95", pct(r["v"], 0.95), "ms", "empty key press p95", empty95)
     emit("compare_open_5000x4", r["load_s"], "s", None, None)
     emit("compare_tui_peak_rss", r["rss_mb"], "MB", "target", TARGET_RSS_MB)

@@ -29,32 +29,74 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SUBJECTS = ["the river", "the treaty", "the album", "the tower", "the vaccine", "the battle", "the novel", "the bridge",
-            "the election", "the comet", "the festival", "the railway", "the empire", "the stadium", "the painting"]
-ASKS = ["who built", "when was", "where is", "why did people name", "how long is", "what happened to",
-        "who wrote about", "explain the history of", "summarise the story of", "give me three facts about"]
+SUBJECTS = [
+    "the river",
+    "the treaty",
+    "the album",
+    "the tower",
+    "the vaccine",
+    "the battle",
+    "the novel",
+    "the bridge",
+    "the election",
+    "the comet",
+    "the festival",
+    "the railway",
+    "the empire",
+    "the stadium",
+    "the painting",
+]
+ASKS = [
+    "who built",
+    "when was",
+    "where is",
+    "why did people name",
+    "how long is",
+    "what happened to",
+    "who wrote about",
+    "explain the history of",
+    "summarise the story of",
+    "give me three facts about",
+]
 TOPICS = ["cooking", "python", "travel", "finance", "biology", "music", "football", "chemistry", "law", "poetry"]
 
 
 def line(name, value, unit, baseline=None, baseline_value=None, ratio=None):
-    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
-                      "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                      "ratio": None if ratio is None else round(ratio, 4)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 4),
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
+                "ratio": None if ratio is None else round(ratio, 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 def generate(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """Short chat-like examples: a templated question with random words, a two-sentence answer."""
     rng = np.random.default_rng(seed)
-    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "su", "te", "ra", "no", "vi") for b in
-             ("ran", "del", "mos", "tix", "bel", "gor", "lin", "pas", "ret", "zum", "fen", "qua")]
+    words = [
+        f"{a}{b}"
+        for a in ("ka", "lo", "mi", "su", "te", "ra", "no", "vi")
+        for b in ("ran", "del", "mos", "tix", "bel", "gor", "lin", "pas", "ret", "zum", "fen", "qua")
+    ]
     out = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
         w = rng.choice(words, 4)
-        user = (f"{ASKS[rng.integers(len(ASKS))]} {SUBJECTS[rng.integers(len(SUBJECTS))]} of {w[0]} {w[1]} "
-                f"in {1800 + int(rng.integers(220))}, in the context of {topic}?")
-        asst = (f"The {w[2]} {w[3]} is often discussed in {topic}. It dates from {1800 + int(rng.integers(220))} "
-                f"and {w[0]} is its best known part.")
+        user = (
+            f"{ASKS[rng.integers(len(ASKS))]} {SUBJECTS[rng.integers(len(SUBJECTS))]} of {w[0]} {w[1]} "
+            f"in {1800 + int(rng.integers(220))}, in the context of {topic}?"
+        )
+        asst = (
+            f"The {w[2]} {w[3]} is often discussed in {topic}. It dates from {1800 + int(rng.integers(220))} "
+            f"and {w[0]} is its best known part."
+        )
         out.append((user, asst, topic))
     return out
 
@@ -62,40 +104,61 @@ def generate(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--nq", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl"))
+    ap.add_argument(
+        "--nq", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl")
+    )
     ap.add_argument("--block", type=int, default=10_000, help="texts per alternating direct/mirage block")
-    ap.add_argument("--direct-every", type=int, default=1,
-                    help="time the direct-encode baseline on every K-th block only (saves time at large n)")
-    ap.add_argument("--random-vectors", type=float, default=None, metavar="TEXTS_PER_S",
-                    help="skip the embedding model: store random unit vectors and measure everything after "
-                         "embedding at full n, against the embedding time that TEXTS_PER_S would take "
-                         "(e.g. 330, this CPU's unloaded MiniLM rate)")
+    ap.add_argument(
+        "--direct-every",
+        type=int,
+        default=1,
+        help="time the direct-encode baseline on every K-th block only (saves time at large n)",
+    )
+    ap.add_argument(
+        "--random-vectors",
+        type=float,
+        default=None,
+        metavar="TEXTS_PER_S",
+        help="skip the embedding model: store random unit vectors and measure everything after "
+        "embedding at full n, against the embedding time that TEXTS_PER_S would take "
+        "(e.g. 330, this CPU's unloaded MiniLM rate)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from core import coverage as cov
-    from core import embeddings as emb
-    from core.ngrams import CONTAMINATION_N, NgramIndex, lexical_words
-    from core.progress import exhaust
-    from core.workspace import Workspace, dumps, now
+    from core.coverage import compute as cov
+    from core.coverage.ngrams import CONTAMINATION_N, NgramIndex, lexical_words
+    from core.models import embeddings as emb
+    from core.runtime import progress
+    from core.store.workspace import Workspace, dumps, now
 
     nq = [json.loads(x) for x in open(args.nq, encoding="utf-8")]
     data = generate(args.n)
     tmp = Path(tempfile.mkdtemp(prefix="bench-coverage-"))
     ws = Workspace.init(tmp / "ws")
     with ws.transaction():
-        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values ('gen', 'imitation', 'ready', ?)",
-                            [now()]).lastrowid
+        did = ws.db.execute(
+            "insert into datasets (name, kind, status, created_at) values ('gen', 'imitation', 'ready', ?)", [now()]
+        ).lastrowid
         rows = []
         for i, (u, a, src) in enumerate(data):
             conv = dumps([{"role": "user", "content": u}, {"role": "assistant", "content": a}])
-            rows.append((did, i, src, conv, u, a, len(u.split()) + len(a.split()), hashlib.sha256(conv.encode()).hexdigest()))
-        ws.db.conn.executemany("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
-                               " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)", rows)
+            rows.append(
+                (did, i, src, conv, u, a, len(u.split()) + len(a.split()), hashlib.sha256(conv.encode()).hexdigest())
+            )
+        ws.db.conn.executemany(
+            "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+            " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+            rows,
+        )
         sid = ws.db.execute("insert into suites (name, kind, created_at) values ('nq', 'qa', ?)", [now()]).lastrowid
-        ws.db.conn.executemany("insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
-                               [(sid, i, r["question"], "nq", dumps(r["answer"]), hashlib.sha256(r["question"].encode()).hexdigest())
-                                for i, r in enumerate(nq)])
+        ws.db.conn.executemany(
+            "insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
+            [
+                (sid, i, r["question"], "nq", dumps(r["answer"]), hashlib.sha256(r["question"].encode()).hexdigest())
+                for i, r in enumerate(nq)
+            ],
+        )
     ex_keys = [r[7] for r in rows]
     ex_texts = [r[4] for r in rows]
     it_keys = [hashlib.sha256(r["question"].encode()).hexdigest() for r in nq]
@@ -107,8 +170,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         for keys, mode in ((ex_keys, "user"), (it_keys, "prompt")):
             for i in range(0, len(keys), emb.SHARD_ROWS):
-                v = rng.standard_normal((len(keys[i:i + emb.SHARD_ROWS]), 384)).astype(np.float32)
-                emb.EmbeddingStore(ws, model, mode).add(keys[i:i + emb.SHARD_ROWS], v / np.linalg.norm(v, axis=1, keepdims=True))
+                v = rng.standard_normal((len(keys[i : i + emb.SHARD_ROWS]), 384)).astype(np.float32)
+                emb.EmbeddingStore(ws, model, mode).add(
+                    keys[i : i + emb.SHARD_ROWS], v / np.linalg.norm(v, axis=1, keepdims=True)
+                )
         t_mirage = (len(ex_keys) + len(it_keys)) / args.random_vectors
         line("coverage.embed_all_texts_estimated", t_mirage, "s", "texts/s assumed", args.random_vectors, None)
     else:
@@ -121,8 +186,10 @@ def main() -> None:
         t_direct = t_mirage = c_direct = c_mirage = 0.0
         t_mirage_all = 0.0
         n_compared = 0
-        blocks = [(ex_keys[i:i + args.block], ex_texts[i:i + args.block], "user")
-                  for i in range(0, len(ex_texts), args.block)] + [(it_keys, it_texts, "prompt")]
+        blocks = [
+            (ex_keys[i : i + args.block], ex_texts[i : i + args.block], "user")
+            for i in range(0, len(ex_texts), args.block)
+        ] + [(it_keys, it_texts, "prompt")]
         for b, (keys, texts, mode) in enumerate(blocks):
             compare = b % args.direct_every == 0 or mode == "prompt"
             if compare:
@@ -131,7 +198,7 @@ def main() -> None:
                 t_direct += time.perf_counter() - t
                 c_direct += time.process_time() - c
             t, c = time.perf_counter(), time.process_time()
-            _, new = exhaust(emb.embed(ws, model, mode, keys, texts))
+            _, new = progress.run(emb.embed(ws, model, mode, keys, texts))
             dt, dc = time.perf_counter() - t, time.process_time() - c
             t_mirage_all += dt
             assert new == len(set(keys))
@@ -139,19 +206,34 @@ def main() -> None:
                 t_mirage += dt
                 c_mirage += dc
                 n_compared += len(texts)
-            print(json.dumps({"progress": f"block {b + 1}/{len(blocks)}", "texts_per_s": round(len(texts) / dt, 1)}),
-                  file=sys.stderr, flush=True)
-        line("coverage.embed_throughput", n_compared / t_mirage, "texts/s", "sentence-transformers encode",
-             n_compared / t_direct, t_direct / t_mirage)
-        line("coverage.embed_throughput_cpu", n_compared / c_mirage, "texts/cpu-s", "sentence-transformers encode",
-             n_compared / c_direct, c_direct / c_mirage)
+            print(
+                json.dumps({"progress": f"block {b + 1}/{len(blocks)}", "texts_per_s": round(len(texts) / dt, 1)}),
+                file=sys.stderr,
+                flush=True,
+            )
+        line(
+            "coverage.embed_throughput",
+            n_compared / t_mirage,
+            "texts/s",
+            "sentence-transformers encode",
+            n_compared / t_direct,
+            t_direct / t_mirage,
+        )
+        line(
+            "coverage.embed_throughput_cpu",
+            n_compared / c_mirage,
+            "texts/cpu-s",
+            "sentence-transformers encode",
+            n_compared / c_direct,
+            c_direct / c_mirage,
+        )
         line("coverage.embed_all_texts", t_mirage_all, "s")
         t_mirage = t_mirage_all  # the time the shares below are measured against: embedding everything
 
     # cached: reading back every vector
     t = time.perf_counter()
-    ex_vec, new = exhaust(emb.embed(ws, model, "user", ex_keys, ex_texts))
-    it_vec, _ = exhaust(emb.embed(ws, model, "prompt", it_keys, it_texts))
+    ex_vec, new = progress.run(emb.embed(ws, model, "user", ex_keys, ex_texts))
+    it_vec, _ = progress.run(emb.embed(ws, model, "prompt", it_keys, it_texts))
     t_cached = time.perf_counter() - t
     assert new == 0
     line("coverage.embed_cached_read", t_cached, "s", "embedding time", t_mirage, t_cached / t_mirage)
@@ -160,20 +242,36 @@ def main() -> None:
     ex = cov._load_examples(ws, "gen", "user")
     items = cov._load_items(ws, "nq")
     t = time.perf_counter()
-    top_i, top_s, above, served = cov.nearest(it_vec, ex_vec, cov.DEFAULT_K, cov.DEFAULT_THRESHOLD,
-                                              np.zeros(len(items), dtype=np.int64), 1)
+    top_i, top_s, above, served = cov.nearest(
+        it_vec, ex_vec, cov.DEFAULT_K, cov.DEFAULT_THRESHOLD, np.zeros(len(items), dtype=np.int64), 1
+    )
     t_nn = time.perf_counter() - t
     labels = np.zeros(len(ex["ids"]), dtype=np.int64)
     zeros = np.zeros(len(items), dtype=np.int64)
     t = time.perf_counter()
-    cov._aggregate(ex, items, ["nq"], zeros, top_i, top_s, above, served, zeros, zeros.astype(bool),
-                   [np.empty(0, np.int64)] * len(items), labels, [], cov.DEFAULT_THRESHOLD, "nq")
+    cov._aggregate(
+        ex,
+        items,
+        ["nq"],
+        zeros,
+        top_i,
+        top_s,
+        above,
+        served,
+        zeros,
+        zeros.astype(bool),
+        [np.empty(0, np.int64)] * len(items),
+        labels,
+        [],
+        cov.DEFAULT_THRESHOLD,
+        "nq",
+    )
     t_agg = time.perf_counter() - t
     line("coverage.search_plus_aggregate", t_nn + t_agg, "s", "embedding time", t_mirage, (t_nn + t_agg) / t_mirage)
 
     # -- n-gram index --------------------------------------------------------------------------------
     t = time.perf_counter()
-    index = exhaust(NgramIndex.build(ex["ids"], ex["user"], ex["assistant"]))
+    index = progress.run(NgramIndex.build(ex["ids"], ex["user"], ex["assistant"]))
     t_index = time.perf_counter() - t
     line("coverage.ngram_index_build", t_index, "s", "target", 60.0, t_index / 60.0)
     t = time.perf_counter()
@@ -193,7 +291,7 @@ def main() -> None:
 
     # -- the whole command on warm caches (what a re-run with a new threshold costs) -------------------
     t = time.perf_counter()
-    exhaust(cov.compute(ws, "gen", "nq", threshold=0.6))
+    progress.run(cov.compute(ws, "gen", "nq", threshold=0.6))
     t_warm = time.perf_counter() - t
     line("coverage.compute_warm_cache", t_warm, "s", "embedding time", t_mirage, t_warm / t_mirage)
 

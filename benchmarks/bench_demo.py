@@ -32,8 +32,19 @@ def run_demo(ws: Path, quick: bool) -> float:
 
 
 def emit(name: str, value: float, baseline: str, baseline_value: float) -> None:
-    print(json.dumps({"name": name, "value": round(value, 1), "unit": "s", "baseline": baseline,
-                      "baseline_value": baseline_value, "ratio": round(value / baseline_value, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 1),
+                "unit": "s",
+                "baseline": baseline,
+                "baseline_value": baseline_value,
+                "ratio": round(value / baseline_value, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

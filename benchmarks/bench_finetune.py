@@ -52,20 +52,31 @@ def _conversations(n: int) -> list[list[dict]]:
 def _setup_workspace(root: Path, n_train: int, n_eval: int) -> None:
     import hashlib
 
-    from core.workspace import Workspace, dumps, now
+    from core.store.workspace import Workspace, dumps, now
 
     ws = Workspace.init(root)
     convs = _conversations(n_train + n_eval)
     for name, part in (("train", convs[:n_train]), ("heldout", convs[n_train:])):
-        ds = ws.db.execute("insert into datasets (name, kind, format, source, created_at) values (?, 'imitation',"
-                           " 'alpaca', 'gpteacher', ?)", [name, now()]).lastrowid
+        ds = ws.db.execute(
+            "insert into datasets (name, kind, format, source, created_at) values (?, 'imitation',"
+            " 'alpaca', 'gpteacher', ?)",
+            [name, now()],
+        ).lastrowid
         for i, conv in enumerate(part):
             text = dumps(conv)
             ws.db.execute(
                 "insert or ignore into examples (dataset_id, idx, conversation, user_text, assistant_text, n_tokens,"
                 " content_hash) values (?, ?, ?, ?, ?, ?, ?)",
-                [ds, i, text, conv[0]["content"], conv[1]["content"], len(text) // 4,
-                 hashlib.sha256(text.encode()).hexdigest()])
+                [
+                    ds,
+                    i,
+                    text,
+                    conv[0]["content"],
+                    conv[1]["content"],
+                    len(text) // 4,
+                    hashlib.sha256(text.encode()).hexdigest(),
+                ],
+            )
     ws.close()
 
 
@@ -85,7 +96,7 @@ def _eval_loss(model, plan_eval, device="cpu") -> float:
     """Mean assistant-token loss over the held-out set, with the model's own (full-logits) loss."""
     import torch
 
-    from core import finetune as ft
+    from core.finetune import trainer as ft
 
     model.eval()
     total, count = 0.0, 0
@@ -100,15 +111,25 @@ def _eval_loss(model, plan_eval, device="cpu") -> float:
 
 
 def _plans(args):
-    from core import finetune as ft
-    from core.workspace import Workspace
+    from core.finetune import trainer as ft
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(args.ws)
-    common = dict(batch_size=args.batch, max_length=args.max_length, max_steps=args.steps, lr=2e-4,
-                  rank=8, alpha=16, dropout=0.05, target_modules="q_proj,v_proj", dtype="bf16",
-                  gradient_checkpointing=args.gradient_checkpointing == "on")
-    extra = {"ours": {}, "full_logits": {"loss_impl": "full"}, "no_grouping": {"group_by_length": False},
-             "trl": {}}[args.worker]
+    common = dict(
+        batch_size=args.batch,
+        max_length=args.max_length,
+        max_steps=args.steps,
+        lr=2e-4,
+        rank=8,
+        alpha=16,
+        dropout=0.05,
+        target_modules="q_proj,v_proj",
+        dtype="bf16",
+        gradient_checkpointing=args.gradient_checkpointing == "on",
+    )
+    extra = {"ours": {}, "full_logits": {"loss_impl": "full"}, "no_grouping": {"group_by_length": False}, "trl": {}}[
+        args.worker
+    ]
     plan = ft.make_plan(ws, ft.make_config(args.folder, "train", **common, **extra))
     plan_eval = ft.make_plan(ws, ft.make_config(args.folder, "heldout", **common))
     return plan, plan_eval
@@ -117,7 +138,7 @@ def _plans(args):
 def worker_ours(args) -> None:
     import torch
 
-    from core import finetune as ft
+    from core.finetune import trainer as ft
 
     torch.set_num_threads(args.threads)
     plan, plan_eval = _plans(args)
@@ -135,8 +156,16 @@ def worker_ours(args) -> None:
             labels = sum(sum(1 for x in plan.sel.labels[i][1:] if x != ft.IGNORE) for b in mb for i in b)
             padded = sum(len(b) * max(len(plan.sel.ids[i]) for i in b) for b in mb)
             step += 1
-            _reply({"seconds": dt, "tokens": tokens, "label_tokens": labels, "padded_tokens": padded, "loss": loss,
-                    "peak_rss_mb": _peak_mb()})
+            _reply(
+                {
+                    "seconds": dt,
+                    "tokens": tokens,
+                    "label_tokens": labels,
+                    "padded_tokens": padded,
+                    "loss": loss,
+                    "peak_rss_mb": _peak_mb(),
+                }
+            )
         elif cmd == "eval":
             _reply({"eval_loss": _eval_loss(trainer.peft_model, plan_eval)})
         else:
@@ -152,16 +181,18 @@ def worker_trl(args) -> None:
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from core import finetune as ft
+    from core.finetune import trainer as ft
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     plan, plan_eval = _plans(args)
-    ds = Dataset.from_dict({
-        "input_ids": plan.sel.ids,
-        # TRL's own assistant-only path: it builds labels = -100 where assistant_masks == 0.
-        "assistant_masks": [[int(x != ft.IGNORE) for x in lab] for lab in plan.sel.labels],
-    })
+    ds = Dataset.from_dict(
+        {
+            "input_ids": plan.sel.ids,
+            # TRL's own assistant-only path: it builds labels = -100 where assistant_masks == 0.
+            "assistant_masks": [[int(x != ft.IGNORE) for x in lab] for lab in plan.sel.labels],
+        }
+    )
     base_collator = DataCollatorForLanguageModeling(pad_token_id=plan.tok.pad_token_id)
     last = {}
 
@@ -189,15 +220,36 @@ def worker_trl(args) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(str(plan.folder), dtype=torch.bfloat16)
     out = tempfile.mkdtemp()
-    cfg = SFTConfig(output_dir=out, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-                    learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=-(-3 * args.steps // 100), max_steps=args.steps,
-                    bf16=True, logging_steps=1, save_strategy="no", report_to="none", max_length=args.max_length,
-                    use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-                    # SFTConfig's default is on (less memory, a recompute of the body in backward).
-                    gradient_checkpointing=args.gradient_checkpointing == "on")
+    cfg = SFTConfig(
+        output_dir=out,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        learning_rate=2e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=-(-3 * args.steps // 100),
+        max_steps=args.steps,
+        bf16=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        max_length=args.max_length,
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        # SFTConfig's default is on (less memory, a recompute of the body in backward).
+        gradient_checkpointing=args.gradient_checkpointing == "on",
+    )
     lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"])
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=plan.tok, peft_config=lora,
-                         data_collator=collator, callbacks=[TurnTaking()])
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=plan.tok,
+        peft_config=lora,
+        data_collator=collator,
+        callbacks=[TurnTaking()],
+    )
     _reply({"ready": True})
     trainer.train()
     for line in sys.stdin:
@@ -210,14 +262,41 @@ def worker_trl(args) -> None:
 # -- parent --------------------------------------------------------------------------------------------------
 class Worker:
     def __init__(self, kind: str, args, folder: Path, ws: Path):
-        env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false")
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         self.kind = kind
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, "--folder", str(folder), "--ws", str(ws),
-             "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
-             "--threads", str(args.threads), "--gradient-checkpointing", args.gradient_checkpointing],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=args.worker_log, text=True, env=env)
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--folder",
+                str(folder),
+                "--ws",
+                str(ws),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--max-length",
+                str(args.max_length),
+                "--threads",
+                str(args.threads),
+                "--gradient-checkpointing",
+                args.gradient_checkpointing,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=args.worker_log,
+            text=True,
+            env=env,
+        )
 
     def ask(self, cmd: str | None) -> dict:
         if cmd:
@@ -280,14 +359,25 @@ def param_counts(folder: Path) -> tuple[int, int, int]:
 
 def emit(name, value, unit, baseline=None, baseline_value=None, **extra):
     ratio = (value / baseline_value) if baseline_value else None
-    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
-                      "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                      "ratio": None if ratio is None else round(ratio, 3), **extra}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 4),
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
+                "ratio": None if ratio is None else round(ratio, 3),
+                **extra,
+            }
+        ),
+        flush=True,
+    )
 
 
 def bench_model(model_name: str, args, root: Path) -> None:
-    from core import models
-    from core.workspace import Workspace
+    from core.models import registry as models
+    from core.store.workspace import Workspace
 
     ws_path = root / f"ws-{model_name}"
     _setup_workspace(ws_path, args.train_examples, args.eval_examples)
@@ -304,8 +394,12 @@ def bench_model(model_name: str, args, root: Path) -> None:
         for k in order:
             per_step[k].append(workers[k].ask("step"))
             s = per_step[k][-1]
-            print(f"[{model_name}] step {step + 1} {k}: {s['tokens']} tokens in {s['seconds']:.1f} s"
-                  f" ({s['tokens'] / s['seconds']:.1f}/s), loss {s['loss']:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"[{model_name}] step {step + 1} {k}: {s['tokens']} tokens in {s['seconds']:.1f} s"
+                f" ({s['tokens'] / s['seconds']:.1f}/s), loss {s['loss']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     finals = {k: workers[k].ask("eval") for k in kinds}
     for w in workers.values():
         w.close()
@@ -323,9 +417,12 @@ def bench_model(model_name: str, args, root: Path) -> None:
         # token, the output layer fwd + bwd 4*V*d only at positions that carry a label.
         flops = 4 * body * toks + 6 * lora * toks + 4 * head * labels
         stats[k] = {
-            "median": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "median": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
             "spread": (max(rates) - min(rates)) / statistics.median(rates),
-            "mean_rate": toks / secs, "flops_rate": flops / secs,
+            "mean_rate": toks / secs,
+            "flops_rate": flops / secs,
             "pad_fraction": 1 - toks / sum(s["padded_tokens"] for s in steps),
             "last_train_loss": statistics.mean(s["loss"] for s in per_step[k][-3:]),
             "peak_rss_mb": max(s["peak_rss_mb"] for s in per_step[k]),  # model load and training steps
@@ -333,23 +430,59 @@ def bench_model(model_name: str, args, root: Path) -> None:
         }
     tag = model_name
     o, t = stats["ours"], stats["trl"]
-    common = {"steps": args.steps, "batch": args.batch, "max_length": args.max_length, "threads": args.threads,
-              "gradient_checkpointing": args.gradient_checkpointing}
-    emit(f"finetune_tokens_per_s[{tag}]", o["median"], "tokens/s", "trl_sft_trainer", t["median"],
-         ours_range=[round(o["min"], 1), round(o["max"], 1)], trl_range=[round(t["min"], 1), round(t["max"], 1)],
-         ours_pad_fraction=round(o["pad_fraction"], 3), trl_pad_fraction=round(t["pad_fraction"], 3), **common)
-    emit(f"finetune_heldout_loss[{tag}]", o["eval_loss"], "nats/token", "trl_sft_trainer", t["eval_loss"],
-         ours_last_train_loss=round(o["last_train_loss"], 4), trl_last_train_loss=round(t["last_train_loss"], 4))
+    common = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "threads": args.threads,
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
+    emit(
+        f"finetune_tokens_per_s[{tag}]",
+        o["median"],
+        "tokens/s",
+        "trl_sft_trainer",
+        t["median"],
+        ours_range=[round(o["min"], 1), round(o["max"], 1)],
+        trl_range=[round(t["min"], 1), round(t["max"], 1)],
+        ours_pad_fraction=round(o["pad_fraction"], 3),
+        trl_pad_fraction=round(t["pad_fraction"], 3),
+        **common,
+    )
+    emit(
+        f"finetune_heldout_loss[{tag}]",
+        o["eval_loss"],
+        "nats/token",
+        "trl_sft_trainer",
+        t["eval_loss"],
+        ours_last_train_loss=round(o["last_train_loss"], 4),
+        trl_last_train_loss=round(t["last_train_loss"], 4),
+    )
     emit(f"finetune_peak_rss[{tag}]", o["peak_rss_mb"], "MB", "trl_sft_trainer", t["peak_rss_mb"])
-    emit(f"finetune_matmul_peak_fraction[{tag}]", o["flops_rate"] / peak, "fraction", "trl_sft_trainer",
-         t["flops_rate"] / peak, measured_peak_gflops=round(peak / 1e9, 1),
-         formula="(4*P_body*tokens + 6*P_lora*tokens + 4*V*d*label_tokens) / s / measured bf16 matmul peak",
-         P_body=body, V_d=head, P_lora=lora)
+    emit(
+        f"finetune_matmul_peak_fraction[{tag}]",
+        o["flops_rate"] / peak,
+        "fraction",
+        "trl_sft_trainer",
+        t["flops_rate"] / peak,
+        measured_peak_gflops=round(peak / 1e9, 1),
+        formula="(4*P_body*tokens + 6*P_lora*tokens + 4*V*d*label_tokens) / s / measured bf16 matmul peak",
+        P_body=body,
+        V_d=head,
+        P_lora=lora,
+    )
     for k, what in (("full_logits", "chunked_label_only_logits"), ("no_grouping", "length_grouped_batches")):
         if k in stats:
-            emit(f"finetune_gain_{what}[{tag}]", o["median"], "tokens/s", f"ours_without_{what}", stats[k]["median"],
-                 ablation_peak_rss_mb=round(stats[k]["peak_rss_mb"]), ours_peak_rss_mb=round(o["peak_rss_mb"]),
-                 ablation_pad_fraction=round(stats[k]["pad_fraction"], 3))
+            emit(
+                f"finetune_gain_{what}[{tag}]",
+                o["median"],
+                "tokens/s",
+                f"ours_without_{what}",
+                stats[k]["median"],
+                ablation_peak_rss_mb=round(stats[k]["peak_rss_mb"]),
+                ours_peak_rss_mb=round(o["peak_rss_mb"]),
+                ablation_pad_fraction=round(stats[k]["pad_fraction"], 3),
+            )
 
 
 def main() -> None:
@@ -361,15 +494,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-examples", type=int, default=200)
     ap.add_argument("--eval-examples", type=int, default=24)
-    ap.add_argument("--ablations", default="full_logits,no_grouping",
-                    help="variants of mirage's loop to measure too (comma-separated; empty for none)")
-    ap.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
-                    help="activation checkpointing on both sides (on: TRL's SFTConfig default)")
+    ap.add_argument(
+        "--ablations",
+        default="full_logits,no_grouping",
+        help="variants of mirage's loop to measure too (comma-separated; empty for none)",
+    )
+    ap.add_argument(
+        "--gradient-checkpointing",
+        choices=["on", "off"],
+        default="on",
+        help="activation checkpointing on both sides (on: TRL's SFTConfig default)",
+    )
     ap.add_argument("--worker")
     ap.add_argument("--folder")
     ap.add_argument("--ws")
-    ap.add_argument("--worker-log", type=argparse.FileType("a"), default=subprocess.DEVNULL,
-                    help="append the workers' stderr to this file")
+    ap.add_argument(
+        "--worker-log",
+        type=argparse.FileType("a"),
+        default=subprocess.DEVNULL,
+        help="append the workers' stderr to this file",
+    )
     args = ap.parse_args()
     if args.worker:
         (worker_trl if args.worker == "trl" else worker_ours)(args)

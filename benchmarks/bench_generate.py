@@ -30,12 +30,17 @@ def main() -> None:
 
     import torch
 
-    from core import generation, models
-    from core.progress import exhaust
-    from core.workspace import Workspace
+    from core.models import generation
+    from core.models import registry as models
+    from core.runtime import progress
+    from core.store.workspace import Workspace
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    questions = [json.loads(l)["question"] for l in (ROOT / "samples" / "qa.jsonl").read_text().splitlines() if l.strip()]
+    questions = [
+        json.loads(line)["question"]
+        for line in (ROOT / "samples" / "qa.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     questions = (questions * (args.n // len(questions) + 1))[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.init(Path(tmp) / "ws")
@@ -47,10 +52,12 @@ def main() -> None:
             out = []
             for i, q in enumerate(questions):
                 msgs = [{"role": "user", "content": f"Answer the question with a short answer.\nQuestion: {q}"}]
-                r = generation.Request(prompt=generation.render_chat(tok, msgs, name), style="chat", stop=[],
-                                       messages=msgs, tag=i)
-                r.decoding = generation.decoding_for(r, max_new_tokens=args.max_new_tokens, temperature=0.0,
-                                                     seed=None, kshot=None)
+                r = generation.Request(
+                    prompt=generation.render_chat(tok, msgs, name), style="chat", stop=[], messages=msgs, tag=i
+                )
+                r.decoding = generation.decoding_for(
+                    r, max_new_tokens=args.max_new_tokens, temperature=0.0, seed=None, kshot=None
+                )
                 out.append(r)
             return out
 
@@ -64,8 +71,9 @@ def main() -> None:
                     tokens[0] += meta["new_tokens"]
 
             t0 = time.perf_counter()
-            exhaust(generation.run_requests(ws, name, requests()[:n], store=store, batch_size=batch_size,
-                                            loaded=loaded))
+            progress.run(
+                generation.run_requests(ws, name, requests()[:n], store=store, batch_size=batch_size, loaded=loaded)
+            )
             return time.perf_counter() - t0, got, tokens[0]
 
         run(min(args.batch_size, 4), 4)  # warm-up: the first call pays one-off costs
@@ -74,18 +82,27 @@ def main() -> None:
         ws.close()
     identical = batched == sequential
     differing = [i for i in batched if batched[i] != sequential.get(i)]
-    print(json.dumps({
-        "name": f"generate_batched_smollm2_{args.n}_prompts",
-        "value": round(batched_s, 2), "unit": "s",
-        "baseline": "same prompts one at a time (batch size 1)", "baseline_value": round(seq_s, 2),
-        "ratio": round(seq_s / batched_s, 2),
-        "identical": identical, "differing": len(differing), "batch_size": args.batch_size,
-        "new_tokens": tokens, "max_new_tokens": args.max_new_tokens,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": f"generate_batched_smollm2_{args.n}_prompts",
+                "value": round(batched_s, 2),
+                "unit": "s",
+                "baseline": "same prompts one at a time (batch size 1)",
+                "baseline_value": round(seq_s, 2),
+                "ratio": round(seq_s / batched_s, 2),
+                "identical": identical,
+                "differing": len(differing),
+                "batch_size": args.batch_size,
+                "new_tokens": tokens,
+                "max_new_tokens": args.max_new_tokens,
+            }
+        ),
+        flush=True,
+    )
     if differing:
         i = differing[0]
-        print(json.dumps({"example_difference": {"batched": batched[i], "sequential": sequential[i]}}),
-              file=sys.stderr)
+        print(json.dumps({"example_difference": {"batched": batched[i], "sequential": sequential[i]}}), file=sys.stderr)
 
 
 if __name__ == "__main__":

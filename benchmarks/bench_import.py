@@ -105,15 +105,14 @@ def child_mirage(path: str, workdir: str, tokenizer: str, ablation: str = "") ->
     env = dict(os.environ)
     ws = os.path.join(workdir, "ws")
     shutil.rmtree(ws, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "core", "init", ws], check=True, env=env,
-                   stdout=subprocess.DEVNULL, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "core", "init", ws], check=True, env=env, stdout=subprocess.DEVNULL, cwd=REPO)
     if tokenizer:
         env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.config)
     start = time.perf_counter()
     out = _timed(_cli_command(ablation) + ["import", "data", path, "--name", "bench", "--json", "-w", ws], env)
     # The search index is built after the import returns (core.search, by a background process
     # for a file this size): time until it is complete too. The indexer waits for the running one.
-    _timed([sys.executable, "-m", "core.search", "index", ws], env)
+    _timed([sys.executable, "-m", "core.data.search", "index", ws], env)
     out["searchable_seconds"] = time.perf_counter() - start
     return out
 
@@ -171,7 +170,7 @@ def main() -> None:
             # alternate so a burst of load on the shared machine hits both sides alike; rotate the
             # import variants so none always runs first after `datasets` writes its cache
             theirs.append(child_datasets(str(data), work))
-            for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+            for kind in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:
                 (ablated[kind] if kind else ours).append(child_mirage(str(data), work, args.tokenizer, kind))
         summary = json.loads(ours[-1]["stdout"])
         assert summary["imported"] == args.conversations, summary
@@ -183,33 +182,66 @@ def main() -> None:
     t_search = statistics.median(r["searchable_seconds"] for r in ours)
     peak = max(r["peak_mb"] for r in ours)
     label = "builtin" if not args.tokenizer else "tokenizers"
-    print(json.dumps({
-        "name": f"import_sharegpt_{args.conversations}_{label}_seconds", "value": round(t_ours, 2),
-        "unit": "s", "baseline": "datasets.load_dataset('json')", "baseline_value": round(t_theirs, 2),
-        "ratio": round(t_ours / t_theirs, 2), "target": f"<= {TARGET_RATIO}",
-        "runs": [round(r["seconds"], 2) for r in ours], "baseline_runs": [round(r["seconds"], 2) for r in theirs],
-    }))
-    print(json.dumps({
-        "name": f"import_sharegpt_{args.conversations}_{label}_searchable_seconds", "value": round(t_search, 2),
-        "unit": "s", "baseline": "datasets.load_dataset('json')", "baseline_value": round(t_theirs, 2),
-        "ratio": round(t_search / t_theirs, 2), "note": "until the background full-text index is complete",
-        "runs": [round(r["searchable_seconds"], 2) for r in ours],
-    }))
+    print(
+        json.dumps(
+            {
+                "name": f"import_sharegpt_{args.conversations}_{label}_seconds",
+                "value": round(t_ours, 2),
+                "unit": "s",
+                "baseline": "datasets.load_dataset('json')",
+                "baseline_value": round(t_theirs, 2),
+                "ratio": round(t_ours / t_theirs, 2),
+                "target": f"<= {TARGET_RATIO}",
+                "runs": [round(r["seconds"], 2) for r in ours],
+                "baseline_runs": [round(r["seconds"], 2) for r in theirs],
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "name": f"import_sharegpt_{args.conversations}_{label}_searchable_seconds",
+                "value": round(t_search, 2),
+                "unit": "s",
+                "baseline": "datasets.load_dataset('json')",
+                "baseline_value": round(t_theirs, 2),
+                "ratio": round(t_search / t_theirs, 2),
+                "note": "until the background full-text index is complete",
+                "runs": [round(r["searchable_seconds"], 2) for r in ours],
+            }
+        )
+    )
     # Memory has an absolute target: the baseline is the 1 GB limit (ratio < 1 meets it).
-    print(json.dumps({
-        "name": f"import_sharegpt_{args.conversations}_{label}_peak_rss", "value": round(peak, 1),
-        "unit": "MB", "baseline": "limit", "baseline_value": TARGET_PEAK_MB,
-        "ratio": round(peak / TARGET_PEAK_MB, 2), "target": f"< {TARGET_PEAK_MB:.0f} MB",
-        "datasets_peak_mb": round(max(r["peak_mb"] for r in theirs), 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "name": f"import_sharegpt_{args.conversations}_{label}_peak_rss",
+                "value": round(peak, 1),
+                "unit": "MB",
+                "baseline": "limit",
+                "baseline_value": TARGET_PEAK_MB,
+                "ratio": round(peak / TARGET_PEAK_MB, 2),
+                "target": f"< {TARGET_PEAK_MB:.0f} MB",
+                "datasets_peak_mb": round(max(r["peak_mb"] for r in theirs), 1),
+            }
+        )
+    )
     for a, runs in ablated.items():
         t = statistics.median(r["seconds"] for r in runs)
-        print(json.dumps({
-            "name": f"import_sharegpt_{args.conversations}_{label}_ablation_{a}_seconds", "value": round(t, 2),
-            "unit": "s", "baseline": "the full import, same runs", "baseline_value": round(t_ours, 2),
-            "ratio": round(t / t_ours, 2), "runs": [round(r["seconds"], 2) for r in runs],
-            "peak_mb": round(max(r["peak_mb"] for r in runs), 1),
-        }))
+        print(
+            json.dumps(
+                {
+                    "name": f"import_sharegpt_{args.conversations}_{label}_ablation_{a}_seconds",
+                    "value": round(t, 2),
+                    "unit": "s",
+                    "baseline": "the full import, same runs",
+                    "baseline_value": round(t_ours, 2),
+                    "ratio": round(t / t_ours, 2),
+                    "runs": [round(r["seconds"], 2) for r in runs],
+                    "peak_mb": round(max(r["peak_mb"] for r in runs), 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

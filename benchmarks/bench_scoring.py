@@ -30,9 +30,19 @@ DATA = REPO.parent / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl"
 
 def emit(name, value, unit, baseline, baseline_value):
     ratio = (value / baseline_value) if baseline_value else None
-    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, "baseline": baseline,
-                      "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                      "ratio": None if ratio is None else round(ratio, 4)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 4),
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
+                "ratio": None if ratio is None else round(ratio, 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 # -- the straightforward per-item implementation (evaluation-script style) ------------------------
@@ -79,8 +89,11 @@ def max_over(metric, prediction, golds):
 
 
 def plain_scores(prediction, golds):
-    return (max_over(plain_em, prediction, golds), max_over(plain_f1, prediction, golds),
-            max_over(plain_contains, prediction, golds))
+    return (
+        max_over(plain_em, prediction, golds),
+        max_over(plain_f1, prediction, golds),
+        max_over(plain_contains, prediction, golds),
+    )
 
 
 # -- workload ---------------------------------------------------------------------------------------
@@ -91,8 +104,9 @@ def workload(n: int) -> list[tuple[str, list[str]]]:
         r = rows[i % len(rows)]
         gold = r["answer"][0]
         other = rows[(i * 7 + 3) % len(rows)]["answer"][0]
-        pred = [gold, f"The answer is {gold}.", other,
-                f"I believe it is {other}. Some sources say {gold} instead."][i % 4]
+        pred = [gold, f"The answer is {gold}.", other, f"I believe it is {other}. Some sources say {gold} instead."][
+            i % 4
+        ]
         out.append((pred, r["answer"]))
     return out
 
@@ -104,7 +118,7 @@ def main(argv=None):
     if not DATA.exists():
         print(f"NQ-open not found at {DATA}", file=sys.stderr)
         return 1
-    from core import metrics
+    from core.api import metrics
 
     work = workload(args.n)
 
@@ -112,22 +126,27 @@ def main(argv=None):
     plain = [plain_scores(p, g) for p, g in work]
     t_plain = time.perf_counter() - t
 
-    metrics.normalize_tokens.cache_clear()   # a cold cache: nothing carried over from earlier runs
+    metrics.normalize_tokens.cache_clear()  # a cold cache: nothing carried over from earlier runs
     t = time.perf_counter()
     ours = [metrics.qa_scores(p, g) for p, g in work]
     t_ours = time.perf_counter() - t
 
     emit(f"qa_scoring_{args.n}_seconds", t_ours, "s", "plain evaluation-script functions", t_plain)
-    emit("qa_scoring_per_output_us", t_ours / args.n * 1e6, "us", "plain evaluation-script functions",
-         t_plain / args.n * 1e6)
+    emit(
+        "qa_scoring_per_output_us",
+        t_ours / args.n * 1e6,
+        "us",
+        "plain evaluation-script functions",
+        t_plain / args.n * 1e6,
+    )
     # How often the two agree on containment (the raw output, no extraction in either).
     agree = sum(o["contains"] == p[2] for o, p in zip(ours, plain)) / args.n
     emit("qa_contains_agreement_with_plain", agree, "share", None, None)
 
     # End to end: store NQ-open dev outputs in a workspace and score them (text metrics + SQLite).
-    from core.progress import exhaust
-    from core.scoring import score_suite
-    from core.workspace import Workspace, dumps, now
+    from core.runtime import progress
+    from core.scores.scoring import score_suite
+    from core.store.workspace import Workspace, dumps, now
 
     rows = [json.loads(line) for line in open(DATA, encoding="utf-8")]
     with tempfile.TemporaryDirectory() as d:
@@ -137,15 +156,18 @@ def main(argv=None):
             for i, r in enumerate(rows):
                 item = ws.db.execute(
                     "insert into items (suite_id, idx, prompt, gold, content_hash) values (?, ?, ?, ?, ?)",
-                    [sid, i, r["question"], dumps(r["answer"]), f"h{i}"]).lastrowid
+                    [sid, i, r["question"], dumps(r["answer"]), f"h{i}"],
+                ).lastrowid
                 ws.db.execute(
                     "insert into generations (model, fingerprint, item_id, prompt, cache_key, output, created_at)"
-                    " values ('m', 'fp', ?, '', ?, ?, ?)", [item, f"k{i}", work[i][0], now()])
+                    " values ('m', 'fp', ?, '', ?, ?, ?)",
+                    [item, f"k{i}", work[i][0], now()],
+                )
         t = time.perf_counter()
-        counts = exhaust(score_suite(ws, "nq", teacher=None))
+        counts = progress.run(score_suite(ws, "nq", teacher=None))
         t_suite = time.perf_counter() - t
         t = time.perf_counter()
-        exhaust(score_suite(ws, "nq", teacher=None))
+        progress.run(score_suite(ws, "nq", teacher=None))
         t_cached = time.perf_counter() - t
         ws.close()
     emit(f"score_suite_{len(rows)}_outputs_seconds", t_suite, "s", None, None)

@@ -27,8 +27,9 @@ MODEL = "smollm2-135m-instruct"
 
 def _answers(client, model_id: str, prompts: list[str], concurrency: int) -> tuple[float, list[str]]:
     def ask(p: str) -> str:
-        r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": p}],
-                                           max_tokens=48, temperature=0)
+        r = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": p}], max_tokens=48, temperature=0
+        )
         return r.choices[0].message.content
 
     t0 = time.perf_counter()
@@ -50,9 +51,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16)
     args = ap.parse_args()
 
-    from core import models, serving
-    from core.progress import exhaust
-    from core.workspace import Workspace
+    from core.models import registry as models
+    from core.models import serving
+    from core.runtime import progress
+    from core.store.workspace import Workspace
 
     prompts = [f"Tell me one fact about the number {i}." for i in range(args.requests)]
     with tempfile.TemporaryDirectory() as root:
@@ -60,17 +62,18 @@ def main() -> None:
         servers, started = {}, []
         try:
             for batched in (True, False):
-                server = exhaust(serving.start(ws, MODEL, continuous_batching=batched))
+                server = progress.run(serving.start(ws, MODEL, continuous_batching=batched))
                 started.append(server)
                 name = serving.register_endpoint(ws, server, f"teacher-{'cb' if batched else 'plain'}")
                 client, model_id = models.openai_client(ws, name)
-                client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Hi"}],
-                                               max_tokens=4)
+                client.chat.completions.create(
+                    model=model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+                )
                 servers[batched] = (server, client, model_id)
             times = {True: [], False: []}
             answers = {}
             for r in range(args.runs):
-                for batched in ((True, False) if r % 2 == 0 else (False, True)):
+                for batched in (True, False) if r % 2 == 0 else (False, True):
                     server, client, model_id = servers[batched]
                     dt, out = _answers(client, model_id, prompts, server.concurrency)
                     times[batched].append(dt)
@@ -82,13 +85,33 @@ def main() -> None:
             ws.close()
     same = sum(a == b for a, b in zip(answers[True], answers[False]))
     cb, plain = statistics.median(times[True]), statistics.median(times[False])
-    print(json.dumps({"name": f"serve_{args.requests}_answers_seconds", "value": round(cb, 2), "unit": "s",
-                      "baseline": "transformers serve, one request at a time", "baseline_value": round(plain, 2),
-                      "ratio": round(cb / plain, 3), "runs": [round(t, 2) for t in times[True]],
-                      "baseline_runs": [round(t, 2) for t in times[False]],
-                      "identical_answers": f"{same}/{len(prompts)}"}))
-    print(json.dumps({"name": "serve_batched_peak_rss", "value": round(peak, 1), "unit": "MB",
-                      "baseline": "limit", "baseline_value": 4096.0, "ratio": round(peak / 4096.0, 3)}))
+    print(
+        json.dumps(
+            {
+                "name": f"serve_{args.requests}_answers_seconds",
+                "value": round(cb, 2),
+                "unit": "s",
+                "baseline": "transformers serve, one request at a time",
+                "baseline_value": round(plain, 2),
+                "ratio": round(cb / plain, 3),
+                "runs": [round(t, 2) for t in times[True]],
+                "baseline_runs": [round(t, 2) for t in times[False]],
+                "identical_answers": f"{same}/{len(prompts)}",
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "name": "serve_batched_peak_rss",
+                "value": round(peak, 1),
+                "unit": "MB",
+                "baseline": "limit",
+                "baseline_value": 4096.0,
+                "ratio": round(peak / 4096.0, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -85,13 +85,16 @@ def build_workspace(n: int) -> Path:
     import hashlib
     import shutil
 
-    from core.workspace import Workspace, now
+    from core.store.workspace import Workspace, now
 
     shutil.rmtree(root, ignore_errors=True)
     ws = Workspace.init(root)
     rng = random.Random(0)
-    vocab = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "su", "ta", "vo", "re", "di", "po")
-             for b in ("ran", "tel", "mos", "vik", "dun", "sal", "per", "gon", "lit", "baz")]
+    vocab = [
+        f"{a}{b}"
+        for a in ("ka", "lo", "mi", "ne", "su", "ta", "vo", "re", "di", "po")
+        for b in ("ran", "tel", "mos", "vik", "dun", "sal", "per", "gon", "lit", "baz")
+    ]
     vocab += "the of and to in is was for on that with as by at from an were are which this be".split()
 
     def words(k: int) -> str:
@@ -100,23 +103,41 @@ def build_workspace(n: int) -> Path:
     with ws.transaction():
         did = ws.db.execute(
             "insert into datasets (name, kind, format, source, created_at) values (?,?,?,?,?)",
-            ["imitation-100k", "imitation", "sharegpt", "generated.jsonl", now()]).lastrowid
+            ["imitation-100k", "imitation", "sharegpt", "generated.jsonl", now()],
+        ).lastrowid
         batch = []
         for i in range(n):
-            conv = [{"role": "user", "content": words(300)}, {"role": "assistant", "content": words(300)},
-                    {"role": "user", "content": words(300)}]
+            conv = [
+                {"role": "user", "content": words(300)},
+                {"role": "assistant", "content": words(300)},
+                {"role": "user", "content": words(300)},
+            ]
             user = conv[0]["content"] + "\n" + conv[2]["content"]
-            batch.append((did, i, "generated.jsonl", json.dumps(conv), user, conv[1]["content"], 1200,
-                          hashlib.sha1(f"{i}".encode()).hexdigest()))
+            batch.append(
+                (
+                    did,
+                    i,
+                    "generated.jsonl",
+                    json.dumps(conv),
+                    user,
+                    conv[1]["content"],
+                    1200,
+                    hashlib.sha1(f"{i}".encode()).hexdigest(),
+                )
+            )
             if len(batch) == 5000:
                 ws.db.conn.executemany(
                     "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
-                    " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)", batch)
+                    " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                    batch,
+                )
                 batch = []
         if batch:
             ws.db.conn.executemany(
                 "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
-                " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)", batch)
+                " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                batch,
+            )
     ws.close()
     (root / "READY").write_text(str(n))
     return root
@@ -125,8 +146,9 @@ def build_workspace(n: int) -> Path:
 def time_child(code: str, *args: str) -> dict[str, float]:
     """Seconds from spawn to each line the child prints (FRAME: first frame; READY: rows on screen)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     marks = {}
     for line in proc.stdout:
         marks[line.strip()] = time.perf_counter() - start
@@ -148,18 +170,24 @@ def main() -> None:
         mirage.append(time_child(MIRAGE_CHILD, str(ws)))
     base = statistics.median(b["FRAME"] for b in bare)
     k = f"{N_EXAMPLES // 1000}k"
-    for name, mark, what in ((f"tui_cold_start_{k}", "FRAME", "first frame of the Data screen"),
-                             (f"tui_cold_start_rows_{k}", "READY", f"first rows of the {k}-example table on screen")):
+    for name, mark, what in (
+        (f"tui_cold_start_{k}", "FRAME", "first frame of the Data screen"),
+        (f"tui_cold_start_rows_{k}", "READY", f"first rows of the {k}-example table on screen"),
+    ):
         value = statistics.median(m[mark] for m in mirage)
-        print(json.dumps({
-            "name": name,
-            "value": round(value, 3),
-            "unit": "s",
-            "baseline": "bare Textual app (one Static), spawn to first frame, same harness",
-            "baseline_value": round(base, 3),
-            "ratio": round(value / base, 3),
-            "what": what,
-        }))
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "value": round(value, 3),
+                    "unit": "s",
+                    "baseline": "bare Textual app (one Static), spawn to first frame, same harness",
+                    "baseline_value": round(base, 3),
+                    "ratio": round(value / base, 3),
+                    "what": what,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

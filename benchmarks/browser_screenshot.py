@@ -24,9 +24,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def chromium() -> str | None:
@@ -43,7 +50,8 @@ def build_workspace(path: Path) -> None:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
     from compare_data import build_study
-    from core.workspace import Workspace
+
+    from core.store.workspace import Workspace
 
     ws = Workspace.init(path)
     build_study(ws, n_items=30)
@@ -74,8 +82,12 @@ def screenshot(out: Path, workspace: Path, screen: str = "compare", wait_ms: int
         raise SystemExit("chromium not found (apt-get install -y chromium)")
     port = free_port()
     log = open(out.with_suffix(".serve.log"), "w")
-    server = subprocess.Popen([sys.executable, "-c", serve_script(workspace, screen, port)],
-                              cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-c", serve_script(workspace, screen, port)],
+        cwd=str(REPO),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_port(port)
         with tempfile.TemporaryDirectory() as profile:
@@ -83,9 +95,17 @@ def screenshot(out: Path, workspace: Path, screen: str = "compare", wait_ms: int
             # websocket; the DevTools protocol lets us wait for the app, then capture.
             debug_port = free_port()
             browser_proc = subprocess.Popen(
-                [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,900",
-                 f"--remote-debugging-port={debug_port}", "about:blank"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    browser,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    "--window-size=1400,900",
+                    f"--remote-debugging-port={debug_port}",
+                    "about:blank",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 png = asyncio.run(_capture(debug_port, f"http://127.0.0.1:{port}/", wait_ms / 1000))
             finally:

@@ -25,8 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "nq-open"))
     args = ap.parse_args()
-    from core.ngrams import normalize_answer
-    from core.embeddings import load, resolve_model
+    from core.coverage.ngrams import normalize_answer
+    from core.models.embeddings import load, resolve_model
 
     d = Path(args.data_dir)
     nq = [json.loads(line) for line in open(d / "NQ-open.dev.jsonl")]
@@ -52,9 +52,15 @@ def main() -> None:
     def q(x):
         return {p: round(float(np.percentile(x, p)), 3) for p in (5, 25, 50, 75, 95)} if len(x) else {}
 
-    print(json.dumps({"same_fact_nearest": {"n": int(same.sum()), "percentiles": q(best[same])},
-                      "different_fact_nearest": {"n": int((~same).sum()), "percentiles": q(best[~same])},
-                      "random_pairs": {"n": len(rand), "percentiles": q(rand)}}))
+    print(
+        json.dumps(
+            {
+                "same_fact_nearest": {"n": int(same.sum()), "percentiles": q(best[same])},
+                "different_fact_nearest": {"n": int((~same).sum()), "percentiles": q(best[~same])},
+                "random_pairs": {"n": len(rand), "percentiles": q(rand)},
+            }
+        )
+    )
     grid = np.round(np.arange(0.50, 0.96, 0.01), 2)
     rows = []
     for t in grid:
@@ -63,17 +69,41 @@ def main() -> None:
         rows.append((float(t), tpr, fpr, tpr - fpr, float((rand >= t).mean())))
     for t, tpr, fpr, j, rfpr in rows:
         if round(t * 100) % 5 == 0:
-            print(json.dumps({"threshold": t, "same_fact_recall": round(tpr, 3),
-                              "different_fact_rate": round(fpr, 3), "youden_j": round(j, 3),
-                              "random_pair_rate": rfpr}))
+            print(
+                json.dumps(
+                    {
+                        "threshold": t,
+                        "same_fact_recall": round(tpr, 3),
+                        "different_fact_rate": round(fpr, 3),
+                        "youden_j": round(j, 3),
+                        "random_pair_rate": rfpr,
+                    }
+                )
+            )
     t, tpr, fpr, j, rfpr = max(rows, key=lambda r: r[3])
-    print(json.dumps({"best_threshold": t, "same_fact_recall": round(tpr, 3),
-                      "different_fact_rate": round(fpr, 3), "youden_j": round(j, 3)}))
+    print(
+        json.dumps(
+            {
+                "best_threshold": t,
+                "same_fact_recall": round(tpr, 3),
+                "different_fact_rate": round(fpr, 3),
+                "youden_j": round(j, 3),
+            }
+        )
+    )
     # The pairs around the chosen value, to eyeball.
     order = np.argsort(np.abs(best - t))[:8]
     for i in order:
-        print(json.dumps({"sim": round(float(best[i]), 3), "same_fact": bool(same[i]),
-                          "efficientqa": eqa[i]["question"], "nq": nq[nn[i]]["question"]}))
+        print(
+            json.dumps(
+                {
+                    "sim": round(float(best[i]), 3),
+                    "same_fact": bool(same[i]),
+                    "efficientqa": eqa[i]["question"],
+                    "nq": nq[nn[i]]["question"],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, flush=True)
         if proc.returncode != 0:
             failed.append(script.name)
-            print(f"# {script.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"# {script.name} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}",
+                file=sys.stderr,
+                flush=True,
+            )
     return 1 if failed else 0
 
 

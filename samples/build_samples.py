@@ -48,8 +48,10 @@ QA: dict[str, list[tuple[str, list[str]]]] = {
         ("In which US state is the city of Honolulu?", ["Hawaii"]),
         ("What is the largest island in the world?", ["Greenland"]),
         ("Which strait separates southern Spain from Morocco?", ["Strait of Gibraltar", "Gibraltar"]),
-        ("Which mountain range is the traditional boundary between Europe and Asia in Russia?",
-         ["Ural Mountains", "Urals", "Ural"]),
+        (
+            "Which mountain range is the traditional boundary between Europe and Asia in Russia?",
+            ["Ural Mountains", "Urals", "Ural"],
+        ),
         ("In which country is the city of Krakow?", ["Poland"]),
         ("What is the official language of Brazil?", ["Portuguese"]),
         ("Which is the largest of the Great Lakes of North America?", ["Lake Superior", "Superior"]),
@@ -73,21 +75,27 @@ QA: dict[str, list[tuple[str, list[str]]]] = {
         ("Which gas makes up most of Earth's atmosphere?", ["nitrogen", "N2"]),
         ("Which organ pumps blood around the human body?", ["heart", "the heart"]),
         ("Who developed the theory of general relativity?", ["Albert Einstein", "Einstein"]),
-        ("Who proposed the theory of evolution by natural selection?",
-         ["Charles Darwin", "Darwin", "Alfred Russel Wallace", "Wallace"]),
+        (
+            "Who proposed the theory of evolution by natural selection?",
+            ["Charles Darwin", "Darwin", "Alfred Russel Wallace", "Wallace"],
+        ),
         ("What is the chemical symbol for iron?", ["Fe"]),
         ("Which subatomic particle carries a negative electric charge?", ["electron", "electrons"]),
         ("Which planet is famous for its large, bright rings?", ["Saturn"]),
         ("Which vitamin does human skin make when exposed to sunlight?", ["vitamin D", "D", "vitamin D3"]),
         ("What is the name of the galaxy that contains our Solar System?", ["Milky Way", "Milky Way Galaxy"]),
-        ("Which blood cells carry oxygen around the body?",
-         ["red blood cells", "red blood cell", "erythrocytes", "red cells"]),
+        (
+            "Which blood cells carry oxygen around the body?",
+            ["red blood cells", "red blood cell", "erythrocytes", "red cells"],
+        ),
         ("What is the chemical name of table salt?", ["sodium chloride", "NaCl"]),
         ("Which element has the chemical symbol O?", ["oxygen"]),
         ("What is the pH of pure water at 25 degrees Celsius?", ["7", "seven"]),
         ("What is the largest organ of the human body?", ["skin", "the skin"]),
-        ("Who formulated the three laws of motion and the law of universal gravitation?",
-         ["Isaac Newton", "Newton", "Sir Isaac Newton"]),
+        (
+            "Who formulated the three laws of motion and the law of universal gravitation?",
+            ["Isaac Newton", "Newton", "Sir Isaac Newton"],
+        ),
         ("What do we call animals that eat only plants?", ["herbivores", "herbivore"]),
         ("What is the lightest chemical element?", ["hydrogen", "H"]),
         ("Which planet is farthest from the Sun?", ["Neptune"]),
@@ -103,40 +111,53 @@ QA: dict[str, list[tuple[str, list[str]]]] = {
         ("Who was the first person to walk on the Moon?", ["Neil Armstrong", "Armstrong"]),
         ("In what year did humans first land on the Moon?", ["1969"]),
         ("In what year did the Berlin Wall fall?", ["1989"]),
-        ("Which ancient civilisation built the great pyramids of Giza?",
-         ["Egyptians", "ancient Egyptians", "Egypt", "ancient Egypt", "Egyptian"]),
+        (
+            "Which ancient civilisation built the great pyramids of Giza?",
+            ["Egyptians", "ancient Egyptians", "Egypt", "ancient Egypt", "Egyptian"],
+        ),
         ("Who was the first emperor of Rome?", ["Augustus", "Caesar Augustus", "Octavian"]),
         ("In what year did the French Revolution begin?", ["1789"]),
-        ("Who was the principal author of the United States Declaration of Independence?",
-         ["Thomas Jefferson", "Jefferson"]),
+        (
+            "Who was the principal author of the United States Declaration of Independence?",
+            ["Thomas Jefferson", "Jefferson"],
+        ),
         ("In what year was the United States Declaration of Independence adopted?", ["1776"]),
-        ("Which British passenger liner sank in April 1912 after striking an iceberg?",
-         ["Titanic", "RMS Titanic"]),
+        ("Which British passenger liner sank in April 1912 after striking an iceberg?", ["Titanic", "RMS Titanic"]),
         ("Who was the British Prime Minister for most of World War II?", ["Winston Churchill", "Churchill"]),
-        ("Who led India's nonviolent campaign for independence from British rule?",
-         ["Mahatma Gandhi", "Gandhi", "Mohandas Gandhi", "Mohandas Karamchand Gandhi"]),
+        (
+            "Who led India's nonviolent campaign for independence from British rule?",
+            ["Mahatma Gandhi", "Gandhi", "Mohandas Gandhi", "Mohandas Karamchand Gandhi"],
+        ),
         ("Which empire did Genghis Khan found?", ["Mongol Empire", "Mongol", "Mongols", "Mongolian Empire"]),
         ("In what year did the Soviet Union dissolve?", ["1991"]),
         ("Who was the first woman to win a Nobel Prize?", ["Marie Curie", "Curie", "Marie Sklodowska Curie"]),
         ("Which Roman city was buried by the eruption of Mount Vesuvius in AD 79?", ["Pompeii", "Herculaneum"]),
-        ("Who was President of the United States during the American Civil War?",
-         ["Abraham Lincoln", "Lincoln"]),
+        ("Who was President of the United States during the American Civil War?", ["Abraham Lincoln", "Lincoln"]),
         ("In what year was the Battle of Hastings fought?", ["1066"]),
         ("Who was the first human to travel into space?", ["Yuri Gagarin", "Gagarin"]),
-        ("Which queen ruled England from 1558 to 1603?",
-         ["Elizabeth I", "Elizabeth", "Queen Elizabeth I", "Elizabeth the First"]),
+        (
+            "Which queen ruled England from 1558 to 1603?",
+            ["Elizabeth I", "Elizabeth", "Queen Elizabeth I", "Elizabeth the First"],
+        ),
         ("Which country gave the Statue of Liberty to the United States?", ["France"]),
-        ("Who introduced printing with movable metal type to Europe around 1440?",
-         ["Johannes Gutenberg", "Gutenberg"]),
-        ("Whose expedition made the first circumnavigation of the globe, from 1519 to 1522?",
-         ["Ferdinand Magellan", "Magellan", "Juan Sebastian Elcano", "Elcano"]),
-        ("Which French military leader crowned himself Emperor of the French in 1804?",
-         ["Napoleon", "Napoleon Bonaparte", "Napoleon I"]),
-        ("What name is given to the ancient network of trade routes linking China with the Mediterranean?",
-         ["Silk Road", "Silk Route", "Silk Roads"]),
+        ("Who introduced printing with movable metal type to Europe around 1440?", ["Johannes Gutenberg", "Gutenberg"]),
+        (
+            "Whose expedition made the first circumnavigation of the globe, from 1519 to 1522?",
+            ["Ferdinand Magellan", "Magellan", "Juan Sebastian Elcano", "Elcano"],
+        ),
+        (
+            "Which French military leader crowned himself Emperor of the French in 1804?",
+            ["Napoleon", "Napoleon Bonaparte", "Napoleon I"],
+        ),
+        (
+            "What name is given to the ancient network of trade routes linking China with the Mediterranean?",
+            ["Silk Road", "Silk Route", "Silk Roads"],
+        ),
         ("In what year did the October Revolution take place in Russia?", ["1917"]),
-        ("Who was the first woman to serve as Prime Minister of the United Kingdom?",
-         ["Margaret Thatcher", "Thatcher"]),
+        (
+            "Who was the first woman to serve as Prime Minister of the United Kingdom?",
+            ["Margaret Thatcher", "Thatcher"],
+        ),
         ("Who led the Soviet Union during World War II?", ["Joseph Stalin", "Stalin"]),
         ("Which civilisation built the mountain city of Machu Picchu?", ["Inca", "Incas", "Inca Empire"]),
         ("In what year did Nelson Mandela become President of South Africa?", ["1994"]),
@@ -153,13 +174,17 @@ QA: dict[str, list[tuple[str, list[str]]]] = {
         ("Who wrote The Great Gatsby?", ["F. Scott Fitzgerald", "Scott Fitzgerald", "Fitzgerald"]),
         ("Who wrote Frankenstein?", ["Mary Shelley", "Mary Wollstonecraft Shelley", "Shelley"]),
         ("Who wrote Crime and Punishment?", ["Fyodor Dostoevsky", "Dostoevsky", "Dostoyevsky"]),
-        ("Who wrote One Hundred Years of Solitude?",
-         ["Gabriel Garcia Marquez", "Garcia Marquez", "Marquez", "Gabriel García Márquez", "García Márquez"]),
+        (
+            "Who wrote One Hundred Years of Solitude?",
+            ["Gabriel Garcia Marquez", "Garcia Marquez", "Marquez", "Gabriel García Márquez", "García Márquez"],
+        ),
         ("Who wrote The Divine Comedy?", ["Dante Alighieri", "Dante"]),
         ("Who wrote the Harry Potter books?", ["J. K. Rowling", "JK Rowling", "Rowling", "Joanne Rowling"]),
         ("Who wrote Oliver Twist?", ["Charles Dickens", "Dickens"]),
-        ("Who created the detective Sherlock Holmes?",
-         ["Arthur Conan Doyle", "Conan Doyle", "Sir Arthur Conan Doyle", "Doyle"]),
+        (
+            "Who created the detective Sherlock Holmes?",
+            ["Arthur Conan Doyle", "Conan Doyle", "Sir Arthur Conan Doyle", "Doyle"],
+        ),
         ("What is the name of Agatha Christie's Belgian detective?", ["Hercule Poirot", "Poirot"]),
         ("Who is the captain of the Pequod in Moby-Dick?", ["Ahab", "Captain Ahab"]),
         ("Who wrote To Kill a Mockingbird?", ["Harper Lee", "Lee", "Nelle Harper Lee"]),
@@ -167,20 +192,23 @@ QA: dict[str, list[tuple[str, list[str]]]] = {
         ("Who wrote Jane Eyre?", ["Charlotte Bronte", "Charlotte Brontë", "Bronte", "Brontë"]),
         ("Who wrote Wuthering Heights?", ["Emily Bronte", "Emily Brontë"]),
         ("Who wrote Les Miserables?", ["Victor Hugo", "Hugo"]),
-        ("Who wrote Alice's Adventures in Wonderland?",
-         ["Lewis Carroll", "Carroll", "Charles Dodgson", "Charles Lutwidge Dodgson"]),
+        (
+            "Who wrote Alice's Adventures in Wonderland?",
+            ["Lewis Carroll", "Carroll", "Charles Dodgson", "Charles Lutwidge Dodgson"],
+        ),
         ("In which Italian city is Romeo and Juliet set?", ["Verona"]),
         ("Who wrote The Old Man and the Sea?", ["Ernest Hemingway", "Hemingway"]),
         ("Who wrote Brave New World?", ["Aldous Huxley", "Huxley"]),
         ("Who wrote the novel Dracula?", ["Bram Stoker", "Stoker"]),
-        ("Which hobbit carries the One Ring to Mount Doom in The Lord of the Rings?",
-         ["Frodo", "Frodo Baggins"]),
+        ("Which hobbit carries the One Ring to Mount Doom in The Lord of the Rings?", ["Frodo", "Frodo Baggins"]),
         ("Who wrote The Catcher in the Rye?", ["J. D. Salinger", "JD Salinger", "Salinger"]),
         ("Who wrote the poem The Raven?", ["Edgar Allan Poe", "Poe", "Edgar Poe"]),
         ("Who wrote Madame Bovary?", ["Gustave Flaubert", "Flaubert"]),
         ("Who wrote The Metamorphosis, in which Gregor Samsa wakes up as an insect?", ["Franz Kafka", "Kafka"]),
-        ("Who wrote The Little Prince?",
-         ["Antoine de Saint-Exupery", "Antoine de Saint-Exupéry", "Saint-Exupery", "Saint-Exupéry"]),
+        (
+            "Who wrote The Little Prince?",
+            ["Antoine de Saint-Exupery", "Antoine de Saint-Exupéry", "Saint-Exupery", "Saint-Exupéry"],
+        ),
     ],
     "units_arithmetic": [
         ("How many centimetres are in one metre?", ["100", "one hundred"]),
@@ -269,8 +297,15 @@ GEOGRAPHY_SEED: list[tuple[str, list[str]]] = [
 # -- multiple choice (MMLU style): (subject, question, A, B, C, D, correct letter) ---------------------
 MC: list[tuple[str, str, str, str, str, str, str]] = [
     ("science", "Which planet has the shortest year?", "Venus", "Mercury", "Earth", "Mars", "B"),
-    ("science", "What is the main gas released by plants during photosynthesis?",
-     "Oxygen", "Nitrogen", "Carbon dioxide", "Helium", "A"),
+    (
+        "science",
+        "What is the main gas released by plants during photosynthesis?",
+        "Oxygen",
+        "Nitrogen",
+        "Carbon dioxide",
+        "Helium",
+        "A",
+    ),
     ("science", "Which of these is a noble gas?", "Chlorine", "Sodium", "Neon", "Sulfur", "C"),
     ("science", "What is the unit of electrical resistance?", "Volt", "Ampere", "Watt", "Ohm", "D"),
     ("science", "Which part of a plant absorbs most of its water?", "Leaves", "Roots", "Flowers", "Stem", "B"),
@@ -280,28 +315,83 @@ MC: list[tuple[str, str, str, str, str, str, str]] = [
     ("geography", "Mount Kilimanjaro is in which country?", "Kenya", "Uganda", "Ethiopia", "Tanzania", "D"),
     ("geography", "Which of these countries is landlocked?", "Bolivia", "Peru", "Chile", "Ecuador", "A"),
     ("geography", "What is the capital of Canada?", "Toronto", "Vancouver", "Ottawa", "Montreal", "C"),
-    ("geography", "Which ocean lies on the east coast of the United States?",
-     "Pacific", "Atlantic", "Indian", "Arctic", "B"),
-    ("history", "Who was the first Emperor of the French?",
-     "Louis XIV", "Charlemagne", "Napoleon Bonaparte", "Charles de Gaulle", "C"),
+    (
+        "geography",
+        "Which ocean lies on the east coast of the United States?",
+        "Pacific",
+        "Atlantic",
+        "Indian",
+        "Arctic",
+        "B",
+    ),
+    (
+        "history",
+        "Who was the first Emperor of the French?",
+        "Louis XIV",
+        "Charlemagne",
+        "Napoleon Bonaparte",
+        "Charles de Gaulle",
+        "C",
+    ),
     ("history", "In which year did the American Civil War end?", "1861", "1865", "1870", "1776", "B"),
     ("history", "Which ancient city was home to the Colosseum?", "Athens", "Carthage", "Rome", "Alexandria", "C"),
     ("history", "The Magna Carta was sealed in which country?", "France", "England", "Spain", "Scotland", "B"),
-    ("history", "Who was the first Chancellor of a unified Germany?",
-     "Otto von Bismarck", "Kaiser Wilhelm II", "Konrad Adenauer", "Frederick the Great", "A"),
+    (
+        "history",
+        "Who was the first Chancellor of a unified Germany?",
+        "Otto von Bismarck",
+        "Kaiser Wilhelm II",
+        "Konrad Adenauer",
+        "Frederick the Great",
+        "A",
+    ),
     ("history", "Which civilisation built Chichen Itza?", "Aztec", "Inca", "Olmec", "Maya", "D"),
-    ("literature", "Who wrote the play Macbeth?",
-     "Christopher Marlowe", "William Shakespeare", "Ben Jonson", "John Milton", "B"),
-    ("literature", "Which novel begins with the line 'Call me Ishmael'?",
-     "Moby-Dick", "Treasure Island", "Robinson Crusoe", "The Odyssey", "A"),
-    ("literature", "Who wrote Anna Karenina?",
-     "Anton Chekhov", "Ivan Turgenev", "Leo Tolstoy", "Nikolai Gogol", "C"),
-    ("literature", "In which novel does the character Elizabeth Bennet appear?",
-     "Emma", "Sense and Sensibility", "Jane Eyre", "Pride and Prejudice", "D"),
-    ("literature", "Who wrote the epic poem Paradise Lost?",
-     "John Milton", "William Blake", "Geoffrey Chaucer", "Edmund Spenser", "A"),
-    ("literature", "Which author created the fictional land of Narnia?",
-     "J. R. R. Tolkien", "C. S. Lewis", "Roald Dahl", "Lewis Carroll", "B"),
+    (
+        "literature",
+        "Who wrote the play Macbeth?",
+        "Christopher Marlowe",
+        "William Shakespeare",
+        "Ben Jonson",
+        "John Milton",
+        "B",
+    ),
+    (
+        "literature",
+        "Which novel begins with the line 'Call me Ishmael'?",
+        "Moby-Dick",
+        "Treasure Island",
+        "Robinson Crusoe",
+        "The Odyssey",
+        "A",
+    ),
+    ("literature", "Who wrote Anna Karenina?", "Anton Chekhov", "Ivan Turgenev", "Leo Tolstoy", "Nikolai Gogol", "C"),
+    (
+        "literature",
+        "In which novel does the character Elizabeth Bennet appear?",
+        "Emma",
+        "Sense and Sensibility",
+        "Jane Eyre",
+        "Pride and Prejudice",
+        "D",
+    ),
+    (
+        "literature",
+        "Who wrote the epic poem Paradise Lost?",
+        "John Milton",
+        "William Blake",
+        "Geoffrey Chaucer",
+        "Edmund Spenser",
+        "A",
+    ),
+    (
+        "literature",
+        "Which author created the fictional land of Narnia?",
+        "J. R. R. Tolkien",
+        "C. S. Lewis",
+        "Roald Dahl",
+        "Lewis Carroll",
+        "B",
+    ),
     ("math", "What is 6 times 7?", "36", "42", "48", "49", "B"),
     ("math", "What is the next prime number after 7?", "9", "10", "11", "13", "C"),
     ("math", "How many sides does an octagon have?", "6", "7", "8", "10", "C"),
@@ -318,78 +408,78 @@ CODE: list[dict] = [
         "prompt": 'def add(a: int, b: int) -> int:\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n',
         "canonical_solution": "    return a + b\n",
         "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-4, 4) == 0\n"
-                "    assert candidate(0, 0) == 0\n    assert candidate(100, 250) == 350\n",
+        "    assert candidate(0, 0) == 0\n    assert candidate(100, 250) == 350\n",
     },
     {
         "task_id": "mirage/1",
         "entry_point": "reverse_string",
         "prompt": 'def reverse_string(s: str) -> str:\n    """Return s with its characters in reverse order.\n'
-                  '    >>> reverse_string("abc")\n    \'cba\'\n    """\n',
+        '    >>> reverse_string("abc")\n    \'cba\'\n    """\n',
         "canonical_solution": "    return s[::-1]\n",
         "test": 'def check(candidate):\n    assert candidate("abc") == "cba"\n    assert candidate("") == ""\n'
-                '    assert candidate("racecar") == "racecar"\n    assert candidate("Hello, world") == "dlrow ,olleH"\n',
+        '    assert candidate("racecar") == "racecar"\n    assert candidate("Hello, world") == "dlrow ,olleH"\n',
     },
     {
         "task_id": "mirage/2",
         "entry_point": "is_palindrome",
         "prompt": 'def is_palindrome(text: str) -> bool:\n    """Return True if text reads the same forwards and backwards,\n'
-                  '    ignoring case and any character that is not a letter or digit.\n'
-                  '    >>> is_palindrome("A man, a plan, a canal: Panama")\n    True\n'
-                  '    >>> is_palindrome("hello")\n    False\n    """\n',
+        "    ignoring case and any character that is not a letter or digit.\n"
+        '    >>> is_palindrome("A man, a plan, a canal: Panama")\n    True\n'
+        '    >>> is_palindrome("hello")\n    False\n    """\n',
         "canonical_solution": "    cleaned = [c.lower() for c in text if c.isalnum()]\n    return cleaned == cleaned[::-1]\n",
         "test": 'def check(candidate):\n    assert candidate("A man, a plan, a canal: Panama") is True\n'
-                '    assert candidate("hello") is False\n    assert candidate("") is True\n'
-                '    assert candidate("No lemon, no melon") is True\n    assert candidate("ab") is False\n',
+        '    assert candidate("hello") is False\n    assert candidate("") is True\n'
+        '    assert candidate("No lemon, no melon") is True\n    assert candidate("ab") is False\n',
     },
     {
         "task_id": "mirage/3",
         "entry_point": "count_vowels",
         "prompt": 'def count_vowels(word: str) -> int:\n    """Count the vowels (a, e, i, o, u, in either case) in word.\n'
-                  '    >>> count_vowels("banana")\n    3\n    """\n',
+        '    >>> count_vowels("banana")\n    3\n    """\n',
         "canonical_solution": '    return sum(1 for c in word.lower() if c in "aeiou")\n',
         "test": 'def check(candidate):\n    assert candidate("banana") == 3\n    assert candidate("") == 0\n'
-                '    assert candidate("rhythm") == 0\n    assert candidate("AEIOU") == 5\n    assert candidate("Quiet") == 3\n',
+        '    assert candidate("rhythm") == 0\n    assert candidate("AEIOU") == 5\n    assert candidate("Quiet") == 3\n',
     },
     {
         "task_id": "mirage/4",
         "entry_point": "factorial",
         "prompt": 'def factorial(n: int) -> int:\n    """Return n! for a non-negative integer n (0! is 1).\n'
-                  '    >>> factorial(5)\n    120\n    """\n',
+        '    >>> factorial(5)\n    120\n    """\n',
         "canonical_solution": "    result = 1\n    for k in range(2, n + 1):\n        result *= k\n    return result\n",
         "test": "def check(candidate):\n    assert candidate(0) == 1\n    assert candidate(1) == 1\n"
-                "    assert candidate(5) == 120\n    assert candidate(10) == 3628800\n",
+        "    assert candidate(5) == 120\n    assert candidate(10) == 3628800\n",
     },
     {
         "task_id": "mirage/5",
         "entry_point": "fizzbuzz",
         "prompt": 'def fizzbuzz(n: int) -> list[str]:\n    """Return the FizzBuzz sequence from 1 to n as strings: "Fizz" for\n'
-                  '    multiples of 3, "Buzz" for multiples of 5, "FizzBuzz" for multiples of both,\n'
-                  '    otherwise the number itself.\n    >>> fizzbuzz(5)\n'
-                  "    ['1', '2', 'Fizz', '4', 'Buzz']\n    \"\"\"\n",
+        '    multiples of 3, "Buzz" for multiples of 5, "FizzBuzz" for multiples of both,\n'
+        "    otherwise the number itself.\n    >>> fizzbuzz(5)\n"
+        "    ['1', '2', 'Fizz', '4', 'Buzz']\n    \"\"\"\n",
         "canonical_solution": '    out = []\n    for i in range(1, n + 1):\n        if i % 15 == 0:\n            out.append("FizzBuzz")\n'
-                              '        elif i % 3 == 0:\n            out.append("Fizz")\n        elif i % 5 == 0:\n'
-                              '            out.append("Buzz")\n        else:\n            out.append(str(i))\n    return out\n',
+        '        elif i % 3 == 0:\n            out.append("Fizz")\n        elif i % 5 == 0:\n'
+        '            out.append("Buzz")\n        else:\n            out.append(str(i))\n    return out\n',
         "test": "def check(candidate):\n    assert candidate(5) == ['1', '2', 'Fizz', '4', 'Buzz']\n"
-                "    assert candidate(0) == []\n    assert candidate(15)[-1] == 'FizzBuzz'\n"
-                "    assert candidate(15)[9] == 'Buzz'\n    assert len(candidate(30)) == 30\n",
+        "    assert candidate(0) == []\n    assert candidate(15)[-1] == 'FizzBuzz'\n"
+        "    assert candidate(15)[9] == 'Buzz'\n    assert len(candidate(30)) == 30\n",
     },
     {
         "task_id": "mirage/6",
         "entry_point": "celsius_to_fahrenheit",
         "prompt": 'def celsius_to_fahrenheit(celsius: float) -> float:\n    """Convert a temperature from degrees Celsius to degrees Fahrenheit.\n'
-                  '    >>> celsius_to_fahrenheit(100)\n    212.0\n    """\n',
+        '    >>> celsius_to_fahrenheit(100)\n    212.0\n    """\n',
         "canonical_solution": "    return celsius * 9 / 5 + 32\n",
         "test": "def check(candidate):\n    assert abs(candidate(100) - 212) < 1e-9\n    assert abs(candidate(0) - 32) < 1e-9\n"
-                "    assert abs(candidate(-40) - (-40)) < 1e-9\n    assert abs(candidate(37) - 98.6) < 1e-9\n",
+        "    assert abs(candidate(-40) - (-40)) < 1e-9\n    assert abs(candidate(37) - 98.6) < 1e-9\n",
     },
     {
         "task_id": "mirage/7",
         "entry_point": "second_largest",
         "prompt": 'def second_largest(numbers: list[int]) -> int | None:\n    """Return the second largest distinct value in numbers, or None\n'
-                  '    if there are fewer than two distinct values.\n    >>> second_largest([4, 1, 7, 7, 3])\n    4\n    """\n',
+        '    if there are fewer than two distinct values.\n    >>> second_largest([4, 1, 7, 7, 3])\n    4\n    """\n',
         "canonical_solution": "    distinct = sorted(set(numbers), reverse=True)\n    return distinct[1] if len(distinct) > 1 else None\n",
         "test": "def check(candidate):\n    assert candidate([4, 1, 7, 7, 3]) == 4\n    assert candidate([5]) is None\n"
-                "    assert candidate([]) is None\n    assert candidate([2, 2, 2]) is None\n    assert candidate([-1, -5, -3]) == -3\n",
+        "    assert candidate([]) is None\n    assert candidate([2, 2, 2]) is None\n    assert candidate([-1, -5, -3]) == -3\n",
     },
 ]
 
@@ -397,30 +487,30 @@ CODE: list[dict] = [
 # -- free-form prompts for the style comparison (no gold; held out from prompts_broad.jsonl) --------
 # The paper's Table 2 measures style on open-ended requests: lists, summaries, length, wording.
 STYLE: list[tuple[str, str]] = [
-    ('writing', 'Write a short poem about a harbour at sunrise.'),
-    ('writing', 'Write a thank-you note to a teacher who helped me pass maths.'),
-    ('writing', 'Write a two-sentence horror story set in a library.'),
-    ('writing', 'Write a product description for a solar-powered phone charger.'),
-    ('writing', "Write a short toast for my sister's wedding."),
-    ('advice', 'How can I get into the habit of going to bed earlier?'),
-    ('advice', 'What should I pack for a three-day hiking trip?'),
-    ('advice', 'How do I ask my manager for more flexible hours?'),
-    ('advice', 'What are some ways to make a small bedroom feel bigger?'),
-    ('advice', 'How should I prepare for my first marathon?'),
-    ('coding', 'Write a Python function that returns the sum of the even numbers in a list.'),
-    ('coding', 'What does the `yield` keyword do in Python?'),
-    ('coding', 'How do I read a JSON file in Python?'),
-    ('coding', 'Explain what a recursive function is, with an example.'),
-    ('coding', 'What is the difference between a dictionary and a set in Python?'),
-    ('explanation', 'Explain how a refrigerator keeps food cold.'),
-    ('explanation', 'Why do leaves change colour in autumn?'),
-    ('explanation', 'What is the difference between weather and climate?'),
-    ('explanation', 'How do noise-cancelling headphones work?'),
-    ('explanation', 'What causes ocean tides?'),
-    ('chitchat', "What's a good way to start the morning?"),
-    ('chitchat', 'Tell me a fun fact about penguins.'),
-    ('chitchat', 'I just got back from a trip to the mountains! Ask me something about it.'),
-    ('chitchat', "What's your favourite kind of weather?"),
+    ("writing", "Write a short poem about a harbour at sunrise."),
+    ("writing", "Write a thank-you note to a teacher who helped me pass maths."),
+    ("writing", "Write a two-sentence horror story set in a library."),
+    ("writing", "Write a product description for a solar-powered phone charger."),
+    ("writing", "Write a short toast for my sister's wedding."),
+    ("advice", "How can I get into the habit of going to bed earlier?"),
+    ("advice", "What should I pack for a three-day hiking trip?"),
+    ("advice", "How do I ask my manager for more flexible hours?"),
+    ("advice", "What are some ways to make a small bedroom feel bigger?"),
+    ("advice", "How should I prepare for my first marathon?"),
+    ("coding", "Write a Python function that returns the sum of the even numbers in a list."),
+    ("coding", "What does the `yield` keyword do in Python?"),
+    ("coding", "How do I read a JSON file in Python?"),
+    ("coding", "Explain what a recursive function is, with an example."),
+    ("coding", "What is the difference between a dictionary and a set in Python?"),
+    ("explanation", "Explain how a refrigerator keeps food cold."),
+    ("explanation", "Why do leaves change colour in autumn?"),
+    ("explanation", "What is the difference between weather and climate?"),
+    ("explanation", "How do noise-cancelling headphones work?"),
+    ("explanation", "What causes ocean tides?"),
+    ("chitchat", "What's a good way to start the morning?"),
+    ("chitchat", "Tell me a fun fact about penguins."),
+    ("chitchat", "I just got back from a trip to the mountains! Ask me something about it."),
+    ("chitchat", "What's your favourite kind of weather?"),
 ]
 
 
@@ -458,21 +548,26 @@ def main() -> None:
         for row in MC:
             by_subject.setdefault(row[0], []).append(row)
         # Round-robin by subject, like qa.jsonl: k-shot exemplars from several subjects.
-        mixed = [rows[i] for i in range(max(map(len, by_subject.values())))
-                 for rows in by_subject.values() if i < len(rows)]
+        mixed = [
+            rows[i] for i in range(max(map(len, by_subject.values()))) for rows in by_subject.values() if i < len(rows)
+        ]
         for subject, question, a, b, c, d, letter in mixed:
             w.writerow([question, a, b, c, d, letter, subject])
 
     write_jsonl(HERE / "code.jsonl", CODE)
 
     broad = HERE / "prompts_broad.jsonl"
-    held_out = {json.loads(line)["prompt"].lower() for line in broad.open(encoding="utf-8")} if broad.exists() else set()
+    held_out = (
+        {json.loads(line)["prompt"].lower() for line in broad.open(encoding="utf-8")} if broad.exists() else set()
+    )
     style_rows = []
     for i, (task, prompt) in enumerate(STYLE, 1):
         assert prompt.lower() not in held_out, f"style prompt is also a training prompt: {prompt}"
         style_rows.append({"id": f"style-{i:03d}", "task": task, "prompt": prompt})
     write_jsonl(HERE / "prompts_style.jsonl", style_rows)
-    print(f"qa.jsonl {len(qa_rows)}  qa_seed_geography.jsonl {len(seed_rows)}  mc.csv {len(MC)}  code.jsonl {len(CODE)}  prompts_style.jsonl {len(STYLE)}")
+    print(
+        f"qa.jsonl {len(qa_rows)}  qa_seed_geography.jsonl {len(seed_rows)}  mc.csv {len(MC)}  code.jsonl {len(CODE)}  prompts_style.jsonl {len(STYLE)}"
+    )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def isolated_user_dirs(tmp_path, monkeypatch, model_cache_dir):
 
 @pytest.fixture
 def ws(tmp_path):
-    from core.workspace import Workspace
+    from core.store.workspace import Workspace
 
     w = Workspace.init(tmp_path / "ws")
     yield w

@@ -17,20 +17,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Faults:
-    rate_limit: int = 0        # the next N requests get 429 (Retry-After: 0)
-    server_error: int = 0      # the next N requests get 503
-    malformed: int = 0         # the next N requests get a 200 with a body that is not JSON
-    hang: int = 0              # the next N requests hang for `hang_s`
+    rate_limit: int = 0  # the next N requests get 429 (Retry-After: 0)
+    server_error: int = 0  # the next N requests get 503
+    malformed: int = 0  # the next N requests get a 200 with a body that is not JSON
+    hang: int = 0  # the next N requests hang for `hang_s`
     hang_s: float = 5.0
     die_after: int | None = None  # answer this many requests, then stop listening
-    api_key: str | None = None    # required bearer key, if set
+    api_key: str | None = None  # required bearer key, if set
     delay_s: float = 0.0
 
 
 @dataclass
 class FakeOpenAI:
     faults: Faults = field(default_factory=Faults)
-    requests: list = field(default_factory=list)   # every body that got a real answer
+    requests: list = field(default_factory=list)  # every body that got a real answer
     attempts: int = 0
     port: int = 0
 
@@ -58,7 +58,7 @@ class FakeOpenAI:
         return f"Answer to: {last}"
 
     # -- server --------------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> "FakeOpenAI":
+    def start(self, port: int = 0) -> FakeOpenAI:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,7 +78,9 @@ class FakeOpenAI:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/v1/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
+                    self._send(
+                        200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode()
+                    )
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -109,11 +111,22 @@ class FakeOpenAI:
                         owner.requests.append(body)
                         kind = "ok"
                 if kind == "auth":
-                    return self._send(401, json.dumps({"error": {"message": "Incorrect API key provided",
-                                                                 "type": "invalid_request_error", "code": "invalid_api_key"}}).encode())
+                    return self._send(
+                        401,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": "Incorrect API key provided",
+                                    "type": "invalid_request_error",
+                                    "code": "invalid_api_key",
+                                }
+                            }
+                        ).encode(),
+                    )
                 if kind == "429":
-                    return self._send(429, b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}',
-                                      {"Retry-After": "0"})
+                    return self._send(
+                        429, b'{"error": {"message": "Rate limit reached", "type": "rate_limit"}}', {"Retry-After": "0"}
+                    )
                 if kind == "503":
                     return self._send(503, b'{"error": {"message": "overloaded"}}')
                 if kind == "malformed":
@@ -134,10 +147,18 @@ class FakeOpenAI:
                 else:
                     choice = {"index": 0, "text": text, "finish_reason": "stop"}
                     obj = "text_completion"
-                resp = {"id": "cmpl-1", "object": obj, "created": int(time.time()), "model": body.get("model"),
-                        "choices": [choice],
-                        "usage": {"prompt_tokens": len(re.findall(r"\w+", json.dumps(body))),
-                                  "completion_tokens": len(text.split()), "total_tokens": 0}}
+                resp = {
+                    "id": "cmpl-1",
+                    "object": obj,
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [choice],
+                    "usage": {
+                        "prompt_tokens": len(re.findall(r"\w+", json.dumps(body))),
+                        "completion_tokens": len(text.split()),
+                        "total_tokens": 0,
+                    },
+                }
                 self._send(200, json.dumps(resp).encode())
 
         class Server(ThreadingHTTPServer):

@@ -1,11 +1,11 @@
-"""core.browse: paging a source by position, search ids with snippets, one full record."""
+"""core.data.browse: paging a source by position, search ids with snippets, one full record."""
 
 from __future__ import annotations
 
 import pytest
-
 import tui_workspace
-from core import browse
+
+from core.data import browse
 from core.errors import NotFound
 
 
@@ -33,9 +33,10 @@ def test_search_ids_and_snippets(data_ws):
     assert sorted(r["idx"] for r in rows) == list(tui_workspace.SEARCH_HITS[:2])  # 150 is beyond 50
     assert all("[zephyr]" in r["user"] and "[zephyr]" in r["assistant"] for r in rows)
     assert browse.search_ids(data_ws, "dataset", "chat", "zeph") == ids  # last word is a prefix
-    assert browse.search_ids(data_ws, "dataset", "chat", '"(*') == []     # no words, no syntax error
-    assert [r["idx"] for r in browse.summaries(
-        data_ws, "suite", browse.search_ids(data_ws, "suite", "nq", "locomotive"))] == [5]
+    assert browse.search_ids(data_ws, "dataset", "chat", '"(*') == []  # no words, no syntax error
+    assert [
+        r["idx"] for r in browse.summaries(data_ws, "suite", browse.search_ids(data_ws, "suite", "nq", "locomotive"))
+    ] == [5]
 
 
 def test_record_decodes_and_names_its_source(data_ws):

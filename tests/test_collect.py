@@ -6,14 +6,15 @@ import json
 import socket
 
 import pytest
-
-from core import collect, generation, models
-from core.datasets import decode_example
-from core.cli import main
-from core.errors import BadInput, EndpointError
-from core.progress import exhaust
 from fake_openai import FakeOpenAI, Faults
-from test_generation import make_suite, qa_suite
+from test_generation import qa_suite
+
+from core.cli import main
+from core.data.datasets import decode_example
+from core.errors import BadInput, EndpointError
+from core.models import collect, generation
+from core.models import registry as models
+from core.runtime import progress
 
 
 @pytest.fixture
@@ -31,8 +32,12 @@ def write_prompts(tmp_path, n=12):
 
 
 def examples(ws, name):
-    return [decode_example(r) for r in ws.db.query(
-        "select e.* from examples e join datasets d on d.id = e.dataset_id where d.name = ? order by e.idx", [name])]
+    return [
+        decode_example(r)
+        for r in ws.db.query(
+            "select e.* from examples e join datasets d on d.id = e.dataset_id where d.name = ? order by e.idx", [name]
+        )
+    ]
 
 
 def run_cli(capsys, *args):
@@ -44,12 +49,14 @@ def run_cli(capsys, *args):
 
 def test_collect_from_prompts_file_with_provenance(ws, teacher, tmp_path):
     p = write_prompts(tmp_path)
-    s = exhaust(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=3, command="test"))
+    s = progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=3, command="test"))
     assert (s["examples"], s["asked"], s["cached"]) == (12, 12, 0)
     rows = examples(ws, "imit")
     conv = rows[3]["conversation"]
-    assert conv == [{"role": "user", "content": "Tell me about topic 3."},
-                    {"role": "assistant", "content": "Answer to: Tell me about topic 3."}]
+    assert conv == [
+        {"role": "user", "content": "Tell me about topic 3."},
+        {"role": "assistant", "content": "Answer to: Tell me about topic 3."},
+    ]
     assert rows[3]["source"] == "teacher"
     ds = ws.db.execute("select status, meta from datasets where name = 'imit'").fetchone()
     meta = json.loads(ds[1])
@@ -58,7 +65,7 @@ def test_collect_from_prompts_file_with_provenance(ws, teacher, tmp_path):
     assert meta["command"] == "test" and meta["collected_at"] and meta["recipe"]["prompts"] == 12
     # Rerun: nothing asked again, nothing duplicated.
     before = len(teacher.requests)
-    s2 = exhaust(collect.collect(ws, "teacher", prompts_file=str(p), name="imit"))
+    s2 = progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit"))
     assert (s2["asked"], s2["cached"], s2["examples"]) == (0, 12, 12)
     assert len(teacher.requests) == before
 
@@ -69,13 +76,13 @@ def test_teacher_dying_mid_collection_then_rerun(ws, tmp_path):
     models.register(ws, "teacher", "openai", {"base_url": srv.base_url, "model": "fake-model"})
     p = write_prompts(tmp_path, 12)
     with pytest.raises(EndpointError, match=f"cannot reach http://127.0.0.1:{port}/v1"):
-        exhaust(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=1))
+        progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=1))
     saved = examples(ws, "imit")
     assert len(saved) == 5  # every answer that arrived is kept
     asked_first = set(srv.prompts())
     srv2 = FakeOpenAI().start(port)  # the teacher comes back on the same address
     try:
-        s = exhaust(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=2))
+        s = progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=2))
         assert s["examples"] == 12 and s["cached"] == 5 and s["asked"] == 7
         assert not asked_first & set(srv2.prompts())  # no finished prompt asked again
         rows = examples(ws, "imit")
@@ -87,7 +94,7 @@ def test_teacher_dying_mid_collection_then_rerun(ws, tmp_path):
 
 def test_synthetic_recipe_dedupes_and_reaches_n(ws, teacher):
     qa_suite(ws, "seed")
-    s = exhaust(collect.collect(ws, "teacher", synthetic_from="seed", n=8, k=3, seed=0, name="nq-synth"))
+    s = progress.run(collect.collect(ws, "teacher", synthetic_from="seed", n=8, k=3, seed=0, name="nq-synth"))
     assert s["examples"] == 8
     assert s["duplicates"] > 0 and s["unparsable"] > 0  # the stub repeats itself and sometimes refuses
     rows = examples(ws, "nq-synth")
@@ -98,7 +105,7 @@ def test_synthetic_recipe_dedupes_and_reaches_n(ws, teacher):
     assert rows[0]["meta"]["seed_items"]
     # A rerun asks nothing: every request index is cached.
     n_req = len(teacher.requests)
-    s2 = exhaust(collect.collect(ws, "teacher", synthetic_from="seed", n=8, k=3, seed=0, name="nq-synth"))
+    s2 = progress.run(collect.collect(ws, "teacher", synthetic_from="seed", n=8, k=3, seed=0, name="nq-synth"))
     assert s2["asked"] == 0 and s2["examples"] == 8 and len(teacher.requests) == n_req
 
 
@@ -128,7 +135,7 @@ def test_429_storm_and_5xx_and_malformed_are_retried(ws, teacher):
     teacher.faults.rate_limit = 2
     teacher.faults.server_error = 2
     teacher.faults.malformed = 1
-    s = exhaust(generation.generate(ws, "teacher", "qa", concurrency=2))
+    s = progress.run(generation.generate(ws, "teacher", "qa", concurrency=2))
     assert (s["generated"], s["failed"]) == (4, 0)
     assert teacher.attempts == 4 + 2 + 2 + 1
     row = ws.db.execute("select meta from generations limit 1").fetchone()
@@ -139,22 +146,26 @@ def test_429_storm_and_5xx_and_malformed_are_retried(ws, teacher):
 def test_endless_storm_fails_cleanly_and_keeps_what_finished(ws, teacher, monkeypatch):
     monkeypatch.setattr(generation, "MAX_ATTEMPTS", 3)
     qa_suite(ws, n=3)
-    exhaust(generation.generate(ws, "teacher", "qa", limit=1))
+    progress.run(generation.generate(ws, "teacher", "qa", limit=1))
     teacher.faults.rate_limit = 1000
-    with pytest.raises(EndpointError, match=r"2 of 2 requests to 'teacher' failed \(rate limited \(429\) after 3"
-                                            r" attempts\); 1 outputs are saved: rerun"):
-        exhaust(generation.generate(ws, "teacher", "qa"))
+    with pytest.raises(
+        EndpointError,
+        match=r"2 of 2 requests to 'teacher' failed \(rate limited \(429\) after 3"
+        r" attempts\); 1 outputs are saved: rerun",
+    ):
+        progress.run(generation.generate(ws, "teacher", "qa"))
     teacher.faults.rate_limit = 0
-    s = exhaust(generation.generate(ws, "teacher", "qa"))
+    s = progress.run(generation.generate(ws, "teacher", "qa"))
     assert (s["cached"], s["generated"]) == (1, 2)
 
 
 def test_hanging_request_times_out_and_is_retried(ws, teacher):
     qa_suite(ws, n=1)
     teacher.faults.hang, teacher.faults.hang_s = 1, 3.0
-    models.register(ws, "teacher", "openai", {"base_url": teacher.base_url, "model": "fake-model", "timeout_s": 0.5},
-                    replace=True)
-    s = exhaust(generation.generate(ws, "teacher", "qa"))
+    models.register(
+        ws, "teacher", "openai", {"base_url": teacher.base_url, "model": "fake-model", "timeout_s": 0.5}, replace=True
+    )
+    s = progress.run(generation.generate(ws, "teacher", "qa"))
     assert s["generated"] == 1
     assert json.loads(ws.db.execute("select meta from generations").fetchone()[0])["attempts"] == 2
 
@@ -163,7 +174,9 @@ def test_wrong_key_names_the_env_var_and_never_echoes_it(ws, capsys, monkeypatch
     srv = FakeOpenAI(faults=Faults(api_key="right-key")).start()
     try:
         monkeypatch.setenv("TEACHER_KEY", "sk-wrong-secret-123")
-        models.register(ws, "t", "openai", {"base_url": srv.base_url, "model": "fake-model", "api_key_env": "TEACHER_KEY"})
+        models.register(
+            ws, "t", "openai", {"base_url": srv.base_url, "model": "fake-model", "api_key_env": "TEACHER_KEY"}
+        )
         qa_suite(ws, n=2)
         code, out, err = run_cli(capsys, "generate", "--model", "t", "--suite", "qa", "-w", str(ws.root))
         assert code == 1
@@ -172,7 +185,9 @@ def test_wrong_key_names_the_env_var_and_never_echoes_it(ws, capsys, monkeypatch
         assert "sk-wrong" not in json.dumps([dict(r) for r in ws.db.query("select * from models")])
         monkeypatch.delenv("TEACHER_KEY")
         code, out, err = run_cli(capsys, "generate", "--model", "t", "--suite", "qa", "-w", str(ws.root))
-        assert err.strip() == "error: model 't': environment variable TEACHER_KEY is not set (it should hold the API key)"
+        assert (
+            err.strip() == "error: model 't': environment variable TEACHER_KEY is not set (it should hold the API key)"
+        )
         monkeypatch.setenv("TEACHER_KEY", "right-key")
         code, out, err = run_cli(capsys, "generate", "--model", "t", "--suite", "qa", "-w", str(ws.root), "--json")
         assert code == 0 and json.loads(out)["generated"] == 2
@@ -193,21 +208,24 @@ def test_unreachable_endpoint_is_one_line_naming_the_url(ws, capsys):
 
 def test_cli_collect_and_dataset_listing(ws, teacher, tmp_path, capsys):
     p = write_prompts(tmp_path, 3)
-    code, out, err = run_cli(capsys, "collect", "--teacher", "teacher", "--prompts", str(p), "--name", "imit",
-                             "--json", "-w", str(ws.root))
+    code, out, err = run_cli(
+        capsys, "collect", "--teacher", "teacher", "--prompts", str(p), "--name", "imit", "--json", "-w", str(ws.root)
+    )
     assert code == 0, err
     assert json.loads(out)["examples"] == 3
-    code, out, err = run_cli(capsys, "collect", "--teacher", "nobody", "--prompts", str(p), "--name", "x",
-                             "-w", str(ws.root))
+    code, out, err = run_cli(
+        capsys, "collect", "--teacher", "nobody", "--prompts", str(p), "--name", "x", "-w", str(ws.root)
+    )
     assert code == 1 and err.startswith("error: no model 'nobody' (known: gemma3-270m, smollm2-135m-instruct, teacher;")
 
 
 def test_collect_job_runs(ws, teacher, tmp_path):
-    from core import jobs
+    from core.runtime import jobs
 
     p = write_prompts(tmp_path, 4)
-    jid = jobs.submit(ws, "collect", "collect imit", {"teacher": "teacher", "name": "imit", "prompts_file": str(p)},
-                      detach=False)
+    jid = jobs.submit(
+        ws, "collect", "collect imit", {"teacher": "teacher", "name": "imit", "prompts_file": str(p)}, detach=False
+    )
     job = jobs.get_job(ws, jid)
     assert job["status"] == "done", job["error"]
     assert len(examples(ws, "imit")) == 4

@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SECONDS = 30
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time, traceback
-from core.workspace import Workspace
-from core.progress import exhaust
+from core.store.workspace import Workspace
+from core.runtime import progress
 
 role, root, seconds, data = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 ws = Workspace.open(root)
@@ -26,16 +23,16 @@ end = time.monotonic() + seconds
 while time.monotonic() < end:
     try:
         if role == "import-data":
-            from core.ingest import import_data
-            exhaust(import_data(ws, [data], f"data-{done % 4}"))
+            from core.data.ingest import import_data
+            progress.run(import_data(ws, [data], f"data-{done % 4}"))
             if done % 4 == 3:  # delete one again so the importer keeps writing new rows
                 with ws.transaction():
                     ws.db.execute("delete from datasets where name = ?", [f"data-{(done + 1) % 4}"])
         elif role == "import-suite":
-            from core.ingest import import_suite
-            exhaust(import_suite(ws, data, f"suite-{done}"))
+            from core.data.ingest import import_suite
+            progress.run(import_suite(ws, data, f"suite-{done}"))
         elif role == "job-events":
-            from core.workspace import now
+            from core.store.workspace import now
             with ws.transaction():
                 if done == 0:
                     ws.db.execute("insert into jobs (name, kind, status, created_at) values ('busy', 'test', 'running', ?)", [now()])
@@ -44,8 +41,8 @@ while time.monotonic() < end:
                 ws.db.execute("update jobs set step = ?, updated_at = ? where id = (select max(id) from jobs)", [done, now()])
             time.sleep(0.01)
         elif role == "reader":
-            from core.datasets import list_datasets, list_suites
-            from core.search import search_examples
+            from core.data.datasets import list_datasets, list_suites
+            from core.data.search import search_examples
             names = [d["name"] for d in list_datasets(ws)]
             list_suites(ws)
             for n in names[:2]:
@@ -58,22 +55,37 @@ while time.monotonic() < end:
             errors.append(msg + "\n" + traceback.format_exc()[-800:])
             break
 print(json.dumps({"role": role, "done": done, "errors": errors}))
-'''
+"""
 
 
 def test_three_writers_and_a_reader_never_see_a_locked_database(ws, tmp_path):
     data = tmp_path / "chat.jsonl"
     with open(data, "w") as f:
         for i in range(3000):
-            f.write(json.dumps({"conversations": [
-                {"from": "human", "value": f"question {i} " + "lorem ipsum dolor " * 20},
-                {"from": "gpt", "value": f"answer {i} " + "sit amet consectetur " * 40}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversations": [
+                            {"from": "human", "value": f"question {i} " + "lorem ipsum dolor " * 20},
+                            {"from": "gpt", "value": f"answer {i} " + "sit amet consectetur " * 40},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     suite = tmp_path / "qa.jsonl"
     suite.write_text("".join(json.dumps({"question": f"q {i}?", "answer": [str(i)]}) + "\n" for i in range(500)))
     roles = [("import-data", data), ("import-suite", suite), ("job-events", data), ("reader", data)]
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, role, str(ws.root), str(SECONDS), str(path)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for role, path in roles]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, role, str(ws.root), str(SECONDS), str(path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role, path in roles
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=SECONDS + 120)

@@ -10,33 +10,49 @@ import threading
 import numpy as np
 import pytest
 
-from core import coverage as cov
-from core import embeddings as emb
-from core.datasets import iter_examples
-from core.errors import Cancelled, ModelError, MirageError
-from core.ngrams import NgramIndex, lexical_words, normalize_answer
-from core.progress import exhaust
-from core.workspace import dumps, now
+from core.coverage import compute as cov
+from core.coverage.ngrams import NgramIndex, lexical_words, normalize_answer
+from core.data.datasets import iter_examples
+from core.errors import Cancelled, MirageError, ModelError
+from core.models import embeddings as emb
+from core.runtime import progress
+from core.store.workspace import dumps, now
 
-PLANTED = ("when was the last time the philadelphia eagles won the championship before the super bowl era "
-           "and who was their coach")
+PLANTED = (
+    "when was the last time the philadelphia eagles won the championship before the super bowl era "
+    "and who was their coach"
+)
 SHORT_PLANTED = "who wrote the opera carmen"
-UNRELATED = ["how many moons does neptune have", "what is the boiling point of mercury in kelvin",
-             "who painted the ceiling of the sistine chapel"]
-COOKING = ["How do I bake sourdough bread with a starter?", "What is a good recipe for tomato soup?",
-           "How long should I boil an egg for a soft yolk?", "How can I make fluffy pancakes from scratch?",
-           "What spices go well in a vegetable curry?", "How do I caramelize onions properly?"]
-CODE = ["Write a Python function that reverses a list.", "How do I sort a list of numbers in Python?",
-        "Write a Python function to remove duplicates from a list.", "How do I append an item to a list in Python?",
-        "Write Python code to find the largest number in a list.", "How do I loop over a list with its index in Python?"]
+UNRELATED = [
+    "how many moons does neptune have",
+    "what is the boiling point of mercury in kelvin",
+    "who painted the ceiling of the sistine chapel",
+]
+COOKING = [
+    "How do I bake sourdough bread with a starter?",
+    "What is a good recipe for tomato soup?",
+    "How long should I boil an egg for a soft yolk?",
+    "How can I make fluffy pancakes from scratch?",
+    "What spices go well in a vegetable curry?",
+    "How do I caramelize onions properly?",
+]
+CODE = [
+    "Write a Python function that reverses a list.",
+    "How do I sort a list of numbers in Python?",
+    "Write a Python function to remove duplicates from a list.",
+    "How do I append an item to a list in Python?",
+    "Write Python code to find the largest number in a list.",
+    "How do I loop over a list with its index in Python?",
+]
 
 
 # -- helpers: rows written the way core.ingest writes them (m001 schema) -------------------------------
 def add_dataset(ws, name, rows):
     """rows: (user, assistant, source)."""
     with ws.transaction():
-        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values (?, 'imitation', 'ready', ?)",
-                            [name, now()]).lastrowid
+        did = ws.db.execute(
+            "insert into datasets (name, kind, status, created_at) values (?, 'imitation', 'ready', ?)", [name, now()]
+        ).lastrowid
         append_examples(ws, did, rows)
     return did
 
@@ -49,17 +65,30 @@ def append_examples(ws, did, rows):
             ws.db.execute(
                 "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text, n_tokens,"
                 " content_hash) values (?,?,?,?,?,?,?,?)",
-                [did, start + i, src, dumps(conv), u, a, len(f"{u} {a}".split()),
-                 hashlib.sha256(dumps(conv).encode()).hexdigest()])
+                [
+                    did,
+                    start + i,
+                    src,
+                    dumps(conv),
+                    u,
+                    a,
+                    len(f"{u} {a}".split()),
+                    hashlib.sha256(dumps(conv).encode()).hexdigest(),
+                ],
+            )
 
 
 def add_suite(ws, name, rows, kind="qa"):
     """rows: (prompt, gold aliases, task)."""
     with ws.transaction():
-        sid = ws.db.execute("insert into suites (name, kind, created_at) values (?, ?, ?)", [name, kind, now()]).lastrowid
+        sid = ws.db.execute(
+            "insert into suites (name, kind, created_at) values (?, ?, ?)", [name, kind, now()]
+        ).lastrowid
         for i, (p, gold, task) in enumerate(rows):
-            ws.db.execute("insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
-                          [sid, i, p, task, dumps(gold), hashlib.sha256(p.encode()).hexdigest()])
+            ws.db.execute(
+                "insert into items (suite_id, idx, prompt, task, gold, content_hash) values (?,?,?,?,?,?)",
+                [sid, i, p, task, dumps(gold), hashlib.sha256(p.encode()).hexdigest()],
+            )
     return sid
 
 
@@ -70,8 +99,12 @@ def study(ws):
     data.append((PLANTED, "They won in 1960 under coach Buck Shaw.", "nq-synth"))
     data.append((f"Quick question: {SHORT_PLANTED}? Thanks", "Georges Bizet wrote Carmen.", "nq-synth"))
     add_dataset(ws, "imit", data)
-    add_suite(ws, "qa", [(PLANTED, ["1960"], "sports"), (SHORT_PLANTED, ["Georges Bizet"], "music")]
-              + [(q, ["x"], "science") for q in UNRELATED])
+    add_suite(
+        ws,
+        "qa",
+        [(PLANTED, ["1960"], "sports"), (SHORT_PLANTED, ["Georges Bizet"], "music")]
+        + [(q, ["x"], "science") for q in UNRELATED],
+    )
     return ws
 
 
@@ -81,7 +114,7 @@ def by_prompt(res):
 
 # -- known answers ---------------------------------------------------------------------------------
 def test_planted_item_found_and_flagged_unrelated_not(study):
-    res = exhaust(cov.compute(study, "imit", "qa", k=3))
+    res = progress.run(cov.compute(study, "imit", "qa", k=3))
     items = by_prompt(res)
     planted = items[PLANTED]
     assert planted["max_similarity"] == pytest.approx(1.0, abs=0.01)
@@ -91,7 +124,9 @@ def test_planted_item_found_and_flagged_unrelated_not(study):
     nb = planted["neighbors"][0]
     assert nb["source"] == "nq-synth" and nb["text"].startswith("when was the last time")
     assert len(planted["neighbors"]) == 3
-    assert [n["similarity"] for n in planted["neighbors"]] == sorted((n["similarity"] for n in planted["neighbors"]), reverse=True)
+    assert [n["similarity"] for n in planted["neighbors"]] == sorted(
+        (n["similarity"] for n in planted["neighbors"]), reverse=True
+    )
     # shorter than 13 words: contaminated because it occurs whole inside a user turn
     short = items[SHORT_PLANTED]
     assert short["contaminated"] and short["longest_ngram"] == 5 and short["answer_leak"]
@@ -111,11 +146,11 @@ def test_planted_item_found_and_flagged_unrelated_not(study):
 
 
 def test_results_are_stored_and_reused(study):
-    first = exhaust(cov.compute(study, "imit", "qa"))
-    again = exhaust(cov.compute(study, "imit", "qa"))
+    first = progress.run(cov.compute(study, "imit", "qa"))
+    again = progress.run(cov.compute(study, "imit", "qa"))
     assert again["run_id"] == first["run_id"]
     assert cov.results(study, "imit", "qa")["tasks"] == first["tasks"]
-    other = exhaust(cov.compute(study, "imit", "qa", threshold=0.3))
+    other = progress.run(cov.compute(study, "imit", "qa", threshold=0.3))
     assert other["run_id"] != first["run_id"] and other["threshold"] == 0.3
     # both kept: keyed by threshold
     assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 2
@@ -124,7 +159,7 @@ def test_results_are_stored_and_reused(study):
 def test_ngram_index_unit():
     users = [PLANTED, "tell me about cats"]
     answers = ["The Eagles won in 1960.", "Cats are small. The capital is Paris."]
-    idx = exhaust(NgramIndex.build([7, 8], users, answers))
+    idx = progress.run(NgramIndex.build([7, 8], users, answers))
     assert idx.has_13gram("prefix words " + PLANTED)
     words = lexical_words(PLANTED)
     assert not idx.has_13gram(" ".join(words[:12]))  # only 12 words: no 13-gram
@@ -136,15 +171,22 @@ def test_ngram_index_unit():
 
 # -- clusters ---------------------------------------------------------------------------------------
 def test_clusters_stable_under_seed_and_separate_topics(study):
-    a = exhaust(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
+    a = progress.run(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
     study.db.execute("delete from coverage_runs")
     study.db.execute("delete from coverage_clusterings")
-    b = exhaust(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
+    b = progress.run(cov.compute(study, "imit", "qa", n_clusters=2, seed=3))
     assert [c["size"] for c in a["clusters"]] == [c["size"] for c in b["clusters"]]
     assert [c["terms"] for c in a["clusters"]] == [c["terms"] for c in b["clusters"]]
-    members = lambda: dict(study.db.execute(  # noqa: E731
-        "select e.user_text, m.cluster from coverage_cluster_members m join examples e on e.id = m.example_id"
-        " join coverage_clusterings c on c.id = m.clustering_id where c.id = (select max(id) from coverage_clusterings)"))
+
+    def members():
+        return dict(
+            study.db.execute(
+                "select e.user_text, m.cluster from coverage_cluster_members m join examples e on e.id = m.example_id"
+                " join coverage_clusterings c on c.id = m.clustering_id"
+                " where c.id = (select max(id) from coverage_clusterings)"
+            )
+        )
+
     m = members()
     # cooking and code questions land in different clusters
     assert len({m[q] for q in COOKING}) == 1 and len({m[q] for q in CODE}) == 1
@@ -162,22 +204,28 @@ def test_empty_data_or_suite_is_a_clear_error(ws):
     add_suite(ws, "qa", [("who are you", ["me"], "t")])
     add_suite(ws, "none", [])
     with pytest.raises(MirageError, match="dataset 'empty' has no examples"):
-        exhaust(cov.compute(ws, "empty", "qa"))
+        progress.run(cov.compute(ws, "empty", "qa"))
     with pytest.raises(MirageError, match="suite 'none' has no items"):
-        exhaust(cov.compute(ws, "imit", "none"))
+        progress.run(cov.compute(ws, "imit", "none"))
     with pytest.raises(MirageError, match="no dataset 'nope'"):
-        exhaust(cov.compute(ws, "nope", "qa"))
+        progress.run(cov.compute(ws, "nope", "qa"))
     with pytest.raises(ModelError, match="not a local folder"):
-        exhaust(cov.compute(ws, "imit", "qa", embedding_model="/no/such/model"))
+        progress.run(cov.compute(ws, "imit", "qa", embedding_model="/no/such/model"))
 
 
 def test_incremental_only_new_rows_embedded(study):
-    first = exhaust(cov.compute(study, "imit", "qa"))
+    first = progress.run(cov.compute(study, "imit", "qa"))
     assert first["embedded_now"] == {"examples": 14, "items": 5}
     did = study.db.execute("select id from datasets where name='imit'").fetchone()[0]
-    append_examples(study, did, [("how many moons does neptune have exactly", "Fourteen known moons.", "space"),
-                                 ("what is the tallest mountain on mars", "Olympus Mons.", "space")])
-    second = exhaust(cov.compute(study, "imit", "qa"))
+    append_examples(
+        study,
+        did,
+        [
+            ("how many moons does neptune have exactly", "Fourteen known moons.", "space"),
+            ("what is the tallest mountain on mars", "Olympus Mons.", "space"),
+        ],
+    )
+    second = progress.run(cov.compute(study, "imit", "qa"))
     assert second["embedded_now"] == {"examples": 2, "items": 0}
     neptune = by_prompt(second)["how many moons does neptune have"]
     assert neptune["neighbors"][0]["source"] == "space" and neptune["supported"] and neptune["contaminated"]
@@ -186,15 +234,18 @@ def test_incremental_only_new_rows_embedded(study):
 
 
 def test_whole_conversation_mode_is_cached_apart(study):
-    user = exhaust(cov.compute(study, "imit", "qa"))
-    whole = exhaust(cov.compute(study, "imit", "qa", whole_conversation=True))
+    user = progress.run(cov.compute(study, "imit", "qa"))
+    whole = progress.run(cov.compute(study, "imit", "qa", whole_conversation=True))
     assert whole["mode"] == "conversation" and whole["run_id"] != user["run_id"]
     assert whole["embedded_now"] == {"examples": 14, "items": 0}  # prompts reused, conversations new
     planted = by_prompt(whole)[PLANTED]
     # the response is part of the embedded text now, so the match is close but no longer exact
     assert 0.7 < planted["max_similarity"] < 0.999 and planted["contaminated"]
-    assert sorted(p.name for p in (study.artifacts / "embeddings" / user["model_key"]).iterdir()
-                  if p.is_dir()) == ["conversation", "prompt", "user"]
+    assert sorted(p.name for p in (study.artifacts / "embeddings" / user["model_key"]).iterdir() if p.is_dir()) == [
+        "conversation",
+        "prompt",
+        "user",
+    ]
 
 
 def test_cancel_halfway_then_continue(study, monkeypatch):
@@ -206,7 +257,7 @@ def test_cancel_halfway_then_continue(study, monkeypatch):
             if p.done >= 4:  # after the first shard of 4 examples was written
                 cancel.set()
     assert study.db.execute("select count(*) from coverage_runs").fetchone()[0] == 0
-    res = exhaust(cov.compute(study, "imit", "qa"))
+    res = progress.run(cov.compute(study, "imit", "qa"))
     assert res["embedded_now"]["examples"] == 14 - 4
     assert by_prompt(res)[PLANTED]["contaminated"]
 
@@ -220,8 +271,14 @@ def _tiny_sentence_model(tmp_path):
     src = emb.packaged_model_path()
     for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(src / f, path / f)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -230,9 +287,9 @@ def _tiny_sentence_model(tmp_path):
 
 
 def test_other_embedding_model_never_mixes(study, tmp_path):
-    default = exhaust(cov.compute(study, "imit", "qa"))
+    default = progress.run(cov.compute(study, "imit", "qa"))
     tiny = _tiny_sentence_model(tmp_path)
-    other = exhaust(cov.compute(study, "imit", "qa", embedding_model=str(tiny)))
+    other = progress.run(cov.compute(study, "imit", "qa", embedding_model=str(tiny)))
     assert other["embedded_now"] == {"examples": 14, "items": 5}  # nothing reused from MiniLM's cache
     assert other["model_key"] != default["model_key"] and other["embedding_model"] == "tiny-embedder"
     dirs = sorted(p.name for p in (study.artifacts / "embeddings").iterdir())
@@ -243,17 +300,17 @@ def test_other_embedding_model_never_mixes(study, tmp_path):
     m["fingerprint"] = "0" * 64
     manifest.write_text(json.dumps(m))
     with pytest.raises(ModelError, match="different model"):
-        exhaust(cov.compute(study, "imit", "qa", embedding_model=str(tiny), force=True))
+        progress.run(cov.compute(study, "imit", "qa", embedding_model=str(tiny), force=True))
     assert cov.results(study, "imit", "qa")["run_id"] == other["run_id"]
 
 
 # -- subsets ----------------------------------------------------------------------------------------
 def test_subsets_by_task_cluster_source_and_budget(study):
-    res = exhaust(cov.compute(study, "imit", "qa", n_clusters=2))
+    res = progress.run(cov.compute(study, "imit", "qa", n_clusters=2))
     s = cov.make_subset(study, "sports-support", "imit", task_support=("qa", "sports"))
     assert s["examples"] == 1
     assert [e["user_text"] for e in iter_examples(study, "sports-support")] == [PLANTED]
-    code = cov.make_subset(study, "code-only", "imit", source="code")
+    cov.make_subset(study, "code-only", "imit", source="code")
     assert sorted(e["user_text"] for e in iter_examples(study, "code-only")) == sorted(CODE)
     cluster = by_prompt(res)[PLANTED]["neighbors"][0]["cluster"]
     c = cov.make_subset(study, "c", "imit", cluster=cluster)
@@ -300,7 +357,7 @@ def test_cli_json_shape_and_errors(study, capsys):
 
 
 def test_coverage_job_runs_in_foreground(study):
-    from core import jobs
+    from core.runtime import jobs
 
     job_id = jobs.submit(study, "coverage", "cov", {"data": "imit", "suite": "qa", "k": 2}, detach=False)
     job = jobs.get_job(study, job_id)
@@ -313,8 +370,8 @@ def test_multi_process_pool_gives_the_same_vectors(ws, tmp_path):
     model = emb.resolve_model(str(_tiny_sentence_model(tmp_path)))
     texts = [f"question number {i} about {w}" for i, w in enumerate(["rivers", "kings", "songs", "atoms"] * 3)]
     keys = [f"k{i}" for i in range(len(texts))]
-    single, n1 = exhaust(emb.embed(ws, model, "user", keys, texts))
+    single, n1 = progress.run(emb.embed(ws, model, "user", keys, texts))
     shutil.rmtree(ws.artifacts / "embeddings")
-    pooled, n2 = exhaust(emb.embed(ws, model, "user", keys, texts, devices=["cpu", "cpu"]))
+    pooled, n2 = progress.run(emb.embed(ws, model, "user", keys, texts, devices=["cpu", "cpu"]))
     assert n1 == n2 == len(texts)
     np.testing.assert_allclose(pooled.astype(np.float32), single.astype(np.float32), atol=2e-3)

@@ -85,8 +85,10 @@ def test_style_prompts_are_held_out_from_training_prompts():
 
 def test_sample_generators_reproduce_the_committed_files(tmp_path):
     # The scripts are the provenance: running them must give back exactly the committed files.
-    for script, outputs in (("build_samples.py", ["qa.jsonl", "qa_seed_geography.jsonl", "mc.csv", "code.jsonl", "prompts_style.jsonl"]),
-                            ("make_prompts.py", ["prompts_broad.jsonl"])):
+    for script, outputs in (
+        ("build_samples.py", ["qa.jsonl", "qa_seed_geography.jsonl", "mc.csv", "code.jsonl", "prompts_style.jsonl"]),
+        ("make_prompts.py", ["prompts_broad.jsonl"]),
+    ):
         copy = tmp_path / script
         copy.write_text((SAMPLES / script).read_text())
         subprocess.run([sys.executable, str(copy)], check=True, capture_output=True, timeout=60)
@@ -102,14 +104,20 @@ def _run_demo(ws_path: Path) -> tuple[subprocess.CompletedProcess, float]:
     import time
 
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "core", "demo", "--headless", "--quick", "--workspace", str(ws_path)],
-                          capture_output=True, text=True, timeout=3600, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "core", "demo", "--headless", "--quick", "--workspace", str(ws_path)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=REPO,
+    )
     return proc, time.monotonic() - t0
 
 
 def _study_counts(ws_path: Path) -> dict:
-    from core import demo, jobs
-    from core.workspace import Workspace
+    from core.runtime import jobs
+    from core.store.workspace import Workspace
+    from core.study import demo
 
     ws = Workspace.open(ws_path)
     study = [j for j in jobs.list_jobs(ws, kind="study") if j["status"] == "done"][-1]
@@ -146,7 +154,7 @@ def test_demo_headless_quick_runs_the_study_and_reruns_incrementally(tmp_path):
     assert again["scores"] == counts["scores"]
     assert again["jobs"] == counts["jobs"]
     assert all(s.get("cached") and s.get("new", 0) == 0 for s in again["steps"].values()), again["steps"]
-    from core.demo import same_report
+    from core.study.demo import same_report
 
     assert same_report(second.stdout, report)
     print(f"\ndemo --headless --quick: first run {t_first:.0f} s, rerun {t_second:.0f} s")

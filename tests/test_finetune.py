@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from core import finetune as ft
-from core import jobs
-from core.errors import BadInput, MirageError, NotFound
-from core.workspace import dumps, now
+from core.errors import BadInput, NotFound
+from core.finetune import trainer as ft
+from core.runtime import jobs, processes
+from core.store.workspace import dumps, now
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -44,19 +44,32 @@ def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML) -> Pat
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     corpus = [m["content"] for i in range(50) for m in _conversation(i)] + ["system user assistant be brief"]
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>")
     if chat_template:
         tok.chat_template = chat_template
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=False,
-                      # Wide init: with a frozen output layer behind a norm, logits of a 0.02 init stay
-                      # near uniform whatever LoRA learns.
-                      initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=False,
+        # Wide init: with a frozen output layer behind a norm, logits of a 0.02 init stay
+        # near uniform whatever LoRA learns.
+        initializer_range=0.2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
@@ -69,17 +82,26 @@ def tiny_base(tmp_path_factory) -> Path:
 
 def add_dataset(ws, name: str, conversations: list[list[dict]]) -> None:
     """Write a dataset the way the importer does (rows in datasets / examples)."""
-    cur = ws.db.execute("insert into datasets (name, kind, format, source, created_at) values (?, 'imitation', 'messages', 'test', ?)",
-                        [name, now()])
+    cur = ws.db.execute(
+        "insert into datasets (name, kind, format, source, created_at) values (?, 'imitation', 'messages', 'test', ?)",
+        [name, now()],
+    )
     ds = cur.lastrowid
     for i, conv in enumerate(conversations):
         text = dumps(conv)
         ws.db.execute(
             "insert into examples (dataset_id, idx, conversation, user_text, assistant_text, n_tokens, content_hash)"
             " values (?, ?, ?, ?, ?, ?, ?)",
-            [ds, i, text, " ".join(m["content"] for m in conv if m["role"] == "user"),
-             " ".join(m["content"] for m in conv if m["role"] == "assistant"), len(text.split()),
-             hashlib.sha256(text.encode()).hexdigest()])
+            [
+                ds,
+                i,
+                text,
+                " ".join(m["content"] for m in conv if m["role"] == "user"),
+                " ".join(m["content"] for m in conv if m["role"] == "assistant"),
+                len(text.split()),
+                hashlib.sha256(text.encode()).hexdigest(),
+            ],
+        )
 
 
 @pytest.fixture
@@ -189,7 +211,7 @@ def test_chunked_loss_matches_the_full_logits_loss_and_its_gradients(tiny_base, 
     cfg = ft.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, logit_chunk=7)
     plan = ft.make_plan(data_ws, cfg)
     peft_model, _ = ft.build_model(plan, "cpu")
-    for n, p in peft_model.named_parameters():  # LoRA B starts at zero; make the adapter matter
+    for _n, p in peft_model.named_parameters():  # LoRA B starts at zero; make the adapter matter
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
     ids, att, labels = ft.collate(plan, [0, 1, 2], "cpu")
@@ -240,8 +262,18 @@ def _step_events(ws, job_id):
 
 
 def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
-    (job_id,) = ft.submit(data_ws, str(tiny_base), "arith", detach=False, name="tiny-arith",
-                          lr=2e-2, max_steps=40, batch_size=4, save_every=15, target_modules="all-linear")
+    (job_id,) = ft.submit(
+        data_ws,
+        str(tiny_base),
+        "arith",
+        detach=False,
+        name="tiny-arith",
+        lr=2e-2,
+        max_steps=40,
+        batch_size=4,
+        save_every=15,
+        target_modules="all-linear",
+    )
     job = jobs.get_job(data_ws, job_id)
     assert job["status"] == "done", job["error"]
     steps = _step_events(data_ws, job_id)
@@ -252,7 +284,7 @@ def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
     assert all(steps[s]["tokens_per_s"] > 0 and steps[s]["lr"] is not None for s in steps)
     # Epochs continue in the same order scheme: 40 examples / batch 4 = 10 steps an epoch.
     assert steps[11]["data"]["epoch"] == 1
-    from core import models
+    from core.models import registry as models
 
     entry = models.get_model(data_ws, "tiny-arith")
     assert entry["kind"] == "adapter"
@@ -286,8 +318,9 @@ def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(
     (ref,) = ft.submit(data_ws, str(tiny_base), "arith", detach=False, name="ref", **common)
     assert jobs.get_job(data_ws, ref)["status"] == "done"
 
-    first, second = ft.submit(data_ws, str(tiny_base), "arith", tokens=[None, 200], detach=True, name="kill",
-                              throttle_s=0.4, **common)
+    first, second = ft.submit(
+        data_ws, str(tiny_base), "arith", tokens=[None, 200], detach=True, name="kill", throttle_s=0.4, **common
+    )
     _wait(lambda: jobs.get_job(data_ws, first)["status"] == "running" and jobs.get_job(data_ws, first)["step"] >= 6)
     # The second run waits in the train lane while the first trains.
     assert jobs.get_job(data_ws, second)["status"] == "queued"
@@ -295,7 +328,7 @@ def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(
     jobs.cancel(data_ws, second)
     pid = jobs.get_job(data_ws, first)["pid"]
     os.kill(pid, signal.SIGKILL)
-    _wait(lambda: not jobs.process_alive(pid, None))
+    _wait(lambda: not processes.process_alive(pid))
     killed = jobs.get_job(data_ws, first)
     assert killed["status"] == "interrupted"
     assert killed["step"] < 12
@@ -305,8 +338,9 @@ def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(
     assert jobs.resume(data_ws, first, detach=False)["status"] == "done"
     ref_steps, resumed = _step_events(data_ws, ref), _step_events(data_ws, first)
     assert sorted(resumed) == list(range(1, 13))
-    assert [ref_steps[s]["data"]["batch_ids"] for s in range(1, 13)] == \
-           [resumed[s]["data"]["batch_ids"] for s in range(1, 13)]
+    assert [ref_steps[s]["data"]["batch_ids"] for s in range(1, 13)] == [
+        resumed[s]["data"]["batch_ids"] for s in range(1, 13)
+    ]
     # Same weights, optimizer, schedule and dropout RNG from the checkpoint: the same losses.
     assert resumed[12]["loss"] == pytest.approx(ref_steps[12]["loss"], rel=1e-3)
     msgs = [e["message"] or "" for e in jobs.events(data_ws, first)]
@@ -319,7 +353,7 @@ def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path):
 import resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, {str(Path(ft.__file__).resolve().parent.parent)!r})
-from core import finetune as ft
+from core.finetune import trainer as ft
 from core.errors import JobError
 run = Path({str(tmp_path)!r})
 ft._write_atomic_dir(run / "ckpt-00000001", lambda d: (d / "state.json").write_text("{{}}"))
@@ -343,8 +377,22 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
 
     from core.cli import cli
 
-    r = CliRunner().invoke(cli, ["finetune", "--base", str(tiny_base), "--data", "arith", "--tokens", "200,1M",
-                                 "--dry-run", "--json", "--workspace", str(data_ws.root)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--base",
+            str(tiny_base),
+            "--data",
+            "arith",
+            "--tokens",
+            "200,1M",
+            "--dry-run",
+            "--json",
+            "--workspace",
+            str(data_ws.root),
+        ],
+    )
     assert r.exit_code == 0, r.output
     small, big = json.loads(r.stdout)
     assert small["examples"] < big["examples"] == 40 and big["budget_exceeds_data"]
@@ -353,8 +401,23 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
     assert "plus" in small["sample_trained"] and "what is" not in small["sample_trained"]
     r = CliRunner().invoke(cli, ["finetune", "--base", "nope", "--data", "arith", "--workspace", str(data_ws.root)])
     assert r.exit_code != 0 and "unknown base model 'nope'" in str(r.exception or r.output)
-    r = CliRunner().invoke(cli, ["finetune", "--base", str(tiny_base), "--data", "arith", "--tokens", "200",
-                                 "--max-steps", "2", "--json", "--workspace", str(data_ws.root)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--base",
+            str(tiny_base),
+            "--data",
+            "arith",
+            "--tokens",
+            "200",
+            "--max-steps",
+            "2",
+            "--json",
+            "--workspace",
+            str(data_ws.root),
+        ],
+    )
     assert r.exit_code == 0, r.output
     (job,) = json.loads(r.stdout)
     assert job["status"] == "done" and job["step"] == job["total_steps"] == 2 and job["loss"] > 0
@@ -368,10 +431,29 @@ def test_runs_under_accelerate_launch(data_ws, tiny_base):
     (job_id,) = ft.submit(data_ws, str(tiny_base), "arith", start=False, name="acc", max_steps=3)
     launcher = Path(sys.executable).parent / "accelerate"
     env = dict(os.environ, PYTHONPATH=str(Path(ft.__file__).resolve().parent.parent))
-    out = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "core.finetune", str(data_ws.root), str(job_id)],
-                         capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [
+            str(launcher),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "core.finetune",
+            str(data_ws.root),
+            str(job_id),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     job = jobs.get_job(data_ws, job_id)
     assert job["status"] == "done" and job["step"] == 3

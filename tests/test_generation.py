@@ -7,18 +7,26 @@ import json
 import threading
 
 import pytest
-
-from core import generation, models
-from core.errors import Cancelled, ModelError
-from core.progress import exhaust
-from core.workspace import dumps, now
 from tiny_lm import build_tiny_llama
 
-QA = [("What is the capital of France?", ["Paris"]), ("Who wrote Hamlet?", ["William Shakespeare"]),
-      ("What is the capital of Japan?", ["Tokyo"]), ("How many legs has a spider?", ["8", "eight"]),
-      ("What colour is the sky?", ["blue"]), ("Largest ocean?", ["Pacific"]),
-      ("Who painted the Mona Lisa?", ["Leonardo da Vinci"]), ("Boiling point of water in C?", ["100"]),
-      ("Fastest land animal?", ["cheetah"]), ("Capital of Italy?", ["Rome"])]
+from core.errors import Cancelled, ModelError
+from core.models import generation
+from core.models import registry as models
+from core.runtime import progress
+from core.store.workspace import dumps, now
+
+QA = [
+    ("What is the capital of France?", ["Paris"]),
+    ("Who wrote Hamlet?", ["William Shakespeare"]),
+    ("What is the capital of Japan?", ["Tokyo"]),
+    ("How many legs has a spider?", ["8", "eight"]),
+    ("What colour is the sky?", ["blue"]),
+    ("Largest ocean?", ["Pacific"]),
+    ("Who painted the Mona Lisa?", ["Leonardo da Vinci"]),
+    ("Boiling point of water in C?", ["100"]),
+    ("Fastest land animal?", ["cheetah"]),
+    ("Capital of Italy?", ["Rome"]),
+]
 
 
 def make_suite(ws, name, kind, items):
@@ -29,13 +37,20 @@ def make_suite(ws, name, kind, items):
         for i, it in enumerate(items):
             ws.db.execute(
                 "insert into items (suite_id, idx, prompt, task, gold, choices, content_hash) values (?,?,?,?,?,?,?)",
-                [sid, i, it["prompt"], it.get("task", "all"), dumps(it.get("gold", [])),
-                 dumps(it["choices"]) if it.get("choices") else None,
-                 hashlib.sha256(it["prompt"].encode()).hexdigest()])
+                [
+                    sid,
+                    i,
+                    it["prompt"],
+                    it.get("task", "all"),
+                    dumps(it.get("gold", [])),
+                    dumps(it["choices"]) if it.get("choices") else None,
+                    hashlib.sha256(it["prompt"].encode()).hexdigest(),
+                ],
+            )
     return name
 
 
-def qa_suite(ws, name="qa", n=len(QA)):
+def qa_suite(ws, name="qa", n=None):
     return make_suite(ws, name, "qa", [{"prompt": q, "gold": g} for q, g in QA[:n]])
 
 
@@ -71,17 +86,24 @@ def test_completion_prompt_is_kshot_without_the_item(ws, tiny):
 
 
 def test_mc_and_code_prompts(ws, tiny):
-    make_suite(ws, "mc", "mc", [
-        {"prompt": "Which is a colour?", "choices": ["dog", "red", "run", "up"], "gold": ["B"]},
-        {"prompt": "Which is a number?", "choices": ["seven", "tree", "sky", "ice"], "gold": ["A"]}])
-    make_suite(ws, "code", "code", [{"prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n"}])
+    make_suite(
+        ws,
+        "mc",
+        "mc",
+        [
+            {"prompt": "Which is a colour?", "choices": ["dog", "red", "run", "up"], "gold": ["B"]},
+            {"prompt": "Which is a number?", "choices": ["seven", "tree", "sky", "ice"], "gold": ["A"]},
+        ],
+    )
+    make_suite(ws, "code", "code", [{"prompt": 'def add(a, b):\n    """Sum."""\n'}])
     mc = generation.build_requests(ws, tiny, "mc", style="completion", kshot=3)
     assert mc[0].prompt.endswith("Question: Which is a colour?\nA. dog\nB. red\nC. run\nD. up\nAnswer:")
     assert "Answer: A" in mc[0].prompt  # the other item is its one shot
     code = generation.build_requests(ws, tiny, "code", style="completion", kshot=3)
-    assert code[0].prompt == "def add(a, b):\n    \"\"\"Sum.\"\"\"\n" and "\ndef " in code[0].stop
-    chat = generation.build_requests(ws, tiny, "code", style="chat", kshot=3,
-                                     tokenizer=models._load_tokenizer(models.local_folder(ws, tiny)))
+    assert code[0].prompt == 'def add(a, b):\n    """Sum."""\n' and "\ndef " in code[0].stop
+    chat = generation.build_requests(
+        ws, tiny, "code", style="chat", kshot=3, tokenizer=models._load_tokenizer(models.local_folder(ws, tiny))
+    )
     assert chat[0].prompt.startswith("<|user|>\nComplete the following Python function")
     assert chat[0].prompt.endswith("<|assistant|>\n")
 
@@ -89,19 +111,26 @@ def test_mc_and_code_prompts(ws, tiny):
 def test_generate_caches_and_batched_equals_sequential(ws, tiny):
     qa_suite(ws)
     loaded = models.load_causal_lm(ws, tiny)
-    s1 = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=8, batch_size=4, loaded=loaded,
-                                     prompt_style="completion"))
+    s1 = progress.run(
+        generation.generate(ws, tiny, "qa", max_new_tokens=8, batch_size=4, loaded=loaded, prompt_style="completion")
+    )
     assert (s1["items"], s1["generated"], s1["cached"]) == (10, 10, 0)
     rows = gen_rows(ws)
     assert len(rows) == 10
     d = json.loads(rows[0]["decoding"])
-    assert d == {"max_new_tokens": 8, "temperature": 0.0, "stop": ["\n", "\nQuestion:"],
-                 "style": "completion", "kshot": 3}
+    assert d == {
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "stop": ["\n", "\nQuestion:"],
+        "style": "completion",
+        "kshot": 3,
+    }
     assert all(r["fingerprint"] == models.fingerprint(ws, tiny) for r in rows)
 
     # Rerun: everything comes from the cache, nothing generated.
-    s2 = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=8, batch_size=4, loaded=loaded,
-                                     prompt_style="completion"))
+    s2 = progress.run(
+        generation.generate(ws, tiny, "qa", max_new_tokens=8, batch_size=4, loaded=loaded, prompt_style="completion")
+    )
     assert (s2["generated"], s2["cached"]) == (0, 10)
     assert len(gen_rows(ws)) == 10
 
@@ -110,20 +139,29 @@ def test_generate_caches_and_batched_equals_sequential(ws, tiny):
     for r in reqs:
         r.decoding = generation.decoding_for(r, max_new_tokens=8, temperature=0.0, seed=None, kshot=3)
     seq: dict[int, str] = {}
-    exhaust(generation.run_requests(ws, tiny, reqs, batch_size=1, loaded=loaded,
-                                    store=lambda res: seq.update({r.item_id: t for r, t, _ in res})))
+    progress.run(
+        generation.run_requests(
+            ws, tiny, reqs, batch_size=1, loaded=loaded, store=lambda res: seq.update({r.item_id: t for r, t, _ in res})
+        )
+    )
     assert seq == {r["item_id"]: r["output"] for r in rows}
 
 
 def test_different_decoding_is_a_different_cache_entry(ws, tiny):
     qa_suite(ws, n=3)
     loaded = models.load_causal_lm(ws, tiny)
-    exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=4, loaded=loaded, prompt_style="completion"))
-    s = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=4, temperature=0.8, seed=1, loaded=loaded,
-                                    prompt_style="completion"))
+    progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=4, loaded=loaded, prompt_style="completion"))
+    s = progress.run(
+        generation.generate(
+            ws, tiny, "qa", max_new_tokens=4, temperature=0.8, seed=1, loaded=loaded, prompt_style="completion"
+        )
+    )
     assert s["generated"] == 3
-    s = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=4, temperature=0.8, seed=1, loaded=loaded,
-                                    prompt_style="completion"))
+    s = progress.run(
+        generation.generate(
+            ws, tiny, "qa", max_new_tokens=4, temperature=0.8, seed=1, loaded=loaded, prompt_style="completion"
+        )
+    )
     assert s["generated"] == 0 and len(gen_rows(ws)) == 6
 
 
@@ -131,22 +169,24 @@ def test_interrupted_run_resumes_where_it_stopped(ws, tiny):
     qa_suite(ws)
     loaded = models.load_causal_lm(ws, tiny)
     cancel = threading.Event()
-    gen = generation.generate(ws, tiny, "qa", max_new_tokens=6, batch_size=3, loaded=loaded, cancel=cancel,
-                              prompt_style="completion")
+    gen = generation.generate(
+        ws, tiny, "qa", max_new_tokens=6, batch_size=3, loaded=loaded, cancel=cancel, prompt_style="completion"
+    )
     with pytest.raises(Cancelled):
         for p in gen:
             if p.done >= 3:  # the first batch is stored; stop before the next one
                 cancel.set()
     assert len(gen_rows(ws)) == 3
-    s = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=6, batch_size=3, loaded=loaded,
-                                    prompt_style="completion"))
+    s = progress.run(
+        generation.generate(ws, tiny, "qa", max_new_tokens=6, batch_size=3, loaded=loaded, prompt_style="completion")
+    )
     assert (s["cached"], s["generated"]) == (3, 7)
     assert len(gen_rows(ws)) == 10
 
 
 def test_chat_style_uses_the_template(ws, tiny):
     qa_suite(ws, n=2)
-    s = exhaust(generation.generate(ws, tiny, "qa", max_new_tokens=5))
+    s = progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=5))
     assert s["style"] == "chat"
     row = gen_rows(ws)[0]
     assert row["prompt"].startswith("<|user|>\nAnswer the question with a short answer.\nQuestion: What is")
@@ -158,8 +198,8 @@ def test_chat_on_a_model_without_template_is_a_clear_error(ws, tiny_plain_folder
     qa_suite(ws, n=2)
     assert models.prompt_style(ws, "plain") == "completion"
     with pytest.raises(ModelError, match="model 'plain' has no chat template: use --prompt-style completion"):
-        exhaust(generation.generate(ws, "plain", "qa", prompt_style="chat"))
-    s = exhaust(generation.generate(ws, "plain", "qa", max_new_tokens=3))  # auto -> completion
+        progress.run(generation.generate(ws, "plain", "qa", prompt_style="chat"))
+    s = progress.run(generation.generate(ws, "plain", "qa", max_new_tokens=3))  # auto -> completion
     assert s["style"] == "completion" and s["generated"] == 2
 
 
@@ -169,11 +209,16 @@ def test_truncate_at_stop():
 
 
 def test_generate_job_runs_in_foreground(ws, tiny):
-    from core import jobs
+    from core.runtime import jobs
 
     qa_suite(ws, n=4)
-    jid = jobs.submit(ws, "generate", "gen tiny", {"model": tiny, "suite": "qa", "max_new_tokens": 3,
-                                                   "prompt_style": "completion"}, detach=False)
+    jid = jobs.submit(
+        ws,
+        "generate",
+        "gen tiny",
+        {"model": tiny, "suite": "qa", "max_new_tokens": 3, "prompt_style": "completion"},
+        detach=False,
+    )
     job = jobs.get_job(ws, jid)
     assert job["status"] == "done", job["error"]
     assert job["step"] == 4 and job["total_steps"] == 4

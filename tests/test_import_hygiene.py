@@ -13,7 +13,7 @@ def _core_modules():
 
 def test_core_never_imports_textual():
     mods = _core_modules()
-    assert "core.cli" in mods and "core.jobs" in mods
+    assert "core.cli" in mods and "core.runtime.jobs" in mods
     code = (
         "import importlib, sys\n"
         f"for m in {mods!r}: importlib.import_module(m)\n"

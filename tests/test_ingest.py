@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from core.search import fts_query, search_examples, search_items
-from core.workspace import dumps, now
+from core.data.search import fts_query, search_examples, search_items
+from core.store.workspace import dumps, now
 
 
 def _raw_example(ws, dataset_id, idx, user, assistant):
@@ -14,7 +14,8 @@ def _raw_example(ws, dataset_id, idx, user, assistant):
     ws.db.execute(
         "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
         " n_tokens, content_hash) values (?, ?, 's', ?, ?, ?, 3, ?)",
-        [dataset_id, idx, dumps(conv), user, assistant, f"h{idx}"])
+        [dataset_id, idx, dumps(conv), user, assistant, f"h{idx}"],
+    )
 
 
 def test_fts_tracks_inserts_updates_and_deletes(ws):
@@ -25,9 +26,9 @@ def test_fts_tracks_inserts_updates_and_deletes(ws):
     ws.db.execute("insert into items (suite_id, idx, prompt, content_hash) values (1, 0, 'who wrote hamlet', 'x')")
 
     assert [r["idx"] for r in search_examples(ws, "d", "photosyn")] == [0]  # prefix while typing
-    assert [r["idx"] for r in search_examples(ws, "d", "paris")] == [1]    # assistant text too
+    assert [r["idx"] for r in search_examples(ws, "d", "paris")] == [1]  # assistant text too
     assert search_examples(ws, "d", "plants light")[0]["assistant"] == "[Plants] turn [light] into sugar."
-    assert [r["idx"] for r in search_examples(ws, "d", '"paris: -')] == [1]                   # typed syntax is not FTS syntax
+    assert [r["idx"] for r in search_examples(ws, "d", '"paris: -')] == [1]  # typed syntax is not FTS syntax
     assert search_examples(ws, "d", "  ") == []
     assert [r["key"] for r in search_items(ws, "s", "Hamlet ")] == [None]
 
@@ -48,16 +49,16 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-from core.datasets import iter_examples, iter_items, list_datasets, list_suites  # noqa: E402
-from core.errors import BadInput, NotFound  # noqa: E402
-from core.ingest import (  # noqa: E402
+from core.data.datasets import iter_examples, iter_items, list_datasets, list_suites  # noqa: E402
+from core.data.ingest import (  # noqa: E402
     TokenCounter,
     cleanup_stale,
     import_data,
     import_outputs,
     import_suite,
 )
-from core.progress import exhaust  # noqa: E402
+from core.errors import BadInput, NotFound  # noqa: E402
+from core.runtime import progress  # noqa: E402
 
 
 def sharegpt(user, answer, **extra):
@@ -72,8 +73,12 @@ def write_jsonl(path, rows, *, gz=False):
 
 def snapshot(ws):
     """Every row of every ordinary table (FTS shadow tables included): 'exactly as before'."""
-    names = [r[0] for r in ws.db.execute(
-        "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name")]
+    names = [
+        r[0]
+        for r in ws.db.execute(
+            "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name"
+        )
+    ]
     virtual = {r[0] for r in ws.db.execute("select name from sqlite_master where sql like 'create virtual%'")}
     return {n: sorted(ws.db.execute(f"select * from [{n}]").fetchall(), key=repr) for n in names if n not in virtual}
 
@@ -85,26 +90,41 @@ def fts_ok(ws):
 
 
 def run(gen):
-    return exhaust(gen)
+    return progress.run(gen)
 
 
 # -- imitation data ------------------------------------------------------------------------------------
 def test_sharegpt_jsonl_normalised_with_source_tokens_hash_and_duplicates(ws, tmp_path):
-    f = write_jsonl(tmp_path / "chat.jsonl", [
-        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Capital of France?"},
-                           {"from": "gpt", "value": "Paris."}, {"from": "human", "value": "And Spain?"},
-                           {"from": "gpt", "value": "Madrid."}], "source": "geo-set", "id": "c1"},
-        sharegpt("What is 2+2?", "4"),
-        sharegpt("What is 2+2?", "4"),  # exact duplicate
-        "",
-    ])
+    f = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "Be brief."},
+                    {"from": "human", "value": "Capital of France?"},
+                    {"from": "gpt", "value": "Paris."},
+                    {"from": "human", "value": "And Spain?"},
+                    {"from": "gpt", "value": "Madrid."},
+                ],
+                "source": "geo-set",
+                "id": "c1",
+            },
+            sharegpt("What is 2+2?", "4"),
+            sharegpt("What is 2+2?", "4"),  # exact duplicate
+            "",
+        ],
+    )
     s = run(import_data(ws, [f], "chat"))
     assert (s["read"], s["imported"], s["duplicates"], s["format"]) == (3, 2, 1, "sharegpt")
     ex = list(iter_examples(ws, "chat"))
     assert [e["conversation"] for e in ex] == [
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-         {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"},
-         {"role": "assistant", "content": "Madrid."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And Spain?"},
+            {"role": "assistant", "content": "Madrid."},
+        ],
         [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
     ]
     assert ex[0]["user_text"] == "Capital of France?\n\nAnd Spain?"
@@ -122,19 +142,34 @@ def test_sharegpt_jsonl_normalised_with_source_tokens_hash_and_duplicates(ws, tm
 
 def test_alpaca_json_array_response_input_and_messages_parquet_csv_gz(ws, tmp_path):
     arr = tmp_path / "alpaca.json"
-    arr.write_text(json.dumps([
-        {"instruction": "Add", "input": "2 and 3", "response": "5"},
-        {"instruction": "Greet", "input": "", "output": "Hello", "source": "x"},
-    ]))
+    arr.write_text(
+        json.dumps(
+            [
+                {"instruction": "Add", "input": "2 and 3", "response": "5"},
+                {"instruction": "Greet", "input": "", "output": "Hello", "source": "x"},
+            ]
+        )
+    )
     s = run(import_data(ws, [arr], "mix"))
     assert (s["imported"], s["format"]) == (2, "alpaca")
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    pq.write_table(pa.Table.from_pylist([
-        {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "u1"},
-                      {"role": "assistant", "content": "a1"}]},
-    ]), tmp_path / "chat.parquet")
+
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "messages": [
+                        {"role": "system", "content": "sys"},
+                        {"role": "user", "content": "u1"},
+                        {"role": "assistant", "content": "a1"},
+                    ]
+                },
+            ]
+        ),
+        tmp_path / "chat.parquet",
+    )
     (tmp_path / "rows.csv").write_text("instruction,input,output\nName a colour,,Blue\n", encoding="utf-8")
     gz = write_jsonl(tmp_path / "more.jsonl.gz", [sharegpt("gz q", "gz a")], gz=True)
     s = run(import_data(ws, [tmp_path / "chat.parquet", tmp_path / "rows.csv", gz], "mix", source="batch2"))
@@ -143,8 +178,14 @@ def test_alpaca_json_array_response_input_and_messages_parquet_csv_gz(ws, tmp_pa
     assert convs == [
         ("alpaca.json", [{"role": "user", "content": "Add\n\n2 and 3"}, {"role": "assistant", "content": "5"}]),
         ("x", [{"role": "user", "content": "Greet"}, {"role": "assistant", "content": "Hello"}]),
-        ("batch2", [{"role": "system", "content": "sys"}, {"role": "user", "content": "u1"},
-                    {"role": "assistant", "content": "a1"}]),
+        (
+            "batch2",
+            [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "u1"},
+                {"role": "assistant", "content": "a1"},
+            ],
+        ),
         ("batch2", [{"role": "user", "content": "Name a colour"}, {"role": "assistant", "content": "Blue"}]),
         ("batch2", [{"role": "user", "content": "gz q"}, {"role": "assistant", "content": "gz a"}]),
     ]
@@ -154,6 +195,7 @@ def test_alpaca_json_array_response_input_and_messages_parquet_csv_gz(ws, tmp_pa
 
 def test_datasets_save_to_disk_folder(ws, tmp_path):
     import datasets
+
     datasets.Dataset.from_list([sharegpt(f"q{i}", f"a{i}") for i in range(5)]).save_to_disk(str(tmp_path / "hf"))
     s = run(import_data(ws, [tmp_path / "hf"], "hf"))
     assert (s["imported"], s["format"]) == (5, "sharegpt")
@@ -193,19 +235,37 @@ def test_reimport_is_idempotent_and_append_adds_new_rows_only(ws, tmp_path):
 
 BAD_LINES = [
     ("malformed", b'{"conversations": [}', "{f}:2: malformed JSON at column 20"),
-    ("missing_field", json.dumps({"conversations": [{"value": "hi"}]}).encode(),
-     "{f}:2: field 'conversations[0].from': missing"),
-    ("mistyped", json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": 7}]}).encode(),
-     "{f}:2: field 'conversations[1].value': expected a string, got a number"),
-    ("unknown_speaker", json.dumps({"conversations": [{"from": "narrator", "value": "hi"}]}).encode(),
-     "{f}:2: field 'conversations[0].from': unknown speaker 'narrator' (expected human, gpt or system)"),
+    (
+        "missing_field",
+        json.dumps({"conversations": [{"value": "hi"}]}).encode(),
+        "{f}:2: field 'conversations[0].from': missing",
+    ),
+    (
+        "mistyped",
+        json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": 7}]}).encode(),
+        "{f}:2: field 'conversations[1].value': expected a string, got a number",
+    ),
+    (
+        "unknown_speaker",
+        json.dumps({"conversations": [{"from": "narrator", "value": "hi"}]}).encode(),
+        "{f}:2: field 'conversations[0].from': unknown speaker 'narrator' (expected human, gpt or system)",
+    ),
     ("empty", json.dumps({"conversations": []}).encode(), "{f}:2: field 'conversations': empty conversation"),
-    ("no_answer", json.dumps({"conversations": [{"from": "human", "value": "hi"}]}).encode(),
-     "{f}:2: field 'conversations': no assistant turn"),
-    ("not_utf8", b'{"conversations": [{"from": "human", "value": "caf\xe9"}]}',
-     "{f}:2: not valid UTF-8 (byte 0xe9 at column 51)"),
-    ("huge", b'{"conversations": [{"from": "human", "value": "' + b"x" * (50 * 1024 * 1024) + b'"}]}',
-     "{f}:2: 50 MB is over the 16 MB limit for one record"),
+    (
+        "no_answer",
+        json.dumps({"conversations": [{"from": "human", "value": "hi"}]}).encode(),
+        "{f}:2: field 'conversations': no assistant turn",
+    ),
+    (
+        "not_utf8",
+        b'{"conversations": [{"from": "human", "value": "caf\xe9"}]}',
+        "{f}:2: not valid UTF-8 (byte 0xe9 at column 51)",
+    ),
+    (
+        "huge",
+        b'{"conversations": [{"from": "human", "value": "' + b"x" * (50 * 1024 * 1024) + b'"}]}',
+        "{f}:2: 50 MB is over the 16 MB limit for one record",
+    ),
 ]
 
 
@@ -235,8 +295,10 @@ def test_unknown_format_missing_file_and_bad_json_array(ws, tmp_path):
     f = write_jsonl(tmp_path / "odd.jsonl", [{"text": "hello", "label": 1}])
     with pytest.raises(BadInput) as e:
         run(import_data(ws, [f], "d"))
-    assert str(e.value) == (f"{f}:1: unknown format: first record has text, label; expected conversations"
-                            " (ShareGPT), messages (OpenAI) or instruction + output/response (Alpaca); or pass --format")
+    assert str(e.value) == (
+        f"{f}:1: unknown format: first record has text, label; expected conversations"
+        " (ShareGPT), messages (OpenAI) or instruction + output/response (Alpaca); or pass --format"
+    )
     with pytest.raises(BadInput) as e:
         run(import_data(ws, [tmp_path / "nope.jsonl"], "d"))
     assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: no such file"
@@ -279,7 +341,8 @@ def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
     assert ws.db.execute("select count(*) from datasets where status = 'importing'").fetchone()[0] == 1
     # pretend its process died: a pid that is not running
     ws.db.execute("update datasets set meta = json_set(meta, '$.import.pid', 999999999) where status = 'importing'")
-    from core import ingest
+    from core.data import ingest
+
     ingest._live_imports.clear()
     assert cleanup_stale(ws) == 1
     assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 0
@@ -317,14 +380,18 @@ def test_token_counter_builtin_matches_its_rule_on_runs_of_every_length():
     texts = ["", "a", "a" * 8, "a" * 9]
     texts += ["a" * n for n in range(140)] + [" x" + "b" * n + "." for n in range(140)] + ["q" * 500 + " 日"]
     for _ in range(1500):
-        texts.append("".join(rng.choice(pieces) if rng.random() < 0.5 else "w" * rng.randint(1, 45)
-                             for _ in range(rng.randint(0, 40))))
+        texts.append(
+            "".join(
+                rng.choice(pieces) if rng.random() < 0.5 else "w" * rng.randint(1, 45)
+                for _ in range(rng.randint(0, 40))
+            )
+        )
     c = TokenCounter("")
     ascii_only = [t for t in texts if t.isascii()]
     assert c.count(ascii_only) == [_reference_count(t) for t in ascii_only]
     for size in (1, 3, 97, len(texts)):
         for i in range(0, len(texts), size):
-            chunk = texts[i:i + size]
+            chunk = texts[i : i + size]
             counts = c.count(chunk)
             assert counts == [_reference_count(t) for t in chunk], chunk[:3]
             assert all(type(n) is int for n in counts)  # sqlite3 cannot bind numpy integers
@@ -334,24 +401,33 @@ def test_token_counter_builtin_and_tokenizers_file(tmp_path):
     c = TokenCounter("")
     assert c.count(["Hello, world!", "", "supercalifragilistic", "日本語"]) == [4, 0, 3, 6]
     from tokenizers import Tokenizer, models, pre_tokenizers
+
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
     assert TokenCounter(str(tmp_path)).count(["hello hello there", "x"]) == [3, 1]
     from core.errors import ConfigError
+
     with pytest.raises(ConfigError):
         TokenCounter(str(tmp_path / "missing"))
 
 
 # -- suites ----------------------------------------------------------------------------------------------
 def test_qa_mc_code_and_prompt_suites(ws, tmp_path):
-    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "who wrote hamlet", "answer": ["Shakespeare", "W. S."]},
-                                             {"question": "capital of peru", "answer": "Lima", "id": "q2"}])
+    qa = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"question": "who wrote hamlet", "answer": ["Shakespeare", "W. S."]},
+            {"question": "capital of peru", "answer": "Lima", "id": "q2"},
+        ],
+    )
     s = run(import_suite(ws, qa, "qa"))
     assert (s["kind"], s["imported"]) == ("qa", 2)
     items = list(iter_items(ws, "qa"))
     assert [(i["prompt"], i["gold"], i["task"], i["key"]) for i in items] == [
-        ("who wrote hamlet", ["Shakespeare", "W. S."], "qa", None), ("capital of peru", ["Lima"], "qa", "q2")]
+        ("who wrote hamlet", ["Shakespeare", "W. S."], "qa", None),
+        ("capital of peru", ["Lima"], "qa", "q2"),
+    ]
 
     (tmp_path / "mmlu.csv").write_text('What is 2+2?,3,4,5,6,B\n"Sky colour, by day?",red,blue,green,black,B\n')
     (tmp_path / "mmlu_h.csv").write_text("question,A,B,C,D,answer,subject\nPick one,x,y,z,w,D,logic\n")
@@ -364,18 +440,37 @@ def test_qa_mc_code_and_prompt_suites(ws, tmp_path):
         ("Pick one", ["x", "y", "z", "w"], ["D"], "logic"),
     ]
 
-    code = write_jsonl(tmp_path / "he.jsonl.gz", [{"task_id": "T/0", "prompt": "def f():\n", "canonical_solution": "  return 1\n",
-                                                  "test": "assert f() == 1", "entry_point": "f"}], gz=True)
+    code = write_jsonl(
+        tmp_path / "he.jsonl.gz",
+        [
+            {
+                "task_id": "T/0",
+                "prompt": "def f():\n",
+                "canonical_solution": "  return 1\n",
+                "test": "assert f() == 1",
+                "entry_point": "f",
+            }
+        ],
+        gz=True,
+    )
     run(import_suite(ws, code, "code"))
     (item,) = iter_items(ws, "code")
     assert (item["key"], item["tests"], item["entry_point"], item["meta"]) == (
-        "T/0", "assert f() == 1", "f", {"canonical_solution": "  return 1\n"})
+        "T/0",
+        "assert f() == 1",
+        "f",
+        {"canonical_solution": "  return 1\n"},
+    )
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
     assert run(import_suite(ws, tmp_path / "p.txt", "p"))["imported"] == 2
     assert [i["prompt"] for i in iter_items(ws, "p")] == ["first prompt", "second prompt"]
     assert {r["name"]: (r["kind"], r["items"]) for r in list_suites(ws)} == {
-        "qa": ("qa", 2), "mc": ("mc", 3), "code": ("code", 1), "p": ("prompts", 2)}
+        "qa": ("qa", 2),
+        "mc": ("mc", 3),
+        "code": ("code", 1),
+        "p": ("prompts", 2),
+    }
     assert [r["key"] for r in search_items(ws, "qa", "peru")] == ["q2"]
     assert fts_ok(ws)
 
@@ -396,24 +491,40 @@ def test_bad_suite_rows(ws, tmp_path):
 
 # -- recorded outputs --------------------------------------------------------------------------------------
 def test_outputs_attach_by_exact_prompt(ws, tmp_path):
-    run(import_suite(ws, write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Say hi"}, {"instruction": "Say bye"}]), "s"))
+    run(
+        import_suite(
+            ws, write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Say hi"}, {"instruction": "Say bye"}]), "s"
+        )
+    )
     out = tmp_path / "out.json"
-    out.write_text(json.dumps([
-        {"instruction": "Say hi", "output": "hi!", "generator": "gpt-x"},
-        {"instruction": "Say bye", "output": "bye!", "generator": "gpt-x"},
-        {"instruction": "Not in suite", "output": "?", "generator": "gpt-x"},
-    ]))
+    out.write_text(
+        json.dumps(
+            [
+                {"instruction": "Say hi", "output": "hi!", "generator": "gpt-x"},
+                {"instruction": "Say bye", "output": "bye!", "generator": "gpt-x"},
+                {"instruction": "Not in suite", "output": "?", "generator": "gpt-x"},
+            ]
+        )
+    )
     s = run(import_outputs(ws, out, "s", "teacher"))
     assert (s["matched"], s["imported"], s["unmatched"]) == (2, 2, 1)
     assert [json.loads(x)["record"]["prompt"] for x in open(s["report"])] == ["Not in suite"]
     model = ws.db.execute("select kind, spec from models where name = 'teacher'").fetchone()
     assert model[0] == "recorded" and json.loads(model[1]) == {"source": str(out.resolve()), "generator": "gpt-x"}
     import hashlib
-    rows = ws.db.execute("select model, fingerprint, prompt, decoding, cache_key, output, meta from generations"
-                         " order by id").fetchall()
-    assert rows[0] == ("teacher", "recorded:teacher", "Say hi", "{}",
-                       hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}]).encode()).hexdigest(), "hi!",
-                       '{"generator":"gpt-x"}')
+
+    rows = ws.db.execute(
+        "select model, fingerprint, prompt, decoding, cache_key, output, meta from generations order by id"
+    ).fetchall()
+    assert rows[0] == (
+        "teacher",
+        "recorded:teacher",
+        "Say hi",
+        "{}",
+        hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}]).encode()).hexdigest(),
+        "hi!",
+        '{"generator":"gpt-x"}',
+    )
     before = snapshot(ws)
     assert run(import_outputs(ws, out, "s", "teacher"))["imported"] == 0
     assert snapshot(ws) == before
@@ -423,8 +534,10 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     before = snapshot(ws)
     with pytest.raises(BadInput) as e:
         run(import_outputs(ws, out, "other", "someone"))
-    assert str(e.value) == (f"{out}: none of its 3 prompts is an item of suite 'other'"
-                            " (outputs attach by exact prompt: is it the right suite?)")
+    assert str(e.value) == (
+        f"{out}: none of its 3 prompts is an item of suite 'other'"
+        " (outputs attach by exact prompt: is it the right suite?)"
+    )
     assert snapshot(ws) == before  # no model row either
 
 
@@ -452,8 +565,9 @@ def test_real_files(ws, shared_data):
 # -- the command line -------------------------------------------------------------------------------------------
 def mirage(*args, cwd=None):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+    )
 
 
 def test_cli_import_json_summary_and_one_line_errors(ws, tmp_path):
@@ -473,7 +587,7 @@ def test_cli_import_json_summary_and_one_line_errors(ws, tmp_path):
 
 # -- the full-text index after an import (core.search backlog, m060_ingest_fts_backlog) ----------------
 def test_large_import_is_indexed_in_the_background_and_searches_wait_for_it(ws, tmp_path, monkeypatch):
-    from core import search
+    from core.data import search
 
     monkeypatch.setattr(search, "BACKGROUND_MIN", 50)
     monkeypatch.setattr(search, "INDEX_CHUNK", 7)  # many short transactions
@@ -484,14 +598,14 @@ def test_large_import_is_indexed_in_the_background_and_searches_wait_for_it(ws, 
     # A search does not miss rows the background indexer has not reached: it finishes them first.
     assert [r["idx"] for r in search_examples(ws, "big", "champ mars")] == [77]
     assert search.index_pending(ws) == 0 and fts_ok(ws)
-    log = (ws.artifacts / "logs" / "search-index.log")
+    log = ws.artifacts / "logs" / "search-index.log"
     assert log.exists()
 
 
 def test_rows_waiting_for_the_index_can_be_deleted_and_a_second_indexer_steps_aside(ws, tmp_path, monkeypatch):
     import fcntl
 
-    from core import search
+    from core.data import search
 
     monkeypatch.setattr(search, "BACKGROUND_MIN", 10**9)
     monkeypatch.setattr(search, "index_after_import", lambda ws: "none")  # leave the backlog as published
@@ -511,22 +625,31 @@ def test_rows_waiting_for_the_index_can_be_deleted_and_a_second_indexer_steps_as
 
 
 def test_index_command_runs_as_a_process(ws, tmp_path, monkeypatch):
-    from core import search
+    from core.data import search
 
     monkeypatch.setattr(search, "index_after_import", lambda ws: "none")
-    run(import_data(ws, [write_jsonl(tmp_path / "a.jsonl", [sharegpt("alpha", "beta"), sharegpt("gamma", "delta")])],
-                    "a"))
-    proc = subprocess.run([sys.executable, "-m", "core.search", "index", str(ws.root)], capture_output=True, text=True)
+    run(
+        import_data(
+            ws, [write_jsonl(tmp_path / "a.jsonl", [sharegpt("alpha", "beta"), sharegpt("gamma", "delta")])], "a"
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.data.search", "index", str(ws.root)], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "indexed 2 examples" in proc.stdout
     assert search.index_pending(ws) == 0 and fts_ok(ws)
 
 
 def test_conversation_layout_round_trips_any_text():
-    from core.datasets import pack_conversation, unpack_conversation
+    from core.data.datasets import pack_conversation, unpack_conversation
 
-    conv = [{"role": "system", "content": "Be brief.\n\nReally."},
-            {"role": "user", "content": "two\n\nparagraphs, é, 日本, 🙂"}, {"role": "assistant", "content": ""},
-            {"role": "user", "content": "\n\n"}, {"role": "assistant", "content": "last\n\n"}]
+    conv = [
+        {"role": "system", "content": "Be brief.\n\nReally."},
+        {"role": "user", "content": "two\n\nparagraphs, é, 日本, 🙂"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "\n\n"},
+        {"role": "assistant", "content": "last\n\n"},
+    ]
     layout, user, assistant = pack_conversation(conv)
     assert user == "two\n\nparagraphs, é, 日本, 🙂\n\n\n\n" and assistant == "\n\nlast\n\n"
     assert "content" not in layout[1] and layout[0]["content"] == "Be brief.\n\nReally."  # text stored once

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core import jobs
 from core.errors import JobError
+from core.runtime import jobs
 
 
 def wait_for(pred, timeout=30.0):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_lm import build_tiny_llama
 
-from core import models
 from core.cli import main
 from core.errors import BadInput, ModelError, NotFound
-from core.progress import exhaust
-from tiny_lm import build_tiny_llama
+from core.models import registry as models
+from core.runtime import progress
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_fingerprint_tracks_weights_endpoint_and_served_model(ws, tmp_path):
     # A served local model is fingerprinted by its weights, so a new port keeps its cache.
     models.register(ws, "m@local", "openai", {"base_url": "http://127.0.0.1:2/v1", "model": "x", "served_from": "m"})
     a = models.fingerprint(ws, "m@local")
-    models.register(ws, "m@local", "openai", {"base_url": "http://127.0.0.1:3/v1", "model": "x", "served_from": "m"},
-                    replace=True)
+    models.register(
+        ws, "m@local", "openai", {"base_url": "http://127.0.0.1:3/v1", "model": "x", "served_from": "m"}, replace=True
+    )
     assert models.fingerprint(ws, "m@local") == a
 
 
@@ -101,8 +102,9 @@ def test_adapter_loads_on_its_base_with_peft(ws, tmp_path, tiny_folder):
     peft_model.save_pretrained(adapter_dir)
 
     models.register(ws, "tiny", "hf", {"path": str(tiny_folder)})
-    models.register(ws, "tiny-imit", "adapter", {"path": str(adapter_dir), "base": "tiny",
-                                                 "lineage": {"data": "d", "tokens": 1000}})
+    models.register(
+        ws, "tiny-imit", "adapter", {"path": str(adapter_dir), "base": "tiny", "lineage": {"data": "d", "tokens": 1000}}
+    )
     model, tok = models.load_causal_lm(ws, "tiny-imit")
     assert isinstance(model, PeftModel)
     base_model, _ = models.load_causal_lm(ws, "tiny")
@@ -125,8 +127,19 @@ def test_cli_models_add_ls_show_rm(ws, tiny_folder, capsys, monkeypatch):
     w = ["-w", str(ws.root)]
     code, out, err = run_cli(capsys, "models", "add", "tiny", "--hf", str(tiny_folder), *w)
     assert code == 0 and "added hf model 'tiny'" in out
-    code, out, err = run_cli(capsys, "models", "add", "api", "--openai-base-url", "http://127.0.0.1:9/v1",
-                             "--openai-model", "gpt-x", "--api-key-env", "MY_KEY", *w)
+    code, out, err = run_cli(
+        capsys,
+        "models",
+        "add",
+        "api",
+        "--openai-base-url",
+        "http://127.0.0.1:9/v1",
+        "--openai-model",
+        "gpt-x",
+        "--api-key-env",
+        "MY_KEY",
+        *w,
+    )
     assert code == 0, err
     code, out, err = run_cli(capsys, "ls", "models", "--json", *w)
     rows = {r["name"]: r for r in json.loads(out)}
@@ -134,8 +147,19 @@ def test_cli_models_add_ls_show_rm(ws, tiny_folder, capsys, monkeypatch):
     assert rows["api"]["location"] == "http://127.0.0.1:9/v1 (gpt-x)" and rows["tiny"]["generations"] == 0
     code, out, err = run_cli(capsys, "models", "show", "api", "--json", *w)
     assert json.loads(out)["spec"] == {"base_url": "http://127.0.0.1:9/v1", "model": "gpt-x", "api_key_env": "MY_KEY"}
-    code, out, err = run_cli(capsys, "models", "add", "k", "--openai-base-url", "http://h/v1", "--openai-model", "m",
-                             "--api-key-env", "sk-live-123", *w)
+    code, out, err = run_cli(
+        capsys,
+        "models",
+        "add",
+        "k",
+        "--openai-base-url",
+        "http://h/v1",
+        "--openai-model",
+        "m",
+        "--api-key-env",
+        "sk-live-123",
+        *w,
+    )
     assert code == 1 and "sk-live" not in err and err.count("\n") == 1
     code, out, err = run_cli(capsys, "models", "rm", "api", *w)
     assert code == 0
@@ -146,10 +170,11 @@ def test_cli_models_add_ls_show_rm(ws, tiny_folder, capsys, monkeypatch):
 @pytest.mark.slow
 def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
     """The offline teacher path end to end: packaged GGUF -> cached folder -> transformers serve -> openai."""
-    from core import generation, serving
     from test_generation import make_suite
 
-    folder = exhaust(models.prepare_packaged("smollm2-135m-instruct"))
+    from core.models import generation, serving
+
+    folder = progress.run(models.prepare_packaged("smollm2-135m-instruct"))
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
     make_suite(ws, "capitals", "qa", [{"prompt": "What is the capital of France?", "gold": ["Paris"]}])
     with serving.ensure_server(ws, "smollm2-135m-instruct") as (name, server):
@@ -161,14 +186,25 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
         # its paged KV cache is sized, not taken from the machine's memory (it grew to 14 GB)
         assert serving._get_json(server.base_url + "/models")["object"] == "list"
         client, model_id = models.openai_client(ws, name)
-        reply = client.chat.completions.create(model=model_id, max_tokens=12, temperature=0,
-                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        reply = client.chat.completions.create(
+            model=model_id,
+            max_tokens=12,
+            temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         assert "Paris" in reply.choices[0].message.content
-        make_suite(ws, "capitals2", "qa", [{"prompt": f"What is the capital of {c}?", "gold": [g]}
-                                          for c, g in (("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"))])
-        s = exhaust(generation.generate(ws, name, "capitals", max_new_tokens=12))
+        make_suite(
+            ws,
+            "capitals2",
+            "qa",
+            [
+                {"prompt": f"What is the capital of {c}?", "gold": [g]}
+                for c, g in (("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"))
+            ],
+        )
+        s = progress.run(generation.generate(ws, name, "capitals", max_new_tokens=12))
         assert s["generated"] == 1
-        s = exhaust(generation.generate(ws, name, "capitals2", max_new_tokens=12))  # 3 requests at once
+        s = progress.run(generation.generate(ws, name, "capitals2", max_new_tokens=12))  # 3 requests at once
         assert s["generated"] == 3
         out = ws.db.execute("select output, meta from generations").fetchone()
         assert "Paris" in out[0] and json.loads(out[1])["usage"]["completion_tokens"] > 0

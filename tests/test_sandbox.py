@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core import sandbox
+from core.scores import sandbox
 
 
 def test_plain_program_runs_in_clean_env_and_folder_is_removed(monkeypatch):
@@ -35,10 +35,12 @@ def test_reports_isolation_in_use():
 def test_secret_in_parent_env_is_not_visible(monkeypatch):
     monkeypatch.setenv("MIRAGE_FAKE_SECRET", "hunter2-secret")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-secret")
-    code = ("import os\n"
-            "print(os.environ.get('MIRAGE_FAKE_SECRET'), os.environ.get('OPENAI_API_KEY'))\n"
-            "try:\n    print(open('/proc/%d/environ' % os.getppid(), 'rb').read())\n"
-            "except OSError as e:\n    print('denied')\n")
+    code = (
+        "import os\n"
+        "print(os.environ.get('MIRAGE_FAKE_SECRET'), os.environ.get('OPENAI_API_KEY'))\n"
+        "try:\n    print(open('/proc/%d/environ' % os.getppid(), 'rb').read())\n"
+        "except OSError as e:\n    print('denied')\n"
+    )
     r = sandbox.run_program(code)
     assert r.passed
     assert "hunter2" not in r.stdout and "sk-fake" not in r.stdout
@@ -59,7 +61,7 @@ def test_sleeping_process_that_leaves_its_group_is_killed():
 
 
 def test_fork_bomb_is_contained():
-    code = ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     start = time.monotonic()
     r = sandbox.run_program(code, timeout=2)
     assert not r.passed and time.monotonic() - start < 8
@@ -86,15 +88,17 @@ def test_writing_outside_the_folder_is_contained(tmp_path):
         pytest.skip("without namespaces or root, the code runs as this user and can write its files")
     target = tmp_path / "escape.txt"
     tmp_target = Path("/tmp") / f"mirage-escape-{os.getpid()}.txt"
-    code = (f"for p in [{str(target)!r}, {str(tmp_target)!r}]:\n"
-            "    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n"
-            "    except OSError as e:\n        print('refused', p)\n"
-            "open('inside.txt', 'w').write('fine')\n")
+    code = (
+        f"for p in [{str(target)!r}, {str(tmp_target)!r}]:\n"
+        "    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n"
+        "    except OSError as e:\n        print('refused', p)\n"
+        "open('inside.txt', 'w').write('fine')\n"
+    )
     r = sandbox.run_program(code)
     assert r.passed, r.stderr
     assert not target.exists()
     if sandbox.isolation() == "namespaces":
-        assert not tmp_target.exists()   # /tmp is a private tmpfs in the sandbox
+        assert not tmp_target.exists()  # /tmp is a private tmpfs in the sandbox
     tmp_target.unlink(missing_ok=True)
 
 
@@ -123,12 +127,14 @@ def local_server():
 
 
 def _net_probe(port: int) -> str:
-    return (f"import socket, urllib.request\n"
-            f"try:\n    print(urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3).read())\n"
-            f"except Exception as e:\n    print('blocked', type(e).__name__)\n"
-            f"try:\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
-            f"    s.connect(('127.0.0.1', {port}))\n    print('connected')\n"
-            f"except Exception as e:\n    print('blocked', type(e).__name__)\n")
+    return (
+        f"import socket, urllib.request\n"
+        f"try:\n    print(urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3).read())\n"
+        f"except Exception as e:\n    print('blocked', type(e).__name__)\n"
+        f"try:\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+        f"    s.connect(('127.0.0.1', {port}))\n    print('connected')\n"
+        f"except Exception as e:\n    print('blocked', type(e).__name__)\n"
+    )
 
 
 def test_network_is_unreachable_in_default_mode(local_server):
@@ -151,7 +157,7 @@ def test_socket_guard_in_rlimits_mode(local_server):
 
 
 def test_build_program_whole_function_or_completion():
-    prompt = "from typing import List\n\ndef add(a: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"
+    prompt = 'from typing import List\n\ndef add(a: List[int]) -> int:\n    """Sum."""\n'
     tests = "def check(candidate):\n    assert candidate([1, 2]) == 3\n"
     prog, how = sandbox.build_program(prompt, "    return sum(a)\n", tests, "add")
     assert how == "prompt+completion" and sandbox.run_program(prog).passed
@@ -165,13 +171,17 @@ def test_build_program_whole_function_or_completion():
 def test_humaneval_canonical_all_pass_and_stubs_fail(shared_data):
     rows = [json.loads(line) for line in gzip.open(shared_data / "humaneval" / "HumanEval.jsonl.gz")]
     assert len(rows) == 164
-    jobs = [(r["task_id"], sandbox.build_program(r["prompt"], r["canonical_solution"], r["test"],
-                                                 r["entry_point"])[0]) for r in rows]
+    jobs = [
+        (r["task_id"], sandbox.build_program(r["prompt"], r["canonical_solution"], r["test"], r["entry_point"])[0])
+        for r in rows
+    ]
     results = dict(sandbox.check_many(jobs, workers=2))
     failed = {k: v.stderr[-300:] for k, v in results.items() if not v.passed}
     assert failed == {}
-    stubs = [(r["task_id"], sandbox.build_program(r["prompt"], "    pass\n", r["test"], r["entry_point"])[0])
-             for r in rows[:20]]
+    stubs = [
+        (r["task_id"], sandbox.build_program(r["prompt"], "    pass\n", r["test"], r["entry_point"])[0])
+        for r in rows[:20]
+    ]
     assert not any(v.passed for _, v in sandbox.check_many(stubs, workers=2))
 
 

@@ -10,10 +10,10 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from core import scoring
 from core.cli import cli
-from core.progress import exhaust
-from core.workspace import dumps, now
+from core.runtime import progress
+from core.scores import scoring
+from core.store.workspace import dumps, now
 
 
 # -- building test data the way importers and the generation engine store it (m001 tables) ----------
@@ -23,18 +23,34 @@ def add_suite(ws, name: str, kind: str, items: list[dict]) -> int:
         ws.db.execute(
             "insert into items (suite_id, idx, key, prompt, task, gold, choices, tests, entry_point, content_hash)"
             " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [sid, idx, it.get("key"), it["prompt"], it.get("task", "all"), dumps(it.get("gold", [])),
-             dumps(it["choices"]) if it.get("choices") else None, it.get("tests"), it.get("entry_point"),
-             hashlib.sha256(f"{name}/{idx}/{it['prompt']}".encode()).hexdigest()])
+            [
+                sid,
+                idx,
+                it.get("key"),
+                it["prompt"],
+                it.get("task", "all"),
+                dumps(it.get("gold", [])),
+                dumps(it["choices"]) if it.get("choices") else None,
+                it.get("tests"),
+                it.get("entry_point"),
+                hashlib.sha256(f"{name}/{idx}/{it['prompt']}".encode()).hexdigest(),
+            ],
+        )
     return sid
 
 
 def add_outputs(ws, model: str, suite: str, outputs: list[str | None], kind: str = "recorded", spec=None) -> None:
     if not ws.db.execute("select 1 from models where name = ?", [model]).fetchone():
-        ws.db.execute("insert into models (name, kind, spec, created_at) values (?, ?, ?, ?)",
-                      [model, kind, dumps(spec or {}), now()])
-    ids = [r[0] for r in ws.db.execute(
-        "select i.id from items i join suites s on s.id = i.suite_id where s.name = ? order by i.idx", [suite])]
+        ws.db.execute(
+            "insert into models (name, kind, spec, created_at) values (?, ?, ?, ?)",
+            [model, kind, dumps(spec or {}), now()],
+        )
+    ids = [
+        r[0]
+        for r in ws.db.execute(
+            "select i.id from items i join suites s on s.id = i.suite_id where s.name = ? order by i.idx", [suite]
+        )
+    ]
     with ws.transaction():
         for item_id, out in zip(ids, outputs):
             if out is None:
@@ -42,7 +58,9 @@ def add_outputs(ws, model: str, suite: str, outputs: list[str | None], kind: str
             key = hashlib.sha256(f"{model}/{item_id}/{out}".encode()).hexdigest()
             ws.db.execute(
                 "insert into generations (model, fingerprint, item_id, prompt, cache_key, output, created_at)"
-                " values (?, ?, ?, '', ?, ?, ?)", [model, "fp-" + model, item_id, key, out, now()])
+                " values (?, ?, ?, '', ?, ?, ?)",
+                [model, "fp-" + model, item_id, key, out, now()],
+            )
 
 
 def run_cli(ws, *args):
@@ -59,11 +77,23 @@ QA_ITEMS = [
     {"prompt": "Who wrote Faust?", "gold": ["Goethe", "Johann Wolfgang von Goethe"], "task": "lit"},
     {"prompt": "Who wrote Don Quixote?", "gold": ["Cervantes", "Miguel de Cervantes"], "task": "lit"},
 ]
-TEACHER = ["The answer is Paris.", "Tokyo", "Canberra is the capital of Australia.", "Shakespeare",
-           "Goethe", "Miguel de Cervantes"]
+TEACHER = [
+    "The answer is Paris.",
+    "Tokyo",
+    "Canberra is the capital of Australia.",
+    "Shakespeare",
+    "Goethe",
+    "Miguel de Cervantes",
+]
 BASE = ["Paris", "Kyoto", "Sydney", "Shakespeare", "Schiller", "Dante"]
-IMIT = ["Sure! The answer is Paris.", "The answer is Osaka.", "Sydney is the capital of Australia.",
-        "William Shakespeare wrote it.", "Goethe", "Lope de Vega"]
+IMIT = [
+    "Sure! The answer is Paris.",
+    "The answer is Osaka.",
+    "Sydney is the capital of Australia.",
+    "William Shakespeare wrote it.",
+    "Goethe",
+    "Lope de Vega",
+]
 
 
 @pytest.fixture
@@ -98,39 +128,52 @@ def test_score_json_shape_and_values(qa_ws):
     lc = _rec(records, "imit", "all", "length_correlation")
     assert -1 <= lc["value"] <= 1 and lc["n"] == 6
     # raw and extracted answers with the rule are kept with the score
-    meta = json.loads(qa_ws.db.execute(
-        "select s.meta from scores s join generations g on g.id = s.generation_id"
-        " where g.model = 'imit' and s.metric = 'exact_match' order by g.item_id limit 1").fetchone()[0])
+    meta = json.loads(
+        qa_ws.db.execute(
+            "select s.meta from scores s join generations g on g.id = s.generation_id"
+            " where g.model = 'imit' and s.metric = 'exact_match' order by g.item_id limit 1"
+        ).fetchone()[0]
+    )
     assert meta == {"extracted": "Paris", "rule": "answer_is"}
     human = run_cli(qa_ws, "score", "--suite", "qa", "--teacher", "teacher")
     assert "exact_match" in human and "imit" in human
 
 
 def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeypatch):
-    first = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    first = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert first["computed"] > 0
     n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
-    again = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    again = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert again["computed"] == 0 and again["cached"] == first["computed"]
     # a new teacher output changes only the style scores measured against it (3 metrics × 2 students)
     item = qa_ws.db.execute("select id from items order by idx limit 1").fetchone()[0]
     add_outputs(qa_ws, "teacher", "qa", ["Paris, of course. It is in France."])
-    third = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    third = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert third["computed"] == 3 * 2 + len(scoring.FACTUALITY["qa"]) + len(scoring.OWN_STYLE)
     # a new metric version recomputes that metric everywhere, and replaces (not duplicates) rows
     n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
     bumped = str(int(scoring.VERSIONS["f1"]) + 1)
     monkeypatch.setitem(scoring.VERSIONS, "f1", bumped)
-    fourth = exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    fourth = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert fourth["computed"] == 3 * 6
     assert qa_ws.db.execute("select count(*) from scores").fetchone()[0] == n_rows
     current = [g["generation_id"] for g in scoring.latest_generations(qa_ws, "qa", ["teacher", "base", "imit"])]
-    versions = {r[0] for r in qa_ws.db.execute(
-        f"select version from scores where metric = 'f1' and generation_id in ({','.join(map(str, current))})")}
+    versions = {
+        r[0]
+        for r in qa_ws.db.execute(
+            f"select version from scores where metric = 'f1' and generation_id in ({','.join(map(str, current))})"
+        )
+    }
     assert versions == {bumped}
     # the superseded teacher output keeps its own (old) scores: they describe that generation
-    assert qa_ws.db.execute("select count(*) from generations g join scores s on s.generation_id = g.id"
-                            " where g.item_id = ? and g.model = 'teacher'", [item]).fetchone()[0] == 2 * 8
+    assert (
+        qa_ws.db.execute(
+            "select count(*) from generations g join scores s on s.generation_id = g.id"
+            " where g.item_id = ? and g.model = 'teacher'",
+            [item],
+        ).fetchone()[0]
+        == 2 * 8
+    )
 
 
 def test_table2_on_hand_made_pairs(ws):
@@ -145,23 +188,23 @@ def test_table2_on_hand_made_pairs(ws):
         "Para one.\n\nTo summarize, yes.",
     ]
     student = [
-        "Some options:\n\n- Alpha\n- Beta\n\nIn conclusion, pick one.",   # list yes, summary yes
-        "It is cheap and fast.",                                        # list no, summary no
-        "Plain too.",                                                    # teacher: neither
-        "1. Mix\n2. Bake\n3. Eat",                                       # list yes
-        "one two three",                                                 # lengths vary with teacher's
-        "Yes.",                                                          # summary no
+        "Some options:\n\n- Alpha\n- Beta\n\nIn conclusion, pick one.",  # list yes, summary yes
+        "It is cheap and fast.",  # list no, summary no
+        "Plain too.",  # teacher: neither
+        "1. Mix\n2. Bake\n3. Eat",  # list yes
+        "one two three",  # lengths vary with teacher's
+        "Yes.",  # summary no
     ]
     add_outputs(ws, "teacher", "chat", teacher)
     add_outputs(ws, "student", "chat", student)
-    exhaust(scoring.score_suite(ws, "chat", teacher="teacher"))
+    progress.run(scoring.score_suite(ws, "chat", teacher="teacher"))
     recs = scoring.aggregate(ws, "chat", teacher="teacher")
     lst = _rec(recs, "student", "all", "list_when_teacher_lists")
-    assert (lst["value"], lst["n"]) == (pytest.approx(2 / 3), 3)      # teacher listed on items 0, 1, 3
+    assert (lst["value"], lst["n"]) == (pytest.approx(2 / 3), 3)  # teacher listed on items 0, 1, 3
     summ = _rec(recs, "student", "all", "summary_when_teacher_summarizes")
-    assert (summ["value"], summ["n"]) == (pytest.approx(1 / 3), 3)    # teacher summarised on 0, 1, 5
-    from core.metrics import length_words, unigram_overlap
-    from core.stats import pearson
+    assert (summ["value"], summ["n"]) == (pytest.approx(1 / 3), 3)  # teacher summarised on 0, 1, 5
+    from core.api.metrics import length_words, unigram_overlap
+    from core.scores.stats import pearson
 
     uo = _rec(recs, "student", "all", "unigram_overlap")
     assert uo["value"] == pytest.approx(sum(unigram_overlap(s, t) for s, t in zip(student, teacher)) / 6)
@@ -171,12 +214,19 @@ def test_table2_on_hand_made_pairs(ws):
 
 
 def test_code_suite_pass_at_1(ws):
-    prompt = "def add(a, b):\n    \"\"\"Add.\"\"\"\n"
+    prompt = 'def add(a, b):\n    """Add."""\n'
     tests = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
-    add_suite(ws, "code", "code", [{"prompt": prompt, "tests": tests, "entry_point": "add"},
-                                   {"prompt": prompt.replace("add", "add2"), "tests": tests, "entry_point": "add2"}])
+    add_suite(
+        ws,
+        "code",
+        "code",
+        [
+            {"prompt": prompt, "tests": tests, "entry_point": "add"},
+            {"prompt": prompt.replace("add", "add2"), "tests": tests, "entry_point": "add2"},
+        ],
+    )
     add_outputs(ws, "m", "code", ["    return a + b\n", "```python\ndef add2(a, b):\n    return a - b\n```"])
-    exhaust(scoring.score_suite(ws, "code", teacher=None))
+    progress.run(scoring.score_suite(ws, "code", teacher=None))
     s = scoring.item_scores(ws, "code", ["m"])
     assert sorted(v["m"]["pass@1"] for v in s.values()) == [0.0, 1.0]
     meta = [json.loads(r[0]) for r in ws.db.execute("select meta from scores where metric = 'pass@1'")]
@@ -185,12 +235,22 @@ def test_code_suite_pass_at_1(ws):
 
 
 def test_mc_accuracy(ws):
-    add_suite(ws, "mc", "mc", [{"prompt": "Shortest year?", "choices": ["Venus", "Mercury", "Earth", "Mars"],
-                                "gold": ["B"], "task": "science"},
-                               {"prompt": "Gas?", "choices": ["Oxygen", "Nitrogen", "CO2", "Helium"], "gold": ["A"],
-                                "task": "science"}])
+    add_suite(
+        ws,
+        "mc",
+        "mc",
+        [
+            {
+                "prompt": "Shortest year?",
+                "choices": ["Venus", "Mercury", "Earth", "Mars"],
+                "gold": ["B"],
+                "task": "science",
+            },
+            {"prompt": "Gas?", "choices": ["Oxygen", "Nitrogen", "CO2", "Helium"], "gold": ["A"], "task": "science"},
+        ],
+    )
     add_outputs(ws, "m", "mc", ["The answer is (B).", "Nitrogen"])
-    exhaust(scoring.score_suite(ws, "mc", teacher=None))
+    progress.run(scoring.score_suite(ws, "mc", teacher=None))
     recs = scoring.aggregate(ws, "mc", teacher=None)
     assert _rec(recs, "m", "all", "mc_accuracy")["value"] == 0.5
 
@@ -215,20 +275,27 @@ class _JudgeHandler(http.server.BaseHTTPRequestHandler):
             gold = prompt.split("Gold target(s): ")[1].split("\n")[0]
             reply = "CORRECT" if any(g.lower() in answer.lower() for g in gold.split(" | ")) else "INCORRECT"
             if answer.startswith("Sydney"):
-                reply = "I refuse to grade"   # unparseable
+                reply = "I refuse to grade"  # unparseable
         elif "atomic factual claims" in prompt:
-            reply = ('{"claims": []}' if "No facts here" in prompt
-                     else 'Here: {"claims": ["Paris is in France.", "The Moon is made of cheese."]}')
+            reply = (
+                '{"claims": []}'
+                if "No facts here" in prompt
+                else 'Here: {"claims": ["Paris is in France.", "The Moon is made of cheese."]}'
+            )
         elif prompt.startswith("Is the following claim true?"):
             reply = "UNSUPPORTED" if "cheese" in prompt else "SUPPORTED"
         elif "Response A:" in prompt:
             reply = "TIE"
         else:
             reply = "4"
-        data = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        data = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
         raw = json.dumps(data).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -250,38 +317,50 @@ def judge_server():
 
 
 def test_judge_grades_failures_kept_apart(qa_ws, judge_server):
-    qa_ws.db.execute("insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
-                     [dumps({"base_url": judge_server, "model": "judge-1"}), now()])
-    exhaust(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
-    rows = {(r[0], r[1]): (r[2], json.loads(r[3])) for r in qa_ws.db.execute(
-        "select g.output, s.metric, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
-        " where s.metric like 'judge_%' and g.model = 'base'")}
+    qa_ws.db.execute(
+        "insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
+        [dumps({"base_url": judge_server, "model": "judge-1"}), now()],
+    )
+    progress.run(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
+    rows = {
+        (r[0], r[1]): (r[2], json.loads(r[3]))
+        for r in qa_ws.db.execute(
+            "select g.output, s.metric, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
+            " where s.metric like 'judge_%' and g.model = 'base'"
+        )
+    }
     value, meta = rows[("Paris", "judge_correct")]
     assert value == 1.0 and meta["grade"] == "CORRECT" and meta["judge_model"] == "judge-1"
     assert len(meta["prompt_hash"]) == 16
-    assert rows[("Schiller", "judge_correct")][0] == 0.0                 # a negative grade
+    assert rows[("Schiller", "judge_correct")][0] == 0.0  # a negative grade
     http_fail = rows[("Kyoto", "judge_correct")]
-    assert http_fail[0] is None and "error" in http_fail[1]               # HTTP 500: a failure, not a grade
+    assert http_fail[0] is None and "error" in http_fail[1]  # HTTP 500: a failure, not a grade
     parse_fail = rows[("Sydney", "judge_correct")]
     assert parse_fail[0] is None and "unparseable" in parse_fail[1]["error"]
     assert rows[("Paris", "judge_preference")][0] == 0.5
     assert rows[("Paris", "judge_authoritative")][0] == 0.75
     # cached: a second run asks again only what failed
     n_calls = len(_JudgeHandler.calls)
-    exhaust(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
+    progress.run(scoring.score_suite(qa_ws, "qa", models=["base"], teacher="teacher", judge="judge"))
     assert len(_JudgeHandler.calls) - n_calls == 2
 
 
 def test_judge_claims_split_then_verified(ws, judge_server):
-    ws.db.execute("insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
-                  [dumps({"base_url": judge_server, "model": "judge-1"}), now()])
+    ws.db.execute(
+        "insert into models (name, kind, spec, created_at) values ('judge', 'openai', ?, ?)",
+        [dumps({"base_url": judge_server, "model": "judge-1"}), now()],
+    )
     add_suite(ws, "chat", "prompts", [{"prompt": "Tell me about Paris."}, {"prompt": "Say hi."}])
     add_outputs(ws, "teacher", "chat", ["Paris is the capital of France.", "Hi!"])
     add_outputs(ws, "student", "chat", ["Paris is in France. The Moon is made of cheese.", "No facts here."])
-    exhaust(scoring.score_suite(ws, "chat", teacher="teacher", judge="judge"))
-    rows = {r[0]: (r[1], json.loads(r[2])) for r in ws.db.execute(
-        "select g.output, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
-        " where s.metric = 'judge_claims' and g.model = 'student'")}
+    progress.run(scoring.score_suite(ws, "chat", teacher="teacher", judge="judge"))
+    rows = {
+        r[0]: (r[1], json.loads(r[2]))
+        for r in ws.db.execute(
+            "select g.output, s.value, s.meta from scores s join generations g on g.id = s.generation_id"
+            " where s.metric = 'judge_claims' and g.model = 'student'"
+        )
+    }
     value, meta = rows["Paris is in France. The Moon is made of cheese."]
     assert value == 0.5 and [c["verdict"] for c in meta["claims"]] == ["SUPPORTED", "UNSUPPORTED"]
     none_value, none_meta = rows["No facts here."]
@@ -292,7 +371,7 @@ def test_judge_claims_split_then_verified(ws, judge_server):
 
 # -- analyses and report ---------------------------------------------------------------------------
 def test_gap_closed_compare_and_convincing_but_wrong(qa_ws):
-    exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     gaps = scoring.gap_closed(qa_ws, "qa", base="base", imitation="imit", teacher="teacher", n_boot=300)
     allg = next(g for g in gaps if g["task"] == "all")
     assert allg["metric"] == "exact_match" and allg["n"] == 6
@@ -306,13 +385,15 @@ def test_gap_closed_compare_and_convincing_but_wrong(qa_ws):
     assert {r["output"] for r in bad} >= {"Sydney is the capital of Australia."}
     s = scoring.item_scores(qa_ws, "qa", ["base", "imit"])
     assert len(s) == 6 and all(set(v) == {"base", "imit"} for v in s.values())
-    assert scoring.gap_vs_support([{"task": t, "value": v} for t, v in zip("abcd", [0.1, 0.2, 0.3, 0.5])],
-                                  {"a": 1, "b": 2, "c": 3, "d": 9})["spearman"] == pytest.approx(1.0)
+    assert scoring.gap_vs_support(
+        [{"task": t, "value": v} for t, v in zip("abcd", [0.1, 0.2, 0.3, 0.5])], {"a": 1, "b": 2, "c": 3, "d": 9}
+    )["spearman"] == pytest.approx(1.0)
 
 
 def test_report_formats(qa_ws, tmp_path):
     (qa_ws.root / "mirage.toml").write_text(
-        '[roles]\nteacher = "teacher"\nbase = "base"\nimitation = ["imit"]\n', encoding="utf-8")
+        '[roles]\nteacher = "teacher"\nbase = "base"\nimitation = ["imit"]\n', encoding="utf-8"
+    )
     run_cli(qa_ws, "score", "--suite", "qa", "--json")
     md = run_cli(qa_ws, "report", "--suite", "qa")
     assert "Table 1" in md and "Table 2" in md and "| imit | all |" in md and "Gap closed" in md
@@ -328,7 +409,7 @@ def test_report_formats(qa_ws, tmp_path):
 
 
 def test_score_job(qa_ws):
-    from core import jobs
+    from core.runtime import jobs
 
     job_id = jobs.submit(qa_ws, "score", "score qa", {"suite": "qa", "teacher": "teacher"}, detach=False)
     job = jobs.get_job(qa_ws, job_id)
@@ -343,44 +424,52 @@ def test_unknown_suite_is_one_line_error(ws):
 
 # -- real data ------------------------------------------------------------------------------------
 def test_nq_open_gold_answers_score_100(ws, shared_data):
-    from core.datasets import iter_items
-    from core.ingest import import_suite
+    from core.data.datasets import iter_items
+    from core.data.ingest import import_suite
 
     path = shared_data / "nq-open" / "NQ-open.dev.jsonl"
     rows = [json.loads(line) for line in open(path, encoding="utf-8")]
-    exhaust(import_suite(ws, path, "nq"))
+    progress.run(import_suite(ws, path, "nq"))
     items = list(iter_items(ws, "nq"))
     assert [it["gold"] for it in items] == [r["answer"] for r in rows]
     add_outputs(ws, "gold", "nq", [it["gold"][0] for it in items])
-    exhaust(scoring.score_suite(ws, "nq", teacher=None))
+    progress.run(scoring.score_suite(ws, "nq", teacher=None))
     recs = scoring.aggregate(ws, "nq", teacher=None, n_boot=200)
     for metric in ("exact_match", "f1", "contains"):
         r = _rec(recs, "gold", "all", metric)
         print(f"NQ-open dev gold-as-output {metric}: {r['value']:.4f} (n={r['n']})")
         assert r["value"] == 1.0 and r["n"] == len(rows) == 3610
     # every alias, not only the first, is an exact match of its own item
-    from core.metrics import qa_scores
+    from core.api.metrics import qa_scores
 
     aliases = [(a, r["answer"]) for r in rows for a in r["answer"]]
     assert sum(qa_scores(a, golds)["exact_match"] for a, golds in aliases) == len(aliases) == 6490
 
 
 def test_alpaca_eval_table2(ws, shared_data):
-    from core.ingest import import_outputs, import_suite
+    from core.data.ingest import import_outputs, import_suite
 
     folder = shared_data / "alpaca-eval-outputs"
-    exhaust(import_suite(ws, folder / "gpt-3.5-turbo-0301.json", "alpaca-eval", fmt="prompts"))
-    for model in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"):   # recorded outputs, as a user would
-        exhaust(import_outputs(ws, folder / f"{model}.json", "alpaca-eval", model))
-    exhaust(scoring.score_suite(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301"))
+    progress.run(import_suite(ws, folder / "gpt-3.5-turbo-0301.json", "alpaca-eval", fmt="prompts"))
+    for model in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"):  # recorded outputs, as a user would
+        progress.run(import_outputs(ws, folder / f"{model}.json", "alpaca-eval", model))
+    progress.run(scoring.score_suite(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301"))
     recs = scoring.aggregate(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301", n_boot=500)
     print()
     for model in ("vicuna-13b", "alpaca-7b"):
-        for metric in ("list_when_teacher_lists", "summary_when_teacher_summarizes", "unigram_overlap",
-                       "length_correlation", "uses_list", "stock_phrases"):
+        for metric in (
+            "list_when_teacher_lists",
+            "summary_when_teacher_summarizes",
+            "unigram_overlap",
+            "length_correlation",
+            "uses_list",
+            "stock_phrases",
+        ):
             r = _rec(recs, model, "all", metric)
-            print(f"AlpacaEval {model} vs gpt-3.5-turbo-0301 {metric}: {r['value']:.3f}"
-                  f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}")
+            print(
+                f"AlpacaEval {model} vs gpt-3.5-turbo-0301 {metric}: {r['value']:.3f}"
+                f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}"
+            )
     t = _rec(recs, "gpt-3.5-turbo-0301", "all", "uses_list")
     print(f"AlpacaEval gpt-3.5-turbo-0301 uses_list: {t['value']:.3f} n={t['n']}")
     # The imitation of ChatGPT copies its style more than the imitation of text-davinci-003 does.
@@ -393,25 +482,34 @@ def test_alpaca_eval_table2(ws, shared_data):
 # -- optional model-based metrics ------------------------------------------------------------------
 def test_mc_loglik_on_a_tiny_local_model(ws, tmp_path):
     import torch
-
-    from core import models as registry
     from tiny_lm import build_tiny_llama
+
+    from core.models import registry
 
     folder = build_tiny_llama(tmp_path / "tiny")
     registry.register(ws, "tiny", "hf", {"path": str(folder)})
-    items = [{"prompt": "Question: What is the capital of France?\nAnswer:", "choices": ["Paris", "red", "fox"],
-              "gold": ["A"]},
-             {"prompt": "A. red\nB. green\nAnswer:", "choices": ["blue", "green"], "gold": ["B"]}]
+    items = [
+        {
+            "prompt": "Question: What is the capital of France?\nAnswer:",
+            "choices": ["Paris", "red", "fox"],
+            "gold": ["A"],
+        },
+        {"prompt": "A. red\nB. green\nAnswer:", "choices": ["blue", "green"], "gold": ["B"]},
+    ]
     add_suite(ws, "mc", "mc", items)
     add_outputs(ws, "tiny", "mc", ["A", "B"])
-    exhaust(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
-    rows = [(json.loads(r[0]), r[1]) for r in ws.db.execute(
-        "select s.meta, s.value from scores s join generations g on g.id = s.generation_id"
-        " where s.metric = 'mc_accuracy_loglik' order by g.item_id")]
+    progress.run(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
+    rows = [
+        (json.loads(r[0]), r[1])
+        for r in ws.db.execute(
+            "select s.meta, s.value from scores s join generations g on g.id = s.generation_id"
+            " where s.metric = 'mc_accuracy_loglik' order by g.item_id"
+        )
+    ]
     assert len(rows) == 2
     model, tok = registry.load_causal_lm(ws, "tiny", device="cpu")
 
-    def seq_logp(text):   # an independent reference: log p of a whole sequence
+    def seq_logp(text):  # an independent reference: log p of a whole sequence
         ids = torch.tensor([tok(text)["input_ids"]])
         with torch.no_grad():
             lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
@@ -422,7 +520,7 @@ def test_mc_loglik_on_a_tiny_local_model(ws, tmp_path):
         assert meta["logliks"] == pytest.approx(ref, abs=1e-3)
         best = "ABC"[max(range(len(ref)), key=ref.__getitem__)]
         assert meta["letter"] == best and value == float(best == it["gold"][0])
-    again = exhaust(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
+    again = progress.run(scoring.score_suite(ws, "mc", teacher=None, loglik=True))
     assert again["computed"] == 0
 
 
@@ -431,15 +529,19 @@ def test_embedding_similarity_with_packaged_minilm(ws):
     add_suite(ws, "chat", "prompts", [{"prompt": "p0"}, {"prompt": "p1"}])
     add_outputs(ws, "teacher", "chat", ["Paris is the capital of France.", "Bake the bread for forty minutes."])
     add_outputs(ws, "student", "chat", ["Paris is the capital of France.", "Quantum chromodynamics studies quarks."])
-    exhaust(scoring.score_suite(ws, "chat", teacher="teacher", embed=True))
-    sims = [r[0] for r in ws.db.execute(
-        "select s.value from scores s join generations g on g.id = s.generation_id"
-        " where s.metric = 'embedding_similarity' order by g.item_id")]
+    progress.run(scoring.score_suite(ws, "chat", teacher="teacher", embed=True))
+    sims = [
+        r[0]
+        for r in ws.db.execute(
+            "select s.value from scores s join generations g on g.id = s.generation_id"
+            " where s.metric = 'embedding_similarity' order by g.item_id"
+        )
+    ]
     assert sims[0] == pytest.approx(1.0, abs=1e-3) and sims[1] < 0.4
 
 
 def test_report_markdown_section_for_multi_suite_documents(qa_ws):
-    exhaust(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     text = scoring.report_markdown(qa_ws, "qa", teacher="teacher")
     assert text.startswith("## mirage report — suite `qa`") and "\n### Table 1" in text
 
@@ -453,17 +555,17 @@ def test_suite_without_outputs_is_one_line_error(ws):
 def test_humaneval_imported_then_scored(ws, shared_data):
     """The importer's code items (prompt, tests, entry point; canonical solution in meta) score as
     the HumanEval harness would: canonical solutions pass, `pass` bodies fail."""
-    from core.datasets import iter_items
-    from core.ingest import import_suite
+    from core.data.datasets import iter_items
+    from core.data.ingest import import_suite
 
-    exhaust(import_suite(ws, shared_data / "humaneval" / "HumanEval.jsonl.gz", "he"))
+    progress.run(import_suite(ws, shared_data / "humaneval" / "HumanEval.jsonl.gz", "he"))
     items = list(iter_items(ws, "he"))
     assert len(items) == 164
     sample = items[:: 164 // 12][:12]
     keep = {it["id"] for it in sample}
     add_outputs(ws, "canonical", "he", [it["meta"]["canonical_solution"] if it["id"] in keep else None for it in items])
     add_outputs(ws, "stub", "he", ["    pass\n" if it["id"] in keep else None for it in items])
-    exhaust(scoring.score_suite(ws, "he", teacher=None))
+    progress.run(scoring.score_suite(ws, "he", teacher=None))
     recs = scoring.aggregate(ws, "he", teacher=None, n_boot=200)
     assert _rec(recs, "canonical", "all", "pass@1")["value"] == 1.0
     assert _rec(recs, "stub", "all", "pass@1")["value"] == 0.0
@@ -472,7 +574,7 @@ def test_humaneval_imported_then_scored(ws, shared_data):
 
 def test_report_sets_gap_closed_against_coverage_support(ws):
     """Gap closed per task against the stored coverage of the imitation data (core.coverage tables)."""
-    tasks = {"t1": 0.1, "t2": 0.4, "t3": 0.7, "t4": 0.9}   # support; imitation gains follow it
+    tasks = {"t1": 0.1, "t2": 0.4, "t3": 0.7, "t4": 0.9}  # support; imitation gains follow it
     items, base, imit, teacher = [], [], [], []
     for task, support in tasks.items():
         for i in range(40):
@@ -483,29 +585,37 @@ def test_report_sets_gap_closed_against_coverage_support(ws):
     sid = add_suite(ws, "qa", "qa", items)
     add_outputs(ws, "teacher", "qa", teacher)
     add_outputs(ws, "base", "qa", base)
-    add_outputs(ws, "imit", "qa", imit, kind="adapter",
-                spec={"lineage": {"base": "base", "data": "imitation-data", "tokens": 5000}})
+    add_outputs(
+        ws,
+        "imit",
+        "qa",
+        imit,
+        kind="adapter",
+        spec={"lineage": {"base": "base", "data": "imitation-data", "tokens": 5000}},
+    )
     did = ws.db.execute("insert into datasets (name, created_at) values ('imitation-data', ?)", [now()]).lastrowid
     run = ws.db.execute(
         "insert into coverage_runs (key, dataset_id, suite_id, data, suite, model_key, model_name, mode, threshold,"
         " k, n_clusters, seed, data_hash, suite_hash, summary, clusters, created_at)"
         " values ('k', ?, ?, 'imitation-data', 'qa', 'm', 'm', 'user', 0.5, 5, 4, 0, 'h', 'h', '{}', '[]', ?)",
-        [did, sid, now()]).lastrowid
+        [did, sid, now()],
+    ).lastrowid
     for task, support in tasks.items():
-        ws.db.execute("insert into coverage_tasks (run_id, task, items, support, mean_max_similarity,"
-                      " examples_served, contaminated, answer_leak, by_source) values (?, ?, 40, ?, 0, 0, 0, 0, '{}')",
-                      [run, task, support])
+        ws.db.execute(
+            "insert into coverage_tasks (run_id, task, items, support, mean_max_similarity,"
+            " examples_served, contaminated, answer_leak, by_source) values (?, ?, 40, ?, 0, 0, 0, 0, '{}')",
+            [run, task, support],
+        )
     (ws.root / "mirage.toml").write_text('[roles]\nteacher = "teacher"\nbase = "base"\n', encoding="utf-8")
-    exhaust(scoring.score_suite(ws, "qa", teacher="teacher"))
-    from core import report
+    progress.run(scoring.score_suite(ws, "qa", teacher="teacher"))
+    from core.analysis import report
 
     rep = report.build(ws, "qa")
-    assert rep["imitation"] == ["imit"]                          # found through the adapter's lineage
+    assert rep["imitation"] == ["imit"]  # found through the adapter's lineage
     gaps = {g["task"]: g for g in rep["gap_closed"]}
     assert gaps["t3"]["value"] == pytest.approx(21 / 30) and gaps["t3"]["support"] == 0.7
     assert gaps["t1"]["ci_low"] <= gaps["t1"]["value"] <= gaps["t1"]["ci_high"]
-    assert rep["gap_vs_support"] == [{"imitation_model": "imit", "data": "imitation-data", "spearman": 1.0,
-                                      "tasks": 4}]
+    assert rep["gap_vs_support"] == [{"imitation_model": "imit", "data": "imitation-data", "spearman": 1.0, "tasks": 4}]
     assert "Spearman rho(gap closed, support) = 1.00 over 4 tasks" in report.render_md(rep)
     page = report.render_html(rep)
     # two charts: gap closed against support (4 tasks), the metric against tokens (base and imit)

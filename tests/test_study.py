@@ -1,17 +1,16 @@
-"""core.study: compare views (verdicts, filters, sorts, disagreements), marks, agreement, pairwise rating."""
+"""core.analysis.compare: compare views (verdicts, filters, sorts, disagreements), marks, agreement, pairwise rating."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
 import pytest
-
 from compare_data import add_generation, add_suite, build_study, set_roles
-from core import study
+
+from core.analysis import compare as study
 from core.errors import BadInput, NotFound
-from core.workspace import Workspace
+from core.store.workspace import Workspace
 
 
 @pytest.fixture
@@ -33,12 +32,14 @@ def test_default_models_without_roles_are_those_with_outputs(ws, built):
 
 
 def test_imitation_role_from_adapter_lineage(ws, built):
-    from core.workspace import dumps, now
+    from core.store.workspace import dumps, now
 
     set_roles(ws, '[roles]\nteacher = "teacher"\nbase = "base"\n')
     for name, base in (("imitation", "base"), ("other-adapter", "elsewhere")):
-        ws.db.execute("insert into models (name, kind, spec, created_at) values (?, 'adapter', ?, ?)",
-                      [name, dumps({"base": base, "lineage": {"base": base, "tokens": 1000}}), now()])
+        ws.db.execute(
+            "insert into models (name, kind, spec, created_at) values (?, 'adapter', ?, ?)",
+            [name, dumps({"base": base, "lineage": {"base": base, "tokens": 1000}}), now()],
+        )
     assert study.roles_of(ws) == {"imitation": "imitation", "base": "base", "teacher": "teacher"}
     view = study.CompareView(ws, "nq")
     assert view.models == ["base", "imitation", "teacher"]
@@ -92,7 +93,7 @@ def test_verdict_patterns(ws, built):
 
 
 def test_convincing_but_wrong_matches_core_scoring(ws):
-    from core import scoring
+    from core.scores import scoring
 
     set_roles(ws)
     ids = add_suite(ws, "s", [{"prompt": f"p{i}", "gold": ["x"]} for i in range(5)])
@@ -100,8 +101,13 @@ def test_convincing_but_wrong_matches_core_scoring(ws):
     spec = [(0, 0, 0.9, 1), (0, 1, 0.9, 1), (0, 0, 0.1, 1), (1, 1, 0.9, 1), (0, 0, 0.9, 0)]
     for i, (em, ct, ov, ls) in enumerate(spec):
         add_generation(ws, "teacher", ids[i], "- teacher list", {"exact_match": 1, "contains": 1})
-        add_generation(ws, "imitation", ids[i], "imitation", {
-            "exact_match": em, "contains": ct, "unigram_overlap": ov, "list_when_teacher_lists": ls})
+        add_generation(
+            ws,
+            "imitation",
+            ids[i],
+            "imitation",
+            {"exact_match": em, "contains": ct, "unigram_overlap": ov, "list_when_teacher_lists": ls},
+        )
     view = study.CompareView(ws, "s")
     view.apply(study.Filters(pattern="convincing-but-wrong"))
     mine = {view.row(p).item_id for p in range(len(view.order))}
@@ -254,8 +260,9 @@ def test_pairwise_blind_order_and_share(ws, built):
     assert lo < 0.7 < hi
     assert study.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann") == []
     # the recorded side is what the rater saw
-    row = ws.db.execute("select a_is_teacher, seed from pairwise_ratings where item_id = ?",
-                        [queue[0].item_id]).fetchone()
+    row = ws.db.execute(
+        "select a_is_teacher, seed from pairwise_ratings where item_id = ?", [queue[0].item_id]
+    ).fetchone()
     assert row == (int(queue[0].a_is_teacher), 7)
 
 
@@ -291,26 +298,32 @@ def test_analysis_views_export(ws, built):
 def test_coverage_support_sort_and_neighbours(ws, built):
     """Real coverage (the packaged MiniLM) feeds the support sort and the nearest-examples list."""
     from compare_data import ANSWERS
-    from core import coverage
-    from core.progress import exhaust
-    from core.workspace import dumps, now
+
+    from core.coverage import compute as coverage
+    from core.runtime import progress
+    from core.store.workspace import dumps, now
 
     # Imitation data that covers questions 0-4 almost word for word, and nothing else.
     with ws.transaction():
-        did = ws.db.execute("insert into datasets (name, kind, status, created_at) values ('imit', 'imitation',"
-                            " 'ready', ?)", [now()]).lastrowid
+        did = ws.db.execute(
+            "insert into datasets (name, kind, status, created_at) values ('imit', 'imitation', 'ready', ?)", [now()]
+        ).lastrowid
         for i in range(5):
             q = f"Question {i}: which capital is answer number {i % len(ANSWERS)}?"
             conv = [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWERS[i]}]
-            ws.db.execute("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
-                          " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
-                          [did, i, "synth", dumps(conv), q, ANSWERS[i], 10, f"h{i}"])
+            ws.db.execute(
+                "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+                " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                [did, i, "synth", dumps(conv), q, ANSWERS[i], 10, f"h{i}"],
+            )
         for i, q in enumerate(["How do I bake bread?", "Write a poem about the sea.", "Sort a list in Python."]):
             conv = [{"role": "user", "content": q}, {"role": "assistant", "content": "ok"}]
-            ws.db.execute("insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
-                          " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
-                          [did, 5 + i, "chat", dumps(conv), q, "ok", 5, f"c{i}"])
-    exhaust(coverage.compute(ws, "imit", "nq"))
+            ws.db.execute(
+                "insert into examples (dataset_id, idx, source, conversation, user_text, assistant_text,"
+                " n_tokens, content_hash) values (?,?,?,?,?,?,?,?)",
+                [did, 5 + i, "chat", dumps(conv), q, "ok", 5, f"c{i}"],
+            )
+    progress.run(coverage.compute(ws, "imit", "nq"))
     view = study.open_view(ws, "nq")
     assert view.data == "imit" and not np.isnan(view.support).any()
     view.apply(study.Filters(sort="support"))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from compare_data import build_study
-from core import study
-from core.workspace import Workspace
+
+from core.analysis import compare as study
+from core.store.workspace import Workspace
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -114,9 +114,9 @@ async def test_marks_persist_across_app_restarts(study_ws):
         screen = app.screen
         await _wait_loaded(pilot, screen)
         await pilot.press("j", "l", "x")  # item 1, imitation: incorrect
-        await pilot.press("j", "y")       # item 2, imitation: correct
-        await pilot.press("y")            # same key again clears it
-        await pilot.press("u")            # unsure instead
+        await pilot.press("j", "y")  # item 2, imitation: correct
+        await pilot.press("y")  # same key again clears it
+        await pilot.press("u")  # unsure instead
         await app.workers.wait_for_complete()
         assert screen.panes[1].pane.mark == "unsure"
     app2 = _app(ws)

@@ -6,8 +6,8 @@ Update with `pytest tests/test_tui_compare_snapshots.py --snapshot-update`, then
 from __future__ import annotations
 
 import pytest
-
 from compare_data import build_study
+
 from tui.app import MirageApp
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pilot_helpers import wait_for
+from test_coverage import CODE, COOKING, PLANTED, add_dataset, add_suite, study  # noqa: F401  (fixture)
 from textual.widgets import DataTable, ProgressBar, Static
 
-from core import embeddings as emb
-from test_coverage import CODE, COOKING, PLANTED, add_dataset, add_suite, study  # noqa: F401  (fixture)
-from pilot_helpers import wait_for
+from core.models import embeddings as emb
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio
@@ -46,10 +46,17 @@ async def test_compute_drill_down_clusters_and_subset(study):  # noqa: F811
         await pilot.press("n")  # subset of the task's support, from the item view
         await wait_for(pilot, lambda: type(app.screen).__name__ == "SubsetName")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: study.db.execute(
-            "select count(*) from datasets where name = 'imit-sports'").fetchone()[0] == 1)
-        assert study.db.execute("select count(*) from subset_members m join datasets d on d.id = m.subset_id"
-                                " where d.name = 'imit-sports'").fetchone()[0] == 1
+        await wait_for(
+            pilot,
+            lambda: study.db.execute("select count(*) from datasets where name = 'imit-sports'").fetchone()[0] == 1,
+        )
+        assert (
+            study.db.execute(
+                "select count(*) from subset_members m join datasets d on d.id = m.subset_id"
+                " where d.name = 'imit-sports'"
+            ).fetchone()[0]
+            == 1
+        )
         await pilot.press("escape", "escape")
         await wait_for(pilot, lambda: screen.level == "tasks")
         await pilot.press("l")

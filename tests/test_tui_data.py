@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
-from textual.widgets import Input, Markdown
-
 import tui_workspace
 from pilot_helpers import wait_for
+from textual.widgets import Input, Markdown
+
 from tui.app import MirageApp
 from tui.widgets.data.detail import DetailPane, Turn
 from tui.widgets.data.row_table import PAGE, RowTable
@@ -39,8 +38,9 @@ def shown_turns(app) -> list[tuple[str, str]]:
 
 async def started(pilot):
     app = pilot.app
-    await wait_for(pilot, lambda: app.screen.query(RowTable) and table(app).total > 0
-                   and table(app).row_at(0) is not None)
+    await wait_for(
+        pilot, lambda: app.screen.query(RowTable) and table(app).total > 0 and table(app).row_at(0) is not None
+    )
     return app
 
 
@@ -70,7 +70,8 @@ async def test_table_pages_rows_on_demand(data_ws):
         await wait_for(pilot, lambda: t.row_at(299) is not None)
         assert t.cursor == 299 and t.row_at(299)["idx"] == 299
         assert "user" in t.render_line(0).text and "Question 299" in "".join(
-            t.render_line(y).text for y in range(1, t.size.height))
+            t.render_line(y).text for y in range(1, t.size.height)
+        )
         await pilot.press("home", "down", "down")
         assert t.cursor == 2
 
@@ -142,10 +143,13 @@ async def test_reload_picks_up_a_new_import(data_ws):
     app = MirageApp(data_ws.root)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
-        from core.workspace import now
+        from core.store.workspace import now
 
-        data_ws.db.execute("insert into datasets (name, kind, format, source, created_at) values"
-                           " ('late', 'imitation', 'messages', 'x', ?)", [now()])
+        data_ws.db.execute(
+            "insert into datasets (name, kind, format, source, created_at) values"
+            " ('late', 'imitation', 'messages', 'x', ?)",
+            [now()],
+        )
         await pilot.press("r")
         await wait_for(pilot, lambda: "dataset:late" in app.screen.query_one(SourceList).sources)
 
@@ -162,11 +166,11 @@ def test_markdown_detection_keeps_raw_code_plain():
 
 
 async def test_real_shared_data_imported_with_core_ingest(ws, shared_data):
-    from core.ingest import import_data, import_suite
-    from core.progress import exhaust
+    from core.data.ingest import import_data, import_suite
+    from core.runtime import progress
 
-    exhaust(import_suite(ws, shared_data / "nq-open" / "NQ-open.dev.jsonl", "nq-open"))
-    exhaust(import_data(ws, [shared_data / "gpteacher" / "codegen-instruct.json"], "gpteacher"))
+    progress.run(import_suite(ws, shared_data / "nq-open" / "NQ-open.dev.jsonl", "nq-open"))
+    progress.run(import_data(ws, [shared_data / "gpteacher" / "codegen-instruct.json"], "gpteacher"))
     app = MirageApp(ws.root)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot)
@@ -194,7 +198,9 @@ async def test_typing_q_in_search_does_not_quit(data_ws):
         await started(pilot)
         await pilot.press("slash", *"question", "enter")
         t = table(app)
-        await wait_for(pilot, lambda: app.screen.query_text == "question" and t.search_query == "question"
-                       and t.row_at(0) is not None)
+        await wait_for(
+            pilot,
+            lambda: app.screen.query_text == "question" and t.search_query == "question" and t.row_at(0) is not None,
+        )
         assert app.is_running and t.total == 300
         assert "[Question]" in t.row_at(0)["user"]

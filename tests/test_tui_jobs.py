@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pilot_helpers import wait_for
 from textual.widgets import DataTable, Input, RichLog, Static
 
-from core import jobs
-from pilot_helpers import wait_for
+from core.runtime import jobs
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio

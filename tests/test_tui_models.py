@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Input, Select
-
-from core import jobs, models
 from fake_openai import FakeOpenAI, Faults
-from test_generation import make_suite
-from tiny_lm import build_tiny_llama
 from pilot_helpers import wait_for
+from test_generation import make_suite
+from textual.widgets import DataTable, Input, Select
+from tiny_lm import build_tiny_llama
+
+from core.models import registry as models
+from core.runtime import jobs
 from tui.app import MirageApp
 
 pytestmark = pytest.mark.anyio
@@ -58,8 +59,10 @@ async def test_models_screen_lists_adds_and_cancels(ws, tmp_path):
             await wait_for(pilot, lambda: bool(app.screen.query("#suite-name")))
             app.screen.query_one("#suite-name", Input).value = "qa"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: any(j["status"] == "running" and j["step"] >= 1
-                                              for j in jobs.list_jobs(ws, kind="generate")))
+            await wait_for(
+                pilot,
+                lambda: any(j["status"] == "running" and j["step"] >= 1 for j in jobs.list_jobs(ws, kind="generate")),
+            )
             jt = app.screen.query_one("#models-jobs", DataTable)
             await wait_for(pilot, lambda: jt.row_count == 1 and jt.get_row_at(0)[2] == "running")
             await pilot.press("escape")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-
 import subprocess
 import sys
 
 import pytest
-
+from pilot_helpers import wait_for
 from textual.command import CommandList
 
 from tui import actions as actions_mod
-from pilot_helpers import wait_for
 from tui.app import SCREENS, MirageApp, build_app
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +29,7 @@ async def test_navigation_reaches_every_screen(ws):
         assert app.sub_title == str(ws.root)
         for name, _title, key in actions_mod.NAV:
             await pilot.press(key)
-            await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == name)
+            await wait_for(pilot, lambda name=name: getattr(app.screen, "NAME", None) == name)
         assert set(app._screen_stacks) >= set(SCREENS)
         # back to data keeps the same screen instance (state survives navigation)
         first = app.screen_for("data")
@@ -76,8 +74,14 @@ async def test_palette_runs_a_registry_action(ws):
         await pilot.press("ctrl+p")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette")
         await pilot.press(*"analysis")
-        await wait_for(pilot, lambda: "Analysis" in str(app.screen.query_one(CommandList).get_option_at_index(0).prompt)
-                       if app.screen.query(CommandList) and app.screen.query_one(CommandList).option_count else False)
+        await wait_for(
+            pilot,
+            lambda: (
+                "Analysis" in str(app.screen.query_one(CommandList).get_option_at_index(0).prompt)
+                if app.screen.query(CommandList) and app.screen.query_one(CommandList).option_count
+                else False
+            ),
+        )
         await pilot.press("enter")
         await wait_for(pilot, lambda: getattr(app.screen, "NAME", None) == "analysis")
 
@@ -111,7 +115,7 @@ async def test_compare_receives_its_arguments(ws):
 
 
 async def test_mirage_error_in_a_worker_is_a_modal_and_others_a_notification(ws):
-    from core.datasets import get_dataset
+    from core.data.datasets import get_dataset
 
     app = MirageApp(ws.root)
     async with app.run_test(size=SIZE) as pilot:
@@ -138,7 +142,7 @@ async def test_mirage_error_in_a_worker_is_a_modal_and_others_a_notification(ws)
 async def test_run_core_gives_result_and_progress_back_on_the_ui_thread(ws):
     import threading
 
-    from core.progress import Progress
+    from core.runtime.progress import Progress
 
     seen = {}
 
@@ -172,7 +176,7 @@ async def test_a_crash_writes_a_redacted_report_and_one_line(ws, monkeypatch, tm
             await pilot.pause()
     assert app.crash_message.startswith("error: mirage crashed: RuntimeError")
     assert "\n" not in app.crash_message and "supersecret" not in app.crash_message
-    from core.crash import log_dir
+    from core.runtime.crash import log_dir
 
     reports = list(log_dir().glob("crash-*.txt"))
     assert len(reports) == 1
@@ -203,8 +207,12 @@ def test_startup_failure_is_one_line_and_exit_2(tmp_path, ws):
 
 
 def test_mirage_tui_command_reports_start_up_failure(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "core", "--workspace", str(tmp_path / "none"), "tui"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "core", "--workspace", str(tmp_path / "none"), "tui"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "not a mirage workspace" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+import tui_workspace
 from textual.widgets import Input
 from textual.worker import WorkerCancelled
 
-import tui_workspace
 from tui.app import MirageApp
 from tui.widgets.data.detail import Turn
 from tui.widgets.data.row_table import RowTable
@@ -43,8 +43,12 @@ async def settle(pilot, condition, timeout: float = 30.0):
 
 
 def _ready(app, n_turns=3):
-    return bool(app.screen.query(RowTable)) and app.screen.query_one(RowTable).row_at(0) is not None \
-        and len(app.screen.query(Turn)) == n_turns and all(t.children for t in app.screen.query(Turn))
+    return (
+        bool(app.screen.query(RowTable))
+        and app.screen.query_one(RowTable).row_at(0) is not None
+        and len(app.screen.query(Turn)) == n_turns
+        and all(t.children for t in app.screen.query(Turn))
+    )
 
 
 def test_data_screen_dataset(snap_compare, data_ws):
@@ -60,12 +64,22 @@ def test_data_screen_search_and_suite_item(snap_compare, data_ws):
         await settle(pilot, lambda: _ready(app))
         sources = app.screen.query_one("#data-source-list")
         sources.highlighted = sources.get_option_index("suite:nq")
-        await settle(pilot, lambda: app.screen.query_one(RowTable).kind == "suite"
-                     and app.screen.query_one(RowTable).row_at(0) is not None)
+        await settle(
+            pilot,
+            lambda: (
+                app.screen.query_one(RowTable).kind == "suite" and app.screen.query_one(RowTable).row_at(0) is not None
+            ),
+        )
         app.screen.query_one(RowTable).focus()
         await pilot.press("slash", *"zephyr", "enter")
-        await settle(pilot, lambda: app.screen.query_one(RowTable).total == 1
-                     and any(t.role == "gold" and t.content == "author 5 | a5" and t.children
-                             for t in app.screen.query(Turn)))
+        await settle(
+            pilot,
+            lambda: (
+                app.screen.query_one(RowTable).total == 1
+                and any(
+                    t.role == "gold" and t.content == "author 5 | a5" and t.children for t in app.screen.query(Turn)
+                )
+            ),
+        )
 
     assert snap_compare(MirageApp(data_ws.root), terminal_size=SIZE, run_before=run_before)

@@ -1,14 +1,12 @@
 """Workspace, config schema and migrations."""
 
-import sqlite3
-
 import pytest
 
-from core import config as config_mod
-from core import migrations
-from core.db import connect, transaction
 from core.errors import ConfigError, WorkspaceError
-from core.workspace import Workspace
+from core.store import config as config_mod
+from core.store import migrations
+from core.store.db import connect, transaction
+from core.store.workspace import Workspace
 
 
 def test_init_creates_layout_and_is_idempotent(tmp_path):

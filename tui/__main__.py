@@ -10,8 +10,13 @@ def main(argv: list[str] | None = None) -> int:
     from tui.app import SCREENS, run
 
     parser = argparse.ArgumentParser(prog="python -m tui", description="Open the mirage TUI on a workspace.")
-    parser.add_argument("--workspace", "-w", metavar="PATH", default=None,
-                        help="workspace folder (default: $MIRAGE_WORKSPACE, else the current folder)")
+    parser.add_argument(
+        "--workspace",
+        "-w",
+        metavar="PATH",
+        default=None,
+        help="workspace folder (default: $MIRAGE_WORKSPACE, else the current folder)",
+    )
     parser.add_argument("--screen", choices=sorted(SCREENS), default="data", help="screen to open first")
     parser.add_argument("--suite", default=None, help="compare: the suite to open")
     parser.add_argument("--models", default=None, help="compare: models to show, comma-separated")

@@ -26,21 +26,20 @@ from textual.binding import Binding
 
 @dataclass(frozen=True)
 class Action:
-    id: str            # stable, e.g. "data.search"; the key users remap in [keys]
-    key: str           # default key(s), Textual syntax, comma-separated for several
-    description: str   # shown in the footer, help screen and palette
-    action: str        # the Textual action string run on the owner, e.g. "search" or "goto('data')"
+    id: str  # stable, e.g. "data.search"; the key users remap in [keys]
+    key: str  # default key(s), Textual syntax, comma-separated for several
+    description: str  # shown in the footer, help screen and palette
+    action: str  # the Textual action string run on the owner, e.g. "search" or "goto('data')"
     show: bool = True  # in the footer (every action is always in the help screen and palette)
     priority: bool = False  # fires even when a text input has focus (use sparingly)
-    palette: bool = True    # offered in the command palette
+    palette: bool = True  # offered in the command palette
 
     @property
     def scope(self) -> str:
         return self.id.split(".", 1)[0]
 
     def binding(self) -> Binding:
-        return Binding(self.key, self.action, self.description, show=self.show,
-                       priority=self.priority, id=self.id)
+        return Binding(self.key, self.action, self.description, show=self.show, priority=self.priority, id=self.id)
 
 
 REGISTRY: dict[str, Action] = {}

@@ -43,7 +43,7 @@ from typing import Any
 from textual.app import App
 from textual.screen import Screen
 
-from core.lean import IMPORT_LOCK, import_sqlite_utils, restore_sqlite_utils_types  # noqa: F401 - re-exported
+from core.store.lean import IMPORT_LOCK, import_sqlite_utils, restore_sqlite_utils_types  # noqa: F401 - re-exported
 from tui import actions as actions_mod
 from tui.palette import MirageCommands
 
@@ -86,8 +86,14 @@ class MirageApp(App[int]):
     COMMANDS = App.COMMANDS | {MirageCommands}
     BINDINGS = actions_mod.bindings(actions_mod.APP_ACTIONS)
 
-    def __init__(self, ws_path: str | Path, *, start: str = "data", start_args: dict[str, Any] | None = None,
-                 keymap: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ws_path: str | Path,
+        *,
+        start: str = "data",
+        start_args: dict[str, Any] | None = None,
+        keymap: dict[str, str] | None = None,
+    ) -> None:
         if start not in SCREENS:
             raise ValueError(f"unknown screen {start!r} (have: {', '.join(SCREENS)})")
         # Start in the first screen's mode (Textual's DEFAULT_MODE, read in App.__init__), so no
@@ -145,15 +151,20 @@ class MirageApp(App[int]):
     def on_mount(self) -> None:
         unknown = sorted(k for k in self.keymap if k.startswith("app.") and k not in actions_mod.REGISTRY)
         if unknown:
-            self.notify(f"mirage.toml [keys]: unknown action id(s) {', '.join(unknown)} (see ? for ids)",
-                        severity="warning", timeout=8)
+            self.notify(
+                f"mirage.toml [keys]: unknown action id(s) {', '.join(unknown)} (see ? for ids)",
+                severity="warning",
+                timeout=8,
+            )
         self.set_keymap(self.keymap)
 
     def on_ready(self) -> None:
         # Finish what start-up skipped, off the UI thread, once the first screen has had time to fill
         # (importing numpy/pandas holds the GIL for ~0.5 s; it should not delay the first rows).
-        self.set_timer(RESTORE_DELAY, lambda: self.run_worker(
-            restore_sqlite_utils_types, thread=True, group="startup", exit_on_error=False))
+        self.set_timer(
+            RESTORE_DELAY,
+            lambda: self.run_worker(restore_sqlite_utils_types, thread=True, group="startup", exit_on_error=False),
+        )
 
     # -- errors: the one place that decides how a failure is shown --------------------------------
     def show_error(self, error: BaseException, *, blocking: bool = True) -> None:
@@ -167,18 +178,21 @@ class MirageApp(App[int]):
             else:
                 self.notify(error.message, title=error.title, severity="error", timeout=8)
             return
-        from core.crash import redact, write_report
+        from core.runtime.crash import redact, write_report
 
         path = write_report(error, context=f"mirage tui {self.ws_path}")
         where = f" (report: {path})" if path else ""
-        line = redact(f"unexpected {type(error).__name__}: {error}").splitlines()[0] if str(error) else \
-            f"unexpected {type(error).__name__}"
+        line = (
+            redact(f"unexpected {type(error).__name__}: {error}").splitlines()[0]
+            if str(error)
+            else f"unexpected {type(error).__name__}"
+        )
         self.notify(line + where, title="Unexpected error", severity="error", timeout=12)
 
     def _handle_exception(self, error: Exception) -> None:
         # A crash inside the app: write a redacted report and exit with one line, no traceback.
         # (Overrides Textual's handler, which renders a traceback with locals on exit.)
-        from core.crash import redact, write_report
+        from core.runtime.crash import redact, write_report
 
         path = write_report(error, context=f"mirage tui {self.ws_path}")
         where = f" (report: {path})" if path else ""
@@ -191,8 +205,13 @@ class MirageApp(App[int]):
         self._close_messages_no_wait()
 
 
-def build_app(workspace: str | Path | None = None, *, start: str = "data",
-              start_args: dict[str, Any] | None = None, app_class: type[MirageApp] | None = None) -> MirageApp:
+def build_app(
+    workspace: str | Path | None = None,
+    *,
+    start: str = "data",
+    start_args: dict[str, Any] | None = None,
+    app_class: type[MirageApp] | None = None,
+) -> MirageApp:
     """The app for a workspace, with the user's key remaps; raises MirageError if it cannot open.
 
     Checks what can fail at start-up (folder, mirage.toml, a readable database) without loading
@@ -202,7 +221,7 @@ def build_app(workspace: str | Path | None = None, *, start: str = "data",
     import sqlite3
 
     from core.errors import WorkspaceError
-    from core.workspace import Workspace
+    from core.store.workspace import Workspace
 
     ws = Workspace.open(workspace)  # the folder holds a database; mirage.toml is valid
     try:
@@ -226,8 +245,13 @@ def launch(app: MirageApp, **run_kwargs: Any) -> int | None:
     return app.run(**run_kwargs)
 
 
-def run(workspace: str | Path | None = None, *, start: str = "data", start_args: dict[str, Any] | None = None,
-        headless: bool = False) -> int:
+def run(
+    workspace: str | Path | None = None,
+    *,
+    start: str = "data",
+    start_args: dict[str, Any] | None = None,
+    headless: bool = False,
+) -> int:
     """Open the app on a workspace; start-up failures print one line and return 2."""
     from core.errors import MirageError
 

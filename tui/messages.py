@@ -6,8 +6,9 @@ the UI thread. High-rate progress messages say `can_replace` so a slow UI drops 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from textual.message import Message
 
@@ -50,5 +51,4 @@ class ExampleSelected(Message):
     kind: str
     row_id: int
     open: bool = False  # Enter (open the detail) rather than a cursor move
-    position: int = 0   # row position in the table
-
+    position: int = 0  # row position in the table

@@ -4,7 +4,7 @@ How to plug a screen in (the full contract is the docstring of `tui/app.py`):
 
     from textual.app import ComposeResult
     from textual.widgets import DataTable
-    from core.jobs import list_jobs
+    from core.runtime.jobs import list_jobs
     from tui.actions import Action
     from tui.screens.base import MirageScreen
 

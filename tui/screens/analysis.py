@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
-from core import study
+from core.analysis import compare as study
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 
@@ -78,8 +78,7 @@ class AnalysisScreen(MirageScreen):
             rep = study.analysis(ws, suite)
             return rep, study.suites_with_scores(ws)
 
-        self.run_core(fetch, self.args.get("suite"), on_result=self._loaded, group="analysis-load",
-                      blocking=False)
+        self.run_core(fetch, self.args.get("suite"), on_result=self._loaded, group="analysis-load", blocking=False)
 
     def receive_args(self, **args: Any) -> None:
         super().receive_args(**args)
@@ -98,16 +97,20 @@ class AnalysisScreen(MirageScreen):
         rep = self.report
         self.query_one("#analysis-empty").display = False
         self.query_one("#analysis-tabs").display = True
-        self.query_one("#analysis-status", Static).update(Text(
-            f"{rep['suite']} ({rep['kind']}) · models {', '.join(rep['models'])} · teacher {rep['teacher'] or '—'}"
-            f" · base {rep['base'] or '—'} · imitation {', '.join(rep['imitation']) or '—'}"
-            "   e/E export · s next suite"))
+        self.query_one("#analysis-status", Static).update(
+            Text(
+                f"{rep['suite']} ({rep['kind']}) · models {', '.join(rep['models'])} · teacher {rep['teacher'] or '—'}"
+                f" · base {rep['base'] or '—'} · imitation {', '.join(rep['imitation']) or '—'}"
+                "   e/E export · s next suite"
+            )
+        )
         for view, _title in study.ANALYSIS_VIEWS:
             tables = study.view_tables(rep, view)
             from rich.console import Group
 
-            self.query_one(f"#tables-{view}", Static).update(Group(*[_table(*t) for t in tables]) if tables
-                                                            else Text("(nothing yet)"))
+            self.query_one(f"#tables-{view}", Static).update(
+                Group(*[_table(*t) for t in tables]) if tables else Text("(nothing yet)")
+            )
         self._plot_gap(rep)
         self._plot_sweep(rep)
 
@@ -116,8 +119,11 @@ class AnalysisScreen(MirageScreen):
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        pts = [g for g in rep["gap_closed"] if g["task"] != "all" and g["value"] is not None
-               and g.get("support") is not None]
+        pts = [
+            g
+            for g in rep["gap_closed"]
+            if g["task"] != "all" and g["value"] is not None and g.get("support") is not None
+        ]
         if pts:
             for imit in sorted({g["imitation_model"] for g in pts}):
                 mine = [g for g in pts if g["imitation_model"] == imit]
@@ -126,8 +132,10 @@ class AnalysisScreen(MirageScreen):
             plt.xlabel("coverage support")
             plt.ylabel("gap closed")
         else:
-            plt.title("gap vs coverage: needs gap closed (base, imitation, teacher scored) and"
-                      " `mirage coverage --data D --suite S`")
+            plt.title(
+                "gap vs coverage: needs gap closed (base, imitation, teacher scored) and"
+                " `mirage coverage --data D --suite S`"
+            )
         widget.refresh()
 
     def _plot_sweep(self, rep: dict) -> None:
@@ -158,9 +166,14 @@ class AnalysisScreen(MirageScreen):
         if self.report is None:
             return
         rep, view = self.report, self._current_view()
-        self.run_core(study.save_export, rep, view, fmt,
-                      on_result=lambda path: self.notify(f"exported {view} to {path}", timeout=6),
-                      group="analysis-export")
+        self.run_core(
+            study.save_export,
+            rep,
+            view,
+            fmt,
+            on_result=lambda path: self.notify(f"exported {view} to {path}", timeout=6),
+            group="analysis-export",
+        )
 
     def action_next_suite(self) -> None:
         if self.report is None or not self.suites:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -79,8 +80,16 @@ class CoreWorkers:
     Failures are posted as `messages.WorkFailed` and shown by `MirageApp.show_error` (one place).
     """
 
-    def run_core(self, fn: Callable[..., Any], *args: Any, on_result: Callable[[Any], None] | None = None,
-                 group: str = "core", blocking: bool = True, exclusive: bool = True, **kwargs: Any) -> Worker:
+    def run_core(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_result: Callable[[Any], None] | None = None,
+        group: str = "core",
+        blocking: bool = True,
+        exclusive: bool = True,
+        **kwargs: Any,
+    ) -> Worker:
         ws_path = self.app.ws_path  # type: ignore[attr-defined]
         target: Any = self
 
@@ -89,7 +98,7 @@ class CoreWorkers:
 
             import_sqlite_utils_lean()  # no-op once sqlite-utils is loaded
             from core.errors import Cancelled
-            from core.workspace import Workspace
+            from core.store.workspace import Workspace
 
             worker = get_current_worker()
             try:
@@ -121,8 +130,14 @@ class CoreWorkers:
             finally:
                 ws.close()
 
-        return self.run_worker(call, thread=True, group=group, exclusive=exclusive,  # type: ignore[attr-defined]
-                               exit_on_error=False, name=f"{group}:{getattr(fn, '__name__', 'call')}")
+        return self.run_worker(
+            call,
+            thread=True,
+            group=group,
+            exclusive=exclusive,  # type: ignore[attr-defined]
+            exit_on_error=False,
+            name=f"{group}:{getattr(fn, '__name__', 'call')}",
+        )
 
     async def on_work_done(self, message: msg.WorkDone) -> None:
         message.stop()
@@ -144,7 +159,7 @@ class CoreWorkers:
 class MirageScreen(CoreWorkers, Screen):
     """Subclass this for a top-level screen; see `tui/screens/__init__.py` for the contract."""
 
-    NAME: ClassVar[str] = ""            # the key in tui.app.SCREENS, e.g. "data"
+    NAME: ClassVar[str] = ""  # the key in tui.app.SCREENS, e.g. "data"
     ACTIONS: ClassVar[list[Action]] = []  # this screen's actions, ids "<NAME>.<verb>"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

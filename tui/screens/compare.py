@@ -13,12 +13,12 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Input, Static
 
-from core import study
+from core.analysis import compare as study
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 from tui.widgets.compare.pane import ModelPane, strip_label
-from tui.widgets.compare.rendered import RenderedView
 from tui.widgets.compare.rating import RATING_ACTIONS  # noqa: F401  (registers the rating keys: help lists them)
+from tui.widgets.compare.rendered import RenderedView
 
 PATTERN_CYCLE = [None, *study.PATTERNS]
 SORT_CYCLE = list(study.SORTS)
@@ -114,8 +114,7 @@ class CompareScreen(MirageScreen):
         yield Static("", id="compare-strip")
         yield Horizontal(id="compare-panes")
         yield EmptyState("Loading…", id="compare-empty", markup=False)
-        yield Input(placeholder="search prompt, gold and outputs — enter applies, esc cancels",
-                    id="compare-search")
+        yield Input(placeholder="search prompt, gold and outputs — enter applies, esc cancels", id="compare-search")
 
     def on_mount(self) -> None:
         self._show_empty("Loading the comparison…")
@@ -123,8 +122,15 @@ class CompareScreen(MirageScreen):
 
     def load(self) -> None:
         models = self.args.get("models") or None
-        self.run_core(study.open_view, self.args.get("suite"), models, data=self.args.get("data"),
-                      on_result=self._loaded, group="compare-load", blocking=False)
+        self.run_core(
+            study.open_view,
+            self.args.get("suite"),
+            models,
+            data=self.args.get("data"),
+            on_result=self._loaded,
+            group="compare-load",
+            blocking=False,
+        )
 
     def receive_args(self, **args: Any) -> None:
         super().receive_args(**args)
@@ -189,8 +195,10 @@ class CompareScreen(MirageScreen):
         empty = self.query_one("#compare-empty", EmptyState)
         if not len(view.order):
             self.query_one("#compare-status", Static).update(_status(view, None), layout=False)
-            self._show_empty(f"No items match: {view.filters.describe()}.\n\n"
-                             "esc clears the filters; t task, v verdict pattern, / text.")
+            self._show_empty(
+                f"No items match: {view.filters.describe()}.\n\n"
+                "esc clears the filters; t task, v verdict pattern, / text."
+            )
             self.query_one("#compare-status").display = True
             return
         if empty.display:
@@ -368,8 +376,7 @@ class CompareScreen(MirageScreen):
             return
         new = None if view.marks.get(gid) == mark else mark  # the same key again clears it
         view.remember_mark(gid, new)
-        self.run_core(study.set_mark, gid, new, rater=view.rater, group="compare-mark",
-                      exclusive=False, blocking=False)
+        self.run_core(study.set_mark, gid, new, rater=view.rater, group="compare-mark", exclusive=False, blocking=False)
         self.render_item()
 
     def action_neighbours(self) -> None:
@@ -384,8 +391,9 @@ class CompareScreen(MirageScreen):
         def show(nbs: list[dict]) -> None:
             self.app.push_screen(NeighboursModal(prompt, nbs, view.support_note))
 
-        self.run_core(study.item_neighbours, view.suite, item_id, data=view.data, on_result=show,
-                      group="compare-neighbours")
+        self.run_core(
+            study.item_neighbours, view.suite, item_id, data=view.data, on_result=show, group="compare-neighbours"
+        )
 
     def action_rate(self) -> None:
         view = self.view
@@ -395,16 +403,24 @@ class CompareScreen(MirageScreen):
 
         teacher = view.teacher_row
         if teacher is None:
-            self.notify("Blind rating needs the teacher in the view: set [roles] teacher in mirage.toml"
-                        " or pass --models with it.", severity="warning", timeout=6)
+            self.notify(
+                "Blind rating needs the teacher in the view: set [roles] teacher in mirage.toml"
+                " or pass --models with it.",
+                severity="warning",
+                timeout=6,
+            )
             return
-        model_row = self.active if self.active != teacher else next(
-            (k for k in range(len(view.models)) if view.role(view.models[k]) == "imitation"),
-            next(k for k in range(len(view.models)) if k != teacher) if len(view.models) > 1 else None)
+        model_row = (
+            self.active
+            if self.active != teacher
+            else next(
+                (k for k in range(len(view.models)) if view.role(view.models[k]) == "imitation"),
+                next(k for k in range(len(view.models)) if k != teacher) if len(view.models) > 1 else None,
+            )
+        )
         if model_row is None:
             return
-        self.app.push_screen(RatingScreen(view.suite, view.models[model_row], view.models[teacher],
-                                          rater=view.rater))
+        self.app.push_screen(RatingScreen(view.suite, view.models[model_row], view.models[teacher], rater=view.rater))
 
     def action_agreement(self) -> None:
         view = self.view
@@ -416,9 +432,11 @@ class CompareScreen(MirageScreen):
 
         def figures(ws):
             rows = study.agreement(ws, view.suite, rater=view.rater)
-            pw = [study.pairwise_result(ws, view.suite, m, teacher=teacher, rater=view.rater)
-                  for m in view.models if teacher and m != teacher]
+            pw = [
+                study.pairwise_result(ws, view.suite, m, teacher=teacher, rater=view.rater)
+                for m in view.models
+                if teacher and m != teacher
+            ]
             return rows, pw
 
-        self.run_core(figures, on_result=lambda r: self.app.push_screen(AgreementModal(*r)),
-                      group="compare-agreement")
+        self.run_core(figures, on_result=lambda r: self.app.push_screen(AgreementModal(*r)), group="compare-agreement")

@@ -27,25 +27,25 @@ def bar(value: float, width: int = BAR, style: str = "green") -> Text:
 
 
 def _choices(ws) -> dict:
-    from core.datasets import list_datasets, list_suites
+    from core.data.datasets import list_datasets, list_suites
 
     return {"data": [d["name"] for d in list_datasets(ws)], "suites": [s["name"] for s in list_suites(ws)]}
 
 
 def _results(ws, data: str, suite: str):
-    from core import coverage
+    from core.coverage import compute as coverage
 
     return coverage.results(ws, data, suite)
 
 
 def _compute(ws, data: str, suite: str, **kw):
-    from core import coverage
+    from core.coverage import compute as coverage
 
     return coverage.compute(ws, data, suite, **kw)
 
 
 def _make_subset(ws, name: str, data: str, spec: dict):
-    from core import coverage
+    from core.coverage import compute as coverage
 
     return coverage.make_subset(ws, name, data, **spec)
 
@@ -152,8 +152,10 @@ class CoverageScreen(MirageScreen):
         self.res = None
         self._cov_render_head()
         if not self.data_name or not self.suite_name:
-            self._cov_status("import a dataset and a suite first: `mirage import data FILE --name D`, "
-                         "`mirage import suite FILE --name S`")
+            self._cov_status(
+                "import a dataset and a suite first: `mirage import data FILE --name D`, "
+                "`mirage import suite FILE --name S`"
+            )
             self._cov_fill_table([], [])
             return
         self.run_core(_results, self.data_name, self.suite_name, on_result=self._cov_got_results, group="results")
@@ -174,8 +176,14 @@ class CoverageScreen(MirageScreen):
         self.query_one("#cov-busy").add_class("busy")
         self.query_one("#cov-progress", ProgressBar).update(total=None, progress=0)
         self._cov_status(f"computing coverage of {self.suite_name} by {self.data_name}…")
-        self.run_core(_compute, self.data_name, self.suite_name, cancel=self._cov_cancel, on_result=self._cov_computed,
-                      group="compute")
+        self.run_core(
+            _compute,
+            self.data_name,
+            self.suite_name,
+            cancel=self._cov_cancel,
+            on_result=self._cov_computed,
+            group="compute",
+        )
 
     def on_work_progress(self, message: msg.WorkProgress) -> None:
         if message.group != "compute":
@@ -270,11 +278,13 @@ class CoverageScreen(MirageScreen):
         head = f"[b]data[/b] {escape(self.data_name or '—')}  [b]suite[/b] {escape(self.suite_name or '—')}"
         if self.res:
             s = self.res["summary"]
-            head += (f"  ·  {escape(self.res['embedding_model'])} ({self.res['mode']})  threshold "
-                     f"{self.res['threshold']:.2f}  k {self.res['k']}\n"
-                     f"support {s['support']:.0%} of {s['items']} items · mean max similarity "
-                     f"{s['mean_max_similarity']:.2f} · {s['examples_served']} examples serve it · "
-                     f"{s['contaminated']} contaminated · {s['answer_leak']} answer leaks")
+            head += (
+                f"  ·  {escape(self.res['embedding_model'])} ({self.res['mode']})  threshold "
+                f"{self.res['threshold']:.2f}  k {self.res['k']}\n"
+                f"support {s['support']:.0%} of {s['items']} items · mean max similarity "
+                f"{s['mean_max_similarity']:.2f} · {s['examples_served']} examples serve it · "
+                f"{s['contaminated']} contaminated · {s['answer_leak']} answer leaks"
+            )
         self.query_one("#cov-head", Static).update(head)
 
     def _cov_fill_table(self, columns: list[str], rows: list[tuple[str, list]]) -> None:
@@ -300,11 +310,25 @@ class CoverageScreen(MirageScreen):
     def _cov_render_tasks(self) -> None:
         rows = []
         for t in sorted(self.res["tasks"], key=lambda t: -t["support"]):
-            rows.append((t["task"], [t["task"], str(t["items"]), bar(t["support"]), f"{t['support']:.0%}",
-                                     bar(t["mean_max_similarity"], style="cyan"), f"{t['mean_max_similarity']:.2f}",
-                                     str(t["examples_served"]), str(t["contaminated"]),
-                                     ", ".join(f"{s} {v['support']:.0%}" for s, v in t["by_source"].items())]))
-        self._cov_fill_table(["task", "items", "support", "", "mean max sim", " ", "served", "contam.", "by source"], rows)
+            rows.append(
+                (
+                    t["task"],
+                    [
+                        t["task"],
+                        str(t["items"]),
+                        bar(t["support"]),
+                        f"{t['support']:.0%}",
+                        bar(t["mean_max_similarity"], style="cyan"),
+                        f"{t['mean_max_similarity']:.2f}",
+                        str(t["examples_served"]),
+                        str(t["contaminated"]),
+                        ", ".join(f"{s} {v['support']:.0%}" for s, v in t["by_source"].items()),
+                    ],
+                )
+            )
+        self._cov_fill_table(
+            ["task", "items", "support", "", "mean max sim", " ", "served", "contam.", "by source"], rows
+        )
         self._cov_status("enter: items of a task · l clusters · n subset of the task's support · c recompute")
 
     def _cov_task_items(self) -> list[dict]:
@@ -316,12 +340,25 @@ class CoverageScreen(MirageScreen):
         for r in self._cov_task_items():
             flags = ("C" if r["contaminated"] else "·") + ("A" if r["answer_leak"] else "·")
             nearest = r["neighbors"][0]["text"] if r["neighbors"] else ""
-            rows.append((str(r["item_id"]), [bar(r["max_similarity"], 12, "cyan"), f"{r['max_similarity']:.2f}",
-                                             flags, str(r["longest_ngram"]), r["prompt"][:60], nearest[:50]]))
+            rows.append(
+                (
+                    str(r["item_id"]),
+                    [
+                        bar(r["max_similarity"], 12, "cyan"),
+                        f"{r['max_similarity']:.2f}",
+                        flags,
+                        str(r["longest_ngram"]),
+                        r["prompt"][:60],
+                        nearest[:50],
+                    ],
+                )
+            )
         self._cov_fill_table(["max sim", "", "C/A", "ngram", "prompt", "nearest example"], rows)
         order = "ascending" if self.ascending else "descending"
-        self._cov_status(f"task {self.sel_task}: {len(rows)} items by similarity ({order}; o flips) · enter: nearest "
-                     "examples · n subset · esc back")
+        self._cov_status(
+            f"task {self.sel_task}: {len(rows)} items by similarity ({order}; o flips) · enter: nearest "
+            "examples · n subset · esc back"
+        )
 
     def _cov_render_item(self) -> None:
         r = self.sel_item
@@ -332,19 +369,25 @@ class CoverageScreen(MirageScreen):
             flags.append("contaminated (13-gram)")
         if r["answer_leak"]:
             flags.append("gold answer in a neighbour's response")
-        left = Text.assemble((f"item {r['item_id']} · task {r['task']}\n\n", "bold"), r["prompt"], "\n\n",
-                             f"max similarity {r['max_similarity']:.3f}\n",
-                             f"examples above threshold {r['n_above']}\n",
-                             f"longest shared n-gram {r['longest_ngram']} words\n",
-                             f"responses containing a gold answer {r['answer_in_data']}\n",
-                             (" · ".join(flags), "bold red") if flags else "")
+        left = Text.assemble(
+            (f"item {r['item_id']} · task {r['task']}\n\n", "bold"),
+            r["prompt"],
+            "\n\n",
+            f"max similarity {r['max_similarity']:.3f}\n",
+            f"examples above threshold {r['n_above']}\n",
+            f"longest shared n-gram {r['longest_ngram']} words\n",
+            f"responses containing a gold answer {r['answer_in_data']}\n",
+            (" · ".join(flags), "bold red") if flags else "",
+        )
         self.query_one("#cov-item-prompt", Static).update(left)
         right = Text()
         for i, nb in enumerate(r["neighbors"], 1):
             right.append(f"{i}. ", "bold")
             right.append_text(bar(nb["similarity"], 10, "cyan"))
-            right.append(f" {nb['similarity']:.3f}  {nb['source']}  #{nb['example_id']}  cluster {nb.get('cluster', '')}\n",
-                         "bold")
+            right.append(
+                f" {nb['similarity']:.3f}  {nb['source']}  #{nb['example_id']}  cluster {nb.get('cluster', '')}\n",
+                "bold",
+            )
             right.append(nb["text"] + "\n\n")
         self.query_one("#cov-item-neighbors", Static).update(right)
         self._cov_status("the item beside its nearest imitation examples · esc back")
@@ -352,9 +395,18 @@ class CoverageScreen(MirageScreen):
     def _cov_render_clusters(self) -> None:
         rows = []
         for c in sorted(self.res["clusters"], key=lambda c: -c["size"]):
-            rows.append((str(c["cluster"]), [str(c["cluster"]), str(c["size"]), ", ".join(c["terms"][:6]),
-                                             ", ".join(f"{t['task']} ({t['items']})" for t in c["tasks"][:3]),
-                                             (c["samples"][0]["text"][:50] if c["samples"] else "")]))
+            rows.append(
+                (
+                    str(c["cluster"]),
+                    [
+                        str(c["cluster"]),
+                        str(c["size"]),
+                        ", ".join(c["terms"][:6]),
+                        ", ".join(f"{t['task']} ({t['items']})" for t in c["tasks"][:3]),
+                        (c["samples"][0]["text"][:50] if c["samples"] else ""),
+                    ],
+                )
+            )
         self._cov_fill_table(["cluster", "size", "terms", "serves", "sample"], rows)
         self._cov_status("topic clusters of the imitation data · n subset of the cluster under the cursor · esc back")
 
@@ -376,8 +428,13 @@ class CoverageScreen(MirageScreen):
         spec = {"task_support": (self.suite_name, task), "threshold": self.res["threshold"]}
         if self.res["mode"] == "conversation":
             spec["whole_conversation"] = True
-        return spec, f"{self.data_name}-{task}".replace(" ", "-"), (
-            f"examples of {self.data_name} at least {self.res['threshold']:.2f} similar to an item of {self.suite_name}/{task}")
+        return (
+            spec,
+            f"{self.data_name}-{task}".replace(" ", "-"),
+            (
+                f"examples of {self.data_name} at least {self.res['threshold']:.2f} similar to an item of {self.suite_name}/{task}"
+            ),
+        )
 
     def action_subset(self) -> None:
         got = self._cov_subset_spec()
@@ -393,6 +450,8 @@ class CoverageScreen(MirageScreen):
         self.app.push_screen(SubsetName(suggestion, what), made)
 
     def _cov_subset_made(self, out: dict) -> None:
-        self.notify(f"subset {out['name']}: {out['examples']} examples, {out['tokens']} tokens "
-                    f"(finetune with --data {out['name']})")
+        self.notify(
+            f"subset {out['name']}: {out['examples']} examples, {out['tokens']} tokens "
+            f"(finetune with --data {out['name']})"
+        )
         self.choices["data"] = sorted({*self.choices["data"], out["name"]})

@@ -19,13 +19,18 @@ DETAIL_DELAY = 0.15  # s: the detail follows the cursor once it rests, not on ev
 def load_sources(ws, first: bool = False) -> dict:
     """Datasets and suites; with `first`, also the first page of the first source, so the screen's
     first rows need one worker round trip instead of two."""
-    from core import browse
-    from core.datasets import list_datasets, list_suites
+    from core.data import browse
+    from core.data.datasets import list_datasets, list_suites
 
     out = {"datasets": list_datasets(ws), "suites": list_suites(ws), "first": None}
     if first:
-        pick = (("dataset", out["datasets"][0]["name"]) if out["datasets"]
-                else ("suite", out["suites"][0]["name"]) if out["suites"] else None)
+        pick = (
+            ("dataset", out["datasets"][0]["name"])
+            if out["datasets"]
+            else ("suite", out["suites"][0]["name"])
+            if out["suites"]
+            else None
+        )
         if pick:
             kind, name = pick
             out["first"] = {"kind": kind, "name": name, "rows": browse.window(ws, kind, name, 0, PAGE)}
@@ -57,8 +62,9 @@ class DataScreen(MirageScreen):
             with Vertical(id="data-sources"):
                 yield SourceList(id="data-source-list")
             with Vertical(id="data-main"):
-                yield Input(placeholder="/ full-text search in this dataset or suite (enter runs, esc clears)",
-                            id="data-search")
+                yield Input(
+                    placeholder="/ full-text search in this dataset or suite (enter runs, esc clears)", id="data-search"
+                )
                 yield RowTable(id="data-table")
                 yield Static("", id="data-status", markup=False)
                 # The detail pane (Markdown: the heaviest import of the screen) is mounted here once
@@ -69,15 +75,15 @@ class DataScreen(MirageScreen):
             "mirage import data FILE --name NAME      imitation data (ShareGPT, Alpaca, messages)\n"
             "mirage import suite FILE --name NAME     an eval suite (NQ-open, MMLU CSV, HumanEval)\n\n"
             "then press r to reload.",
-            id="data-empty", markup=False,
+            id="data-empty",
+            markup=False,
         )
 
     def on_mount(self) -> None:
         self.query_one("#data-layout").display = False
         self.query_one("#data-empty").display = False
         # After the first frame: the frame shows at once, the rows a moment later.
-        self.call_after_refresh(self.run_core, load_sources, True, on_result=self._sources_loaded,
-                                group="sources")
+        self.call_after_refresh(self.run_core, load_sources, True, on_result=self._sources_loaded, group="sources")
 
     # -- sources ------------------------------------------------------------------------------------
     def action_reload(self) -> None:
@@ -126,7 +132,7 @@ class DataScreen(MirageScreen):
 
     def _load_ids(self) -> None:
         """Show the selected source: all of it by position, or the matches of the current search."""
-        from core import browse
+        from core.data import browse
 
         src = self.source
         if src is None:
@@ -139,11 +145,21 @@ class DataScreen(MirageScreen):
             self._update_status()
             return
         self.query_one("#data-status", Static).update(f"searching for “{query}”…")
-        self.run_core(browse.search_ids, kind, name, query,
-                      on_result=lambda ids: self._ids_loaded(kind, name, query, ids), group="ids")
+        self.run_core(
+            browse.search_ids,
+            kind,
+            name,
+            query,
+            on_result=lambda ids: self._ids_loaded(kind, name, query, ids),
+            group="ids",
+        )
 
     def _ids_loaded(self, kind: str, name: str, query: str, ids: list[int]) -> None:
-        if self.source is None or (self.source["_kind"], self.source["name"]) != (kind, name) or query != self.query_text:
+        if (
+            self.source is None
+            or (self.source["_kind"], self.source["name"]) != (kind, name)
+            or query != self.query_text
+        ):
             return  # the user moved on
         self.matches = len(ids)
         self.query_one(RowTable).load(kind, name, ids=ids, query=query)
@@ -199,10 +215,11 @@ class DataScreen(MirageScreen):
             self._load_detail(event.kind, event.row_id, focus=True)
         else:
             self._detail_timer = self.set_timer(
-                DETAIL_DELAY, lambda: self._load_detail(event.kind, event.row_id, focus=False))
+                DETAIL_DELAY, lambda: self._load_detail(event.kind, event.row_id, focus=False)
+            )
 
     def _load_detail(self, kind: str, row_id: int, *, focus: bool) -> None:
-        from core.browse import record
+        from core.data.browse import record
 
         if self._shown_id == (kind, row_id):
             if focus:
@@ -230,7 +247,11 @@ class DataScreen(MirageScreen):
         if self.query_text:
             parts.append(f"{n:,} match{'es' if n != 1 else ''} for “{self.query_text}” (esc clears)")
         if src["_kind"] == "suite":
-            parts += [f"suite {src['name']}", f"{src['items']:,} items", f"{src['tasks']} task" + ("s" if src["tasks"] != 1 else "")]
+            parts += [
+                f"suite {src['name']}",
+                f"{src['items']:,} items",
+                f"{src['tasks']} task" + ("s" if src["tasks"] != 1 else ""),
+            ]
         else:
             parts += [f"dataset {src['name']}", f"{src['examples']:,} examples", f"{human(src['tokens'])} tokens"]
         status.update(" · ".join(parts))

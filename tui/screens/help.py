@@ -27,8 +27,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static("Keys — remap any of them by id in mirage.toml [keys]; esc closes",
-                         id="help-title", markup=False)
+            yield Static(
+                "Keys — remap any of them by id in mirage.toml [keys]; esc closes", id="help-title", markup=False
+            )
             yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
@@ -42,8 +43,9 @@ class HelpScreen(ModalScreen[None]):
         scopes = order + sorted({a.scope for a in actions_mod.REGISTRY.values()} - set(order))
         for scope in scopes:
             for a in actions_mod.by_scope(scope):
-                table.add_row(scope, key_label(self.app, actions_mod.effective_key(a, keymap)),
-                              a.description, a.id, key=a.id)
+                table.add_row(
+                    scope, key_label(self.app, actions_mod.effective_key(a, keymap)), a.description, a.id, key=a.id
+                )
         # Keys of the focused widget (table movement, scrolling...): not remappable, still listed.
         if below is not None:
             seen = set()

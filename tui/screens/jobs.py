@@ -10,11 +10,11 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, RichLog, Static
 from textual_plotext import PlotextPlot
 
-from core.progress import format_duration
+from core.runtime.progress import format_duration
 from tui.actions import Action
 from tui.screens.base import MirageScreen
 
@@ -35,12 +35,16 @@ FORM_FIELDS = [
 # -- core calls (each runs in a worker thread with its own Workspace) ----------------------------------------
 def load_jobs(ws, selected: int | None, after_event: int) -> dict:
     """All jobs with their latest ETA, and the selected job's events after `after_event`."""
-    from core import jobs
+    from core.runtime import jobs
 
     rows = [jobs.public_view(j) for j in jobs.list_jobs(ws)]
-    eta = {r["job_id"]: r["eta_s"] for r in ws.db.query(
-        "select job_id, eta_s from job_events where id in"
-        " (select max(id) from job_events where eta_s is not null group by job_id)")}
+    eta = {
+        r["job_id"]: r["eta_s"]
+        for r in ws.db.query(
+            "select job_id, eta_s from job_events where id in"
+            " (select max(id) from job_events where eta_s is not null group by job_id)"
+        )
+    }
     for r in rows:
         r["eta_s"] = eta.get(r["id"]) if r["status"] == "running" else None
     evs = jobs.events(ws, selected, after_id=after_event) if selected else []
@@ -48,8 +52,8 @@ def load_jobs(ws, selected: int | None, after_event: int) -> dict:
 
 
 def _form_config(values: dict[str, str]) -> tuple[str, str, list, dict]:
-    from core import finetune as ft
     from core.errors import BadInput
+    from core.finetune import trainer as ft
 
     base, data = values.get("base", "").strip(), values.get("data", "").strip()
     if not base:
@@ -62,7 +66,7 @@ def _form_config(values: dict[str, str]) -> tuple[str, str, list, dict]:
 
 
 def estimate(ws, values: dict[str, str]) -> dict:
-    from core import finetune as ft
+    from core.finetune import trainer as ft
 
     base, data, budgets, overrides = _form_config(values)
     cfg = ft.make_config(base, data, tokens=budgets[-1], **overrides)
@@ -71,20 +75,20 @@ def estimate(ws, values: dict[str, str]) -> dict:
 
 
 def launch(ws, values: dict[str, str]) -> list[int]:
-    from core import finetune as ft
+    from core.finetune import trainer as ft
 
     base, data, budgets, overrides = _form_config(values)
     return ft.submit(ws, base, data, tokens=budgets, detach=True, **overrides)
 
 
 def cancel_job(ws, job_id: int) -> dict:
-    from core import jobs
+    from core.runtime import jobs
 
     return jobs.public_view(jobs.cancel(ws, job_id))
 
 
 def resume_job(ws, job_id: int) -> dict:
-    from core import jobs
+    from core.runtime import jobs
 
     return jobs.public_view(jobs.resume(ws, job_id, detach=True))
 
@@ -102,8 +106,14 @@ def progress_bar(step: int | None, total: int | None, width: int = 14) -> Text:
     return Text.assemble(("█" * full, "green"), ("░" * (width - full), "dim"), f" {step or 0}/{total}")
 
 
-STATUS_STYLE = {"running": "bold green", "queued": "yellow", "done": "cyan", "failed": "bold red",
-                "cancelled": "dim", "interrupted": "bold magenta"}
+STATUS_STYLE = {
+    "running": "bold green",
+    "queued": "yellow",
+    "done": "cyan",
+    "failed": "bold red",
+    "cancelled": "dim",
+    "interrupted": "bold magenta",
+}
 
 
 class JobsScreen(MirageScreen):
@@ -147,8 +157,10 @@ class JobsScreen(MirageScreen):
             with Horizontal(id="jobs-form-buttons"):
                 yield Button("Estimate (ctrl+e)", id="btn-estimate")
                 yield Button("Start (ctrl+r)", id="btn-launch", variant="primary")
-            yield Static("Fill base and data, then estimate: examples, tokens, steps and time from one measured"
-                         " step.", id="jobs-estimate")
+            yield Static(
+                "Fill base and data, then estimate: examples, tokens, steps and time from one measured step.",
+                id="jobs-estimate",
+            )
         table = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
         yield table
         with Horizontal(id="jobs-detail"):
@@ -170,8 +182,9 @@ class JobsScreen(MirageScreen):
 
     # -- polling --------------------------------------------------------------------------------------
     def poll(self) -> None:
-        self.run_core(load_jobs, self.selected, self.after_event, on_result=self.show, group="jobs-poll",
-                      blocking=False)
+        self.run_core(
+            load_jobs, self.selected, self.after_event, on_result=self.show, group="jobs-poll", blocking=False
+        )
 
     def show(self, state: dict) -> None:
         self.job_rows = state["jobs"]
@@ -180,9 +193,16 @@ class JobsScreen(MirageScreen):
         table.clear()
         for r in self.job_rows:
             table.add_row(
-                str(r["id"]), r["name"], r["kind"], Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
-                progress_bar(r["step"], r["total_steps"]), "" if r["loss"] is None else f"{r['loss']:.4f}",
-                duration(r.get("eta_s")), (r.get("error") or "")[:60], key=str(r["id"]))
+                str(r["id"]),
+                r["name"],
+                r["kind"],
+                Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+                progress_bar(r["step"], r["total_steps"]),
+                "" if r["loss"] is None else f"{r['loss']:.4f}",
+                duration(r.get("eta_s")),
+                (r.get("error") or "")[:60],
+                key=str(r["id"]),
+            )
         if self.job_rows:
             ids = [r["id"] for r in self.job_rows]
             if cursor_id not in ids:
@@ -202,7 +222,8 @@ class JobsScreen(MirageScreen):
         running = sum(r["status"] == "running" for r in self.job_rows)
         queued = sum(r["status"] == "queued" for r in self.job_rows)
         self.query_one("#jobs-status", Static).update(
-            f"{len(self.job_rows)} jobs, {running} running, {queued} queued — n new run · c cancel · r resume")
+            f"{len(self.job_rows)} jobs, {running} running, {queued} queued — n new run · c cancel · r resume"
+        )
 
     def _select(self, job_id: int | None) -> None:
         if job_id == self.selected:
@@ -250,14 +271,15 @@ class JobsScreen(MirageScreen):
 
     def show_estimate(self, r: dict) -> None:
         self.estimate_result = r
-        from core.finetune import human_tokens
+        from core.finetune.trainer import human_tokens
 
         notes = "".join(f"\nnote: {n}" for n in r["notes"])
         self.query_one("#jobs-estimate", Static).update(
             f"budget {human_tokens(r['budget'])}: {r['examples']} examples, {r['tokens']:,} tokens"
             f" ({r['label_tokens']:,} trained), {r['total_steps']} steps; one step {r['step_seconds']:.2f} s"
             f" on {r['device']} {r['dtype']} → about {duration(r['estimated_seconds'])}; template {r['template']}"
-            + notes)
+            + notes
+        )
 
     def action_launch(self) -> None:
         if not self.query_one("#jobs-form").has_class("open"):
@@ -279,11 +301,19 @@ class JobsScreen(MirageScreen):
     def action_cancel_job(self) -> None:
         if self.selected is None:
             return
-        self.run_core(cancel_job, self.selected, on_result=lambda j: self.notify(f"job {j['id']}: {j['status']}"),
-                      group="jobs-control")
+        self.run_core(
+            cancel_job,
+            self.selected,
+            on_result=lambda j: self.notify(f"job {j['id']}: {j['status']}"),
+            group="jobs-control",
+        )
 
     def action_resume_job(self) -> None:
         if self.selected is None:
             return
-        self.run_core(resume_job, self.selected, on_result=lambda j: self.notify(f"job {j['id']}: {j['status']}"),
-                      group="jobs-control")
+        self.run_core(
+            resume_job,
+            self.selected,
+            on_result=lambda j: self.notify(f"job {j['id']}: {j['status']}"),
+            group="jobs-control",
+        )

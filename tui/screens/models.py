@@ -23,7 +23,9 @@ POLL_S = 1.0
 
 # -- core calls (run in worker threads with their own Workspace) ---------------------------------------
 def load_state(ws) -> dict:
-    from core import jobs, models, serving
+    from core.models import registry as models
+    from core.models import serving
+    from core.runtime import jobs
 
     servers = {s.model: s for s in serving.list_servers(ws)}
     rows = []
@@ -35,22 +37,27 @@ def load_state(ws) -> dict:
 
 
 def model_details(ws, name: str) -> dict:
-    from core import models
+    from core.models import registry as models
 
     entry = models.get_model(ws, name)
-    return {"name": name, "kind": entry["kind"], "spec": entry["spec"],
-            "fingerprint": models.fingerprint(ws, name), "prompt_style": models.prompt_style(ws, name)}
+    return {
+        "name": name,
+        "kind": entry["kind"],
+        "spec": entry["spec"],
+        "fingerprint": models.fingerprint(ws, name),
+        "prompt_style": models.prompt_style(ws, name),
+    }
 
 
 def add_model(ws, name: str, kind: str, spec: dict) -> str:
-    from core import models
+    from core.models import registry as models
 
     models.register(ws, name, kind, spec)
     return name
 
 
 def start_server(ws, model: str):
-    from core import serving
+    from core.models import serving
 
     server = yield from serving.start(ws, model)
     serving.register_endpoint(ws, server)
@@ -58,8 +65,8 @@ def start_server(ws, model: str):
 
 
 def stop_server(ws, model: str) -> str:
-    from core import serving
     from core.errors import NotFound
+    from core.models import serving
 
     running = [s for s in serving.list_servers(ws) if s.model == model]
     if not running:
@@ -70,7 +77,9 @@ def stop_server(ws, model: str) -> str:
 
 
 def submit_generate(ws, model: str, suite: str) -> int:
-    from core import datasets, jobs, models
+    from core.data import datasets
+    from core.models import registry as models
+    from core.runtime import jobs
 
     models.get_model(ws, model)
     datasets.get_suite(ws, suite)
@@ -78,7 +87,7 @@ def submit_generate(ws, model: str, suite: str) -> int:
 
 
 def cancel_job(ws, job_id: int) -> dict:
-    from core import jobs
+    from core.runtime import jobs
 
     return jobs.public_view(jobs.cancel(ws, job_id))
 
@@ -99,8 +108,16 @@ class AddModelForm(ModalScreen[dict | None]):
         with Vertical():
             yield Label("Add a model")
             yield Input(placeholder="name", id="f-name")
-            yield Select([("Hugging Face folder or hub id", "hf"), ("OpenAI-compatible endpoint", "openai"),
-                          ("PEFT adapter on a base", "adapter")], value="hf", allow_blank=False, id="f-kind")
+            yield Select(
+                [
+                    ("Hugging Face folder or hub id", "hf"),
+                    ("OpenAI-compatible endpoint", "openai"),
+                    ("PEFT adapter on a base", "adapter"),
+                ],
+                value="hf",
+                allow_blank=False,
+                id="f-kind",
+            )
             yield Input(placeholder="path / hub id / base URL (http://127.0.0.1:8000/v1)", id="f-target")
             yield Input(placeholder="endpoint model id, or the adapter's base model name", id="f-extra")
             yield Input(placeholder="API key env var NAME (optional; the key itself is never stored)", id="f-env")
@@ -218,8 +235,9 @@ class ModelsScreen(MirageScreen):
             chat = {True: "yes", False: "no"}.get(r["chat_template"], "?")
             loc = r["location"] or ""
             loc = loc if len(loc) <= 44 else "…" + loc[-43:]  # keep outputs and server in view
-            t.add_row(r["name"], r["kind"], r["size"] or "", chat, loc, str(r["generations"]),
-                      r["server"], key=r["name"])
+            t.add_row(
+                r["name"], r["kind"], r["size"] or "", chat, loc, str(r["generations"]), r["server"], key=r["name"]
+            )
         if state["models"]:
             t.move_cursor(row=min(keep, len(state["models"]) - 1))
         j = self.query_one("#models-jobs", DataTable)
@@ -237,13 +255,15 @@ class ModelsScreen(MirageScreen):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id != "models-table" or event.row_key is None:
             return
-        self.run_core(model_details, event.row_key.value, on_result=self.show_details, group="models-detail",
-                      blocking=False)
+        self.run_core(
+            model_details, event.row_key.value, on_result=self.show_details, group="models-detail", blocking=False
+        )
 
     def show_details(self, d: dict) -> None:
         spec = ", ".join(f"{k}={v}" for k, v in d["spec"].items())
         self.query_one("#models-detail", Static).update(
-            f"{d['name']} · {d['kind']} · prompt style {d['prompt_style']} · fingerprint {d['fingerprint']}\n{spec}")
+            f"{d['name']} · {d['kind']} · prompt style {d['prompt_style']} · fingerprint {d['fingerprint']}\n{spec}"
+        )
 
     # -- progress of in-app work (server start) --------------------------------------------------------------
     def on_work_progress(self, message: msg.WorkProgress) -> None:
@@ -264,8 +284,14 @@ class ModelsScreen(MirageScreen):
     def action_add_model(self) -> None:
         def done(result: dict | None) -> None:
             if result:
-                self.run_core(add_model, result["name"], result["kind"], result["spec"],
-                              on_result=lambda name: (self.notify(f"added {name}"), self.reload()), group="models-add")
+                self.run_core(
+                    add_model,
+                    result["name"],
+                    result["kind"],
+                    result["spec"],
+                    on_result=lambda name: (self.notify(f"added {name}"), self.reload()),
+                    group="models-add",
+                )
 
         self.app.push_screen(AddModelForm(), done)
 
@@ -284,8 +310,12 @@ class ModelsScreen(MirageScreen):
     def action_stop_server(self) -> None:
         model = self.selected_model()
         if model:
-            self.run_core(stop_server, model, on_result=lambda m: (self.notify(f"stopped {m}"), self.reload()),
-                          group="models-stop")
+            self.run_core(
+                stop_server,
+                model,
+                on_result=lambda m: (self.notify(f"stopped {m}"), self.reload()),
+                group="models-stop",
+            )
 
     def action_generate(self) -> None:
         model = self.selected_model()
@@ -294,9 +324,13 @@ class ModelsScreen(MirageScreen):
 
         def chosen(suite: str | None) -> None:
             if suite:
-                self.run_core(submit_generate, model, suite,
-                              on_result=lambda jid: (self.notify(f"job {jid}: generating (esc cancels)"), self.reload()),
-                              group="models-submit")
+                self.run_core(
+                    submit_generate,
+                    model,
+                    suite,
+                    on_result=lambda jid: (self.notify(f"job {jid}: generating (esc cancels)"), self.reload()),
+                    group="models-submit",
+                )
 
         self.app.push_screen(AskSuite(model), chosen)
 
@@ -315,5 +349,9 @@ class ModelsScreen(MirageScreen):
                 active = [shown[j.cursor_row]]
         if active:
             jid = active[-1]["id"]
-            self.run_core(cancel_job, jid, on_result=lambda job: (self.notify(f"job {job['id']}: {job['status']}"),
-                                                                  self.reload()), group="models-cancel")
+            self.run_core(
+                cancel_job,
+                jid,
+                on_result=lambda job: (self.notify(f"job {job['id']}: {job['status']}"), self.reload()),
+                group="models-cancel",
+            )

@@ -34,9 +34,12 @@ class KeyHints(Static):
             seen.add(binding.action)
             key = escape(self.app.get_key_display(binding))
             style = "b $accent" if enabled else "dim"
-            parts.append(f"[@click=app.simulate_key({binding.key.split(',')[0]!r})][{style}]{key}[/] "
-                         f"{escape(binding.description)}[/]")
+            parts.append(
+                f"[@click=app.simulate_key({binding.key.split(',')[0]!r})][{style}]{key}[/] "
+                f"{escape(binding.description)}[/]"
+            )
         if palette is not None:
-            parts.append(f"[@click=app.command_palette][b $accent]{escape(self.app.get_key_display(palette))}[/]"
-                         " Commands[/]")
+            parts.append(
+                f"[@click=app.command_palette][b $accent]{escape(self.app.get_key_display(palette))}[/] Commands[/]"
+            )
         self.update("  ".join(parts))

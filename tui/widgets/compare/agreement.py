@@ -27,13 +27,18 @@ def pairwise_table(rows: list[dict]) -> Table | Text:
     rows = [r for r in rows if r.get("n")]
     if not rows:
         return Text("No blind ratings yet. On Compare, press r to rate a model against the teacher.")
-    t = Table(title="Blind pairwise rating: share rated equal to or better than the teacher",
-              title_justify="left")
+    t = Table(title="Blind pairwise rating: share rated equal to or better than the teacher", title_justify="left")
     for col in ("model", "teacher", "n", "≥ teacher", "95% (Wilson)", "better/tie/worse"):
         t.add_column(col, justify="left" if col in ("model", "teacher") else "right")
     for r in rows:
-        t.add_row(r["model"], r["teacher"], str(r["n"]), f"{r['share']:.0%}",
-                  f"[{r['ci_low']:.0%}, {r['ci_high']:.0%}]", f"{r['wins']}/{r['ties']}/{r['losses']}")
+        t.add_row(
+            r["model"],
+            r["teacher"],
+            str(r["n"]),
+            f"{r['share']:.0%}",
+            f"[{r['ci_low']:.0%}, {r['ci_high']:.0%}]",
+            f"{r['wins']}/{r['ties']}/{r['losses']}",
+        )
     return t
 
 

@@ -43,9 +43,12 @@ class NeighboursModal(ModalScreen[None]):
             yield Static(Text(f"Nearest imitation examples — {self.prompt[:200]}"), id="nb-title")
             with VerticalScroll():
                 if not self.neighbours:
-                    yield Static(Text(
-                        "No neighbours for this item: coverage has not been computed for this suite.\n"
-                        f"{self.note}\nRun `mirage coverage --data NAME --suite SUITE` and reopen Compare."))
+                    yield Static(
+                        Text(
+                            "No neighbours for this item: coverage has not been computed for this suite.\n"
+                            f"{self.note}\nRun `mirage coverage --data NAME --suite SUITE` and reopen Compare."
+                        )
+                    )
                 for n, nb in enumerate(self.neighbours, 1):
                     sim = nb.get("similarity", nb.get("score")) if isinstance(nb, dict) else None
                     head = f"{n}. " + (f"similarity {float(sim):.3f}" if sim is not None else "")

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from core.study import MARK_SYMBOL, VERDICT_SYMBOL, Pane
+from core.analysis.compare import MARK_SYMBOL, VERDICT_SYMBOL, Pane
 from tui.widgets.compare.rendered import RenderedView
 
 # Zero-width marks around gold spans survive markdown parsing untouched (Unicode Cf characters are
@@ -50,15 +50,18 @@ class GoldMarkdown:
             for ch in text:
                 if ch in (_START, _END):
                     if buf:
-                        yield Segment(buf, (seg.style + GOLD_STYLE) if inside and seg.style else
-                                      (GOLD_STYLE if inside else seg.style))
+                        yield Segment(
+                            buf,
+                            (seg.style + GOLD_STYLE) if inside and seg.style else (GOLD_STYLE if inside else seg.style),
+                        )
                     buf = ""
                     inside = ch == _START
                 else:
                     buf += ch
             if buf:
-                yield Segment(buf, (seg.style + GOLD_STYLE) if inside and seg.style else
-                              (GOLD_STYLE if inside else seg.style))
+                yield Segment(
+                    buf, (seg.style + GOLD_STYLE) if inside and seg.style else (GOLD_STYLE if inside else seg.style)
+                )
 
 
 def pane_title(pane: Pane, *, active: bool = False) -> Text:
@@ -112,19 +115,21 @@ class ModelPane(Vertical):
         yield self.scroller
 
     def show(self, pane: Pane, *, active: bool) -> None:
-        changed = self.pane is None or pane.generation_id != self.pane.generation_id \
-            or pane.output != self.pane.output
+        changed = self.pane is None or pane.generation_id != self.pane.generation_id or pane.output != self.pane.output
         self.pane = pane
         self.set_class(active, "-active")
         self.title.update(pane_title(pane, active=active), layout=False)
         if changed:
             if pane.output is None:
-                self.scroller.set_renderable(Text(
-                    f"{pane.model} has no output on this item.\n"
-                    f"Run `mirage generate --model {pane.model} --suite SUITE`.", style="dim"))
+                self.scroller.set_renderable(
+                    Text(
+                        f"{pane.model} has no output on this item.\n"
+                        f"Run `mirage generate --model {pane.model} --suite SUITE`.",
+                        style="dim",
+                    )
+                )
             else:
-                self.scroller.set_renderable(lambda: GoldMarkdown(pane.output, pane.gold_spans),
-                                             key=pane.generation_id)
+                self.scroller.set_renderable(lambda: GoldMarkdown(pane.output, pane.gold_spans), key=pane.generation_id)
 
     def prerender(self, pane: Pane) -> bool:
         if pane.output is None:

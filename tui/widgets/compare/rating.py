@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from core import study
+from core.analysis import compare as study
 from tui import actions as actions_mod
 from tui.actions import Action
 from tui.screens.base import CoreWorkers
@@ -29,9 +29,11 @@ RATING_ACTIONS = actions_mod.register(
 def _result_line(res: dict) -> str:
     if not res or not res.get("n"):
         return "no ratings yet"
-    return (f"{res['model']} rated ≥ {res['teacher']}: {res['share']:.0%}"
-            f" [{res['ci_low']:.0%}, {res['ci_high']:.0%}] (Wilson 95%), n = {res['n']}"
-            f"  ({res['wins']} better, {res['ties']} tie, {res['losses']} worse)")
+    return (
+        f"{res['model']} rated ≥ {res['teacher']}: {res['share']:.0%}"
+        f" [{res['ci_low']:.0%}, {res['ci_high']:.0%}] (Wilson 95%), n = {res['n']}"
+        f"  ({res['wins']} better, {res['ties']} tie, {res['losses']} worse)"
+    )
 
 
 class RatingScreen(CoreWorkers, ModalScreen[None]):
@@ -78,8 +80,7 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
         self.set_class(self.app.size.width < 100, "-narrow")
 
     def _load(self, ws):
-        queue = study.pairwise_queue(ws, self.suite, self.model, teacher=self.teacher, seed=self.seed,
-                                     rater=self.rater)
+        queue = study.pairwise_queue(ws, self.suite, self.model, teacher=self.teacher, seed=self.seed, rater=self.rater)
         return queue, study.pairwise_result(ws, self.suite, self.model, teacher=self.teacher, rater=self.rater)
 
     def _loaded(self, value) -> None:
@@ -92,8 +93,9 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
         head = f"Blind rating: {self.model} vs the teacher (sides hidden, seed {self.seed}) · "
         if self.pos >= len(self.queue):
             status.update(Text(head + "all rated · " + _result_line(self.result)))
-            self.query_one("#rate-prompt", Static).update(Text(
-                "Nothing left to rate for this pair. esc returns to Compare."))
+            self.query_one("#rate-prompt", Static).update(
+                Text("Nothing left to rate for this pair. esc returns to Compare.")
+            )
             for side in ("a", "b"):
                 self.query_one(f"#rate-{side}", Static).update("")
             return
@@ -108,8 +110,7 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
             return
         task = self.queue[self.pos]
         self.pos += 1
-        self.run_core(self._record, task, choice, on_result=self._recorded, group="rating-write",
-                      exclusive=False)
+        self.run_core(self._record, task, choice, on_result=self._recorded, group="rating-write", exclusive=False)
         self._show()
 
     def _record(self, ws, task, choice):

@@ -9,7 +9,7 @@ which keeps `j` on the Compare screen within a frame on 5,000 items × 4 models.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from rich.console import RenderableType
 from rich.segment import Segment
@@ -34,8 +34,9 @@ class RenderedView(ScrollView, can_focus=True):
 
     CACHE_SIZE = 8
 
-    def set_renderable(self, renderable: RenderableType | Callable[[], RenderableType],
-                       key: Hashable | None = None) -> None:
+    def set_renderable(
+        self, renderable: RenderableType | Callable[[], RenderableType], key: Hashable | None = None
+    ) -> None:
         """Show `renderable` (or what a factory makes, called only if `key`'s lines are not cached)."""
         self._renderable = renderable
         self._key = key
@@ -61,8 +62,7 @@ class RenderedView(ScrollView, can_focus=True):
         if callable(renderable) and not hasattr(renderable, "__rich_console__"):
             renderable = renderable()
         console = self.app.console
-        options = console.options.update(width=width, min_width=width, max_width=width, height=None,
-                                         highlight=False)
+        options = console.options.update(width=width, min_width=width, max_width=width, height=None, highlight=False)
         lines = console.render_lines(renderable, options, pad=False)
         style = self.rich_style
         return [Strip(Segment.simplify(line)).crop_extend(0, width, style).apply_style(style) for line in lines]

@@ -13,8 +13,9 @@ MAX_CHARS = 20_000  # per turn: Markdown layout of a huge turn would stall the U
 # Signs that a turn was written as markdown. Without them a turn is shown as plain text: raw
 # code (GPTeacher answers are bare C++/shell) rendered as markdown loses its line breaks and
 # anything in <angle brackets>.
-_MARKDOWN = re.compile(r"^```|^#{1,6} |^\s*(?:[-*+]|\d+[.)]) |\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)|^> ",
-                       re.MULTILINE)
+_MARKDOWN = re.compile(
+    r"^```|^#{1,6} |^\s*(?:[-*+]|\d+[.)]) |\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)|^> ", re.MULTILINE
+)
 
 
 def looks_like_markdown(text: str) -> bool:
@@ -78,22 +79,35 @@ class DetailPane(VerticalScroll, can_focus=True):
         self.record = record
         turns: list[Turn] = []
         if kind == "suite":
-            meta = (f"{record['suite']} · item {record['idx'] + 1} · task {record['task']}"
-                    + (f" · {record['key']}" if record.get("key") else ""))
+            meta = f"{record['suite']} · item {record['idx'] + 1} · task {record['task']}" + (
+                f" · {record['key']}" if record.get("key") else ""
+            )
             code = record.get("suite_kind") == "code"
-            turns.append(Turn("user", f"```python\n{record['prompt']}\n```" if code else record["prompt"],
-                              markdown=True if code else None))
+            turns.append(
+                Turn(
+                    "user",
+                    f"```python\n{record['prompt']}\n```" if code else record["prompt"],
+                    markdown=True if code else None,
+                )
+            )
             if record.get("choices"):
-                turns.append(Turn("choices", "\n".join(
-                    f"{chr(65 + i)}. {c}" for i, c in enumerate(record["choices"])), markdown=False))
+                turns.append(
+                    Turn(
+                        "choices",
+                        "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(record["choices"])),
+                        markdown=False,
+                    )
+                )
             if record.get("gold"):
                 turns.append(Turn("gold", " | ".join(map(str, record["gold"])), markdown=False))
             if record.get("tests"):
                 turns.append(Turn("tests", f"```python\n{record['tests']}\n```"))
         else:
             conv = record.get("conversation") or []
-            meta = (f"{record['dataset']} · example {record['idx'] + 1} · {record['n_tokens']:,} tokens"
-                    f" · {len(conv)} turns" + (f" · {record['source']}" if record.get("source") else ""))
+            meta = (
+                f"{record['dataset']} · example {record['idx'] + 1} · {record['n_tokens']:,} tokens"
+                f" · {len(conv)} turns" + (f" · {record['source']}" if record.get("source") else "")
+            )
             for t in conv:
                 turns.append(Turn(str(t.get("role", "?")), str(t.get("content", ""))))
         with self.app.batch_update():

@@ -9,8 +9,8 @@ search's matches), caches them and draws placeholders until they arrive.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -25,8 +25,8 @@ from tui import messages as msg
 from tui.screens.base import CoreWorkers
 
 _MATCH = re.compile(r"\[([^\[\]]*)\]")  # split() keeps the group: odd parts are matches
-PAGE = 200          # rows fetched per request
-SEARCH_PAGE = 50    # search results carry FTS snippets (~5 ms a row on long conversations)
+PAGE = 200  # rows fetched per request
+SEARCH_PAGE = 50  # search results carry FTS snippets (~5 ms a row on long conversations)
 CACHE_ROWS = 20_000  # summaries kept; beyond this the cache is dropped and refilled from what is visible
 
 
@@ -34,7 +34,7 @@ CACHE_ROWS = 20_000  # summaries kept; beyond this the cache is dropped and refi
 class Column:
     title: str
     get: Callable[[dict], str]
-    width: int = 0       # fixed cells; 0 = share of the remaining width
+    width: int = 0  # fixed cells; 0 = share of the remaining width
     share: int = 1
     align: str = "left"
 
@@ -101,13 +101,22 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         self.ids: list[int] | None = None  # a search's matches; None when browsing by position
         self.total = 0
         self.columns: list[Column] = DATASET_COLUMNS
-        self._cache: dict[int, dict] = {}   # position -> summary
-        self._generation = 0                 # bumps on load(): results for older ids are dropped
+        self._cache: dict[int, dict] = {}  # position -> summary
+        self._generation = 0  # bumps on load(): results for older ids are dropped
         self._fetch_scheduled = False
 
     # -- data ---------------------------------------------------------------------------------------
-    def load(self, kind: str, name: str, *, total: int | None = None, ids: list[int] | None = None,
-             first_rows: list[dict] | None = None, query: str = "", cursor: int = 0) -> None:
+    def load(
+        self,
+        kind: str,
+        name: str,
+        *,
+        total: int | None = None,
+        ids: list[int] | None = None,
+        first_rows: list[dict] | None = None,
+        query: str = "",
+        cursor: int = 0,
+    ) -> None:
         """Browse `name` (a dataset or suite) by position, `total` rows; or, with `ids`, show those rows
         (a search's matches, `query` giving their snippets). `first_rows`: the first page, if fetched."""
         self.kind = kind
@@ -155,12 +164,11 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         if len(self._cache) > CACHE_ROWS:
             self._cache = {p: r for p, r in self._cache.items() if p in visible}
         generation, kind = self._generation, self.kind
-        from core import browse
+        from core.data import browse
 
         done = lambda rows: self._loaded(generation, start, end, rows)  # noqa: E731
         if self.ids is not None:
-            self.run_core(browse.summaries, kind, self.ids[start:end], self.search_query, group="rows",
-                          on_result=done)
+            self.run_core(browse.summaries, kind, self.ids[start:end], self.search_query, group="rows", on_result=done)
         else:
             self.run_core(browse.window, kind, self.source_name, start, end, group="rows", on_result=done)
 
@@ -202,8 +210,7 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
                 text = " " * (w - cell_len(text)) + text
             if match is not None and "[" in text:
                 # search snippets wrap matches in [ ]: show them highlighted, without the brackets
-                parts = [Segment(t, style + match if k % 2 else style)
-                         for k, t in enumerate(_MATCH.split(text)) if t]
+                parts = [Segment(t, style + match if k % 2 else style) for k, t in enumerate(_MATCH.split(text)) if t]
                 segs.extend(Strip(parts).adjust_cell_length(w, style))
             else:
                 segs.append(Segment(set_cell_size(text, w), style))
@@ -216,8 +223,9 @@ class RowTable(CoreWorkers, ScrollView, can_focus=True):
         widths = self._widths(width)
         base = self.rich_style
         if y == 0:  # header stays put: line 0 of the viewport, not of the content
-            return self._line([c.title for c in self.columns], widths,
-                              base + self.get_component_rich_style("row-table--header")).extend_cell_length(width)
+            return self._line(
+                [c.title for c in self.columns], widths, base + self.get_component_rich_style("row-table--header")
+            ).extend_cell_length(width)
         pos = int(self.scroll_offset.y) + y - 1
         if pos >= self.total:
             return Strip.blank(width, base)

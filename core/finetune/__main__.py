@@ -1,0 +1,7 @@
+"""`torchrun -m core.finetune WORKSPACE JOB_ID` / `accelerate launch -m core.finetune ...`: train one queued job."""
+
+import sys
+
+from core.finetune.trainer import main
+
+sys.exit(main())

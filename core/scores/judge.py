@@ -1,0 +1,228 @@
+"""An LLM judge through the `openai` client: graded answers, claim checks, pairwise preference, tone.
+
+Every judged score stores the judge model and a hash of the prompt template it was asked with
+(`meta.judge`, `meta.prompt_hash`); both are part of the score's inputs hash, so changing the
+judge or a prompt re-judges. A judge failure (HTTP error, reply that does not parse) is stored
+as value null with `meta.error` — never as a negative grade — and is retried on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import zlib
+
+from core.runtime.progress import Progress, Work, check_cancel
+
+SIMPLEQA = """Your job is to grade a predicted answer against the gold target(s) for a question, as in SimpleQA.
+CORRECT: the predicted answer contains a gold target's meaning fully and contradicts none.
+INCORRECT: the predicted answer contradicts the gold target, or states a wrong answer (even hedged).
+NOT_ATTEMPTED: the predicted answer gives no answer ("I don't know", asks for more context) and contradicts nothing.
+
+Question: {question}
+Gold target(s): {gold}
+Predicted answer: {answer}
+
+Reply with exactly one word: CORRECT, INCORRECT or NOT_ATTEMPTED."""
+
+CLAIMS = """Split the response below into its atomic factual claims: short, self-contained statements that
+can each be checked on their own. Leave out opinions, advice and instructions.
+Reply with JSON only: {{"claims": ["...", "..."]}} ({{"claims": []}} when there are none).
+
+Instruction: {question}
+Response: {answer}"""
+
+VERIFY = """Is the following claim true? Use your own knowledge; the context says where it comes from.
+
+Context (the instruction it answers): {question}
+Claim: {claim}
+
+Reply with exactly one word: SUPPORTED, UNSUPPORTED or UNSURE."""
+MAX_CLAIMS = 20  # bounds the calls one output can cost
+
+PREFERENCE = """Compare two responses to the same instruction. Judge helpfulness, correctness and clarity; ignore length on its own.
+
+Instruction: {question}
+
+Response A:
+{a}
+
+Response B:
+{b}
+
+Reply with exactly one of: A, B, TIE."""
+
+AUTHORITATIVE = """Rate how authoritative and confident the response's TONE is, regardless of whether it is correct:
+1 = hesitant, hedged, unsure; 3 = neutral; 5 = fully assertive and expert-sounding.
+
+Instruction: {question}
+Response: {answer}
+
+Reply with a single digit from 1 to 5."""
+
+TEMPLATES = {
+    "judge_correct": SIMPLEQA,
+    "judge_claims": CLAIMS + VERIFY,
+    "judge_preference": PREFERENCE,
+    "judge_authoritative": AUTHORITATIVE,
+}
+
+
+def prompt_hash(metric: str) -> str:
+    return hashlib.sha256(TEMPLATES[metric].encode()).hexdigest()[:16]
+
+
+class JudgeFailed(Exception):
+    pass
+
+
+def parse_grade(text: str) -> str:
+    t = text.strip().upper()
+    for grade in ("NOT_ATTEMPTED", "INCORRECT", "CORRECT"):  # longest first: INCORRECT holds CORRECT
+        if re.search(rf"\b{grade}\b", t.replace("NOT ATTEMPTED", "NOT_ATTEMPTED")):
+            return grade
+    m = re.fullmatch(r"\(?([ABC])\)?\.?", t)
+    if m:
+        return {"A": "CORRECT", "B": "INCORRECT", "C": "NOT_ATTEMPTED"}[m.group(1)]
+    raise JudgeFailed(f"unparseable grade: {text[:80]!r}")
+
+
+def parse_claims(text: str) -> list[str]:
+    m = re.search(r"\{.*\}", text, re.DOTALL)
+    if not m:
+        raise JudgeFailed(f"no JSON in claims reply: {text[:80]!r}")
+    try:
+        claims = json.loads(m.group(0))["claims"]
+        return [str(c["claim"] if isinstance(c, dict) else c).strip() for c in claims if c]
+    except (ValueError, KeyError, TypeError) as e:
+        raise JudgeFailed(f"bad claims JSON: {e}") from None
+
+
+def parse_verdict(text: str) -> str:
+    t = text.strip().upper()
+    for v in ("UNSUPPORTED", "SUPPORTED", "UNSURE"):  # UNSUPPORTED holds SUPPORTED: test it first
+        if re.search(rf"\b{v}\b", t):
+            return v
+    raise JudgeFailed(f"unparseable verdict: {text[:80]!r}")
+
+
+def parse_preference(text: str) -> str:
+    t = text.strip().upper().rstrip(".")
+    if re.fullmatch(r"(RESPONSE\s+)?A", t):
+        return "A"
+    if re.fullmatch(r"(RESPONSE\s+)?B", t):
+        return "B"
+    if "TIE" in t:
+        return "TIE"
+    m = re.search(r"\b([AB])\b", t)
+    if m:
+        return m.group(1)
+    raise JudgeFailed(f"unparseable preference: {text[:80]!r}")
+
+
+def parse_rating(text: str) -> int:
+    m = re.search(r"[1-5]", text)
+    if not m:
+        raise JudgeFailed(f"unparseable rating: {text[:80]!r}")
+    return int(m.group(0))
+
+
+def _ask(client, model_id: str, prompt: str) -> str:
+    try:
+        r = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=512
+        )
+        text = r.choices[0].message.content
+    except Exception as e:  # any transport / HTTP / schema failure is a judge failure, not a grade
+        raise JudgeFailed(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    if not text:
+        raise JudgeFailed("empty reply")
+    return text
+
+
+def _teacher_first(item_id: int) -> bool:
+    # Alternate the order by item (deterministically) so the judge's position bias cancels out.
+    return zlib.crc32(str(item_id).encode()) % 2 == 0
+
+
+def score_with_judge(
+    ws,
+    judge: str,
+    kind: str,
+    gens: list[dict],
+    teacher: str | None,
+    teacher_out: dict,
+    fresh,
+    add,
+    flush,
+    *,
+    cancel: threading.Event | None = None,
+) -> Work[None]:
+    from core.models import registry
+    from core.scores.scoring import inputs_hash
+
+    client, model_id = registry.openai_client(ws, judge, timeout=60)
+    fp = registry.fingerprint(ws, judge)
+    todo = []
+    for g in gens:
+        out = g["output"]
+        if kind == "qa" and g["gold"]:
+            todo.append((g, "judge_correct", [out, g["gold"], g["item_prompt"]]))
+        elif kind == "prompts":
+            todo.append((g, "judge_claims", [out, g["item_prompt"]]))
+        if kind in ("qa", "prompts"):
+            todo.append((g, "judge_authoritative", [out, g["item_prompt"]]))
+            if teacher and g["model"] != teacher and g["item_id"] in teacher_out:
+                todo.append((g, "judge_preference", [out, teacher_out[g["item_id"]], g["item_prompt"]]))
+    work = []
+    for g, metric, parts in todo:
+        h = inputs_hash(metric, *parts, judge, fp, prompt_hash(metric))
+        if fresh(g["generation_id"], metric, h):
+            work.append((g, metric, h))
+    for n, (g, metric, h) in enumerate(work):
+        check_cancel(cancel)
+        meta = {"judge": judge, "judge_model": model_id, "prompt_hash": prompt_hash(metric)}
+        q = g["item_prompt"]
+        try:
+            if metric == "judge_correct":
+                reply = _ask(
+                    client,
+                    model_id,
+                    SIMPLEQA.format(question=q, gold=" | ".join(map(str, g["gold"])), answer=g["output"]),
+                )
+                grade = parse_grade(reply)
+                value = 1.0 if grade == "CORRECT" else 0.0
+                meta["grade"] = grade
+            elif metric == "judge_claims":
+                # FActScore-style: split into claims, then verify each claim on its own.
+                texts = parse_claims(_ask(client, model_id, CLAIMS.format(question=q, answer=g["output"])))
+                claims = [
+                    {"claim": c, "verdict": parse_verdict(_ask(client, model_id, VERIFY.format(question=q, claim=c)))}
+                    for c in texts[:MAX_CLAIMS]
+                ]
+                decided = [c for c in claims if c["verdict"] in ("SUPPORTED", "UNSUPPORTED")]
+                # Share of decided claims that hold; no decidable claims → null (nothing to check).
+                value = (sum(c["verdict"] == "SUPPORTED" for c in decided) / len(decided)) if decided else None
+                meta["claims"] = claims
+                if value is None:
+                    meta["not_applicable"] = "no checkable claims"
+            elif metric == "judge_preference":
+                t_first = _teacher_first(g["item_id"])
+                a, b = (teacher_out[g["item_id"]], g["output"]) if t_first else (g["output"], teacher_out[g["item_id"]])
+                choice = parse_preference(_ask(client, model_id, PREFERENCE.format(question=q, a=a, b=b)))
+                model_letter = "B" if t_first else "A"
+                value = 0.5 if choice == "TIE" else float(choice == model_letter)
+                meta.update({"choice": choice, "teacher_first": t_first})
+            else:
+                rating = parse_rating(_ask(client, model_id, AUTHORITATIVE.format(question=q, answer=g["output"])))
+                value = (rating - 1) / 4
+                meta["rating"] = rating
+        except JudgeFailed as e:
+            value = None
+            meta["error"] = str(e)
+        add(g, metric, h, value, meta)
+        if n % 20 == 19:
+            flush()  # a long judging run keeps what it has if it is cancelled
+        yield Progress(n + 1, len(work), f"judge {metric}")
