@@ -357,10 +357,9 @@ def m010_ingest_fts(db):
 
 @migration
 def m011_ingest_fts_bulk(db):
-    # FTS5 flushes its pending index at every statement savepoint, so a per-row trigger made an
-    # import ~7x slower than one bulk `insert ... select` (measured: 17 s vs 2.5 s for 20k rows).
-    # Rows an import is staging (parent status 'importing') are therefore skipped by the
-    # triggers; core.ingest indexes each chunk in bulk in the transaction that writes it, and
+    # FTS5 flushes its pending index at every statement savepoint, so a per-row trigger costs an
+    # import several times what one bulk `insert ... select` does. Rows an import is staging
+    # (parent status 'importing') are therefore skipped by the triggers; the importer indexes each chunk in bulk in the transaction that writes it, and
     # removes the index entries itself when it drops staged rows. So every row stays indexed; a
     # missing parent (cascade delete of a ready dataset) lets the delete trigger fire.
     conn = db.conn
@@ -422,10 +421,10 @@ def m012_ingest_fts_detail_none(db):
 
 @migration
 def m060_ingest_fts_backlog(db):
-    # Indexing in the import was its largest single cost: benchmarks/bench_import.py (100k
-    # conversations) took 23.1 s with it and 13.8 s without. An import now publishes its rows with their ids in
-    # `fts_backlog` and core.search indexes the backlog afterwards (in the background for a large
-    # import, at once for a small one, and before any search answers). A row still waiting has no
+    # Indexing is the largest single cost of an import, so it happens after publishing: an import
+    # publishes its rows with their ids in `fts_backlog` and core.data.search indexes the backlog
+    # afterwards (in the background for a large import, at once for a small one, and before any
+    # search answers). A row still waiting has no
     # index entries, so the delete and update triggers must not send FTS5 a 'delete' for it (that
     # corrupts an external-content index); they drop its backlog entry instead.
     conn = db.conn
