@@ -102,7 +102,7 @@ def test_mc_and_code_prompts(ws, tiny):
     code = generation.build_requests(ws, tiny, "code", style="completion", kshot=3)
     assert code[0].prompt == 'def add(a, b):\n    """Sum."""\n' and "\ndef " in code[0].stop
     chat = generation.build_requests(
-        ws, tiny, "code", style="chat", kshot=3, tokenizer=models._load_tokenizer(models.local_folder(ws, tiny))
+        ws, tiny, "code", style="chat", kshot=3, tokenizer=models.resolve(ws, tiny).tokenizer
     )
     assert chat[0].prompt.startswith("<|user|>\nComplete the following Python function")
     assert chat[0].prompt.endswith("<|assistant|>\n")

@@ -172,9 +172,9 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
     """The offline teacher path end to end: packaged GGUF -> cached folder -> transformers serve -> openai."""
     from test_generation import make_suite
 
-    from core.models import generation, serving
+    from core.models import generation, packaged, serving
 
-    folder = progress.run(models.prepare_packaged("smollm2-135m-instruct"))
+    folder = progress.run(packaged.prepare_packaged("smollm2-135m-instruct"))
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
     make_suite(ws, "capitals", "qa", [{"prompt": "What is the capital of France?", "gold": ["Paris"]}])
     with serving.ensure_server(ws, "smollm2-135m-instruct") as (name, server):
