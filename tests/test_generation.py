@@ -193,6 +193,22 @@ def test_chat_style_uses_the_template(ws, tiny):
     assert json.loads(row["decoding"])["style"] == "chat"
 
 
+def test_generate_resolves_the_model_once(ws, tiny, monkeypatch):
+    """One generate call looks its model up in the registry once, however many things it needs."""
+    from core.models import registry
+
+    qa_suite(ws, n=3)
+    lookups = []
+    real = registry.get_model
+    monkeypatch.setattr(registry, "get_model", lambda w, name: lookups.append(name) or real(w, name))
+    s = progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=3))  # chat: tokenizer, weights, fingerprint
+    assert s["style"] == "chat" and s["generated"] == 3
+    assert lookups == [tiny]
+    lookups.clear()
+    progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=3, prompt_style="completion"))
+    assert lookups == [tiny]
+
+
 def test_chat_on_a_model_without_template_is_a_clear_error(ws, tiny_plain_folder):
     models.register(ws, "plain", "hf", {"path": str(tiny_plain_folder)})
     qa_suite(ws, n=2)
