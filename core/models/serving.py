@@ -130,7 +130,7 @@ def start(
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise ModelError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
     hf_home = model_cache() / "hf-home"
-    # /v1/models scans the HF cache and answered 500 when it did not exist.
+    # /v1/models scans the HF cache and answers 500 when the cache folder does not exist.
     (hf_home / "hub").mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
