@@ -15,6 +15,7 @@ import pytest
 
 from core.errors import BadInput, NotFound
 from core.finetune import trainer as ft
+from core.models.loading import has_chat_template
 from core.runtime import jobs, processes
 from core.store.workspace import dumps, now
 
@@ -111,7 +112,7 @@ def data_ws(ws):
 
 
 def _tok(folder: Path, template="auto"):
-    return ft.load_tokenizer(folder, template, ft._has_chat_template(folder))[0]
+    return ft.load_tokenizer(folder, template, has_chat_template(folder))[0]
 
 
 # -- masking ----------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_labels_cover_exactly_the_assistant_replies_token_by_token(tiny_base):
 
 def test_default_template_for_a_base_without_one(tmp_path):
     folder = build_tiny_model(tmp_path / "plain", chat_template=None)
-    tok, name = ft.load_tokenizer(folder, "auto", ft._has_chat_template(folder))
+    tok, name = ft.load_tokenizer(folder, "auto", has_chat_template(folder))
     assert name == "default"
     conv = _conversation(3)
     text, spans = ft.assistant_spans(tok, conv)

@@ -102,7 +102,7 @@ def test_mc_and_code_prompts(ws, tiny):
     code = generation.build_requests(ws, tiny, "code", style="completion", kshot=3)
     assert code[0].prompt == 'def add(a, b):\n    """Sum."""\n' and "\ndef " in code[0].stop
     chat = generation.build_requests(
-        ws, tiny, "code", style="chat", kshot=3, tokenizer=models._load_tokenizer(models.local_folder(ws, tiny))
+        ws, tiny, "code", style="chat", kshot=3, tokenizer=models.resolve(ws, tiny).tokenizer
     )
     assert chat[0].prompt.startswith("<|user|>\nComplete the following Python function")
     assert chat[0].prompt.endswith("<|assistant|>\n")
@@ -191,6 +191,22 @@ def test_chat_style_uses_the_template(ws, tiny):
     row = gen_rows(ws)[0]
     assert row["prompt"].startswith("<|user|>\nAnswer the question with a short answer.\nQuestion: What is")
     assert json.loads(row["decoding"])["style"] == "chat"
+
+
+def test_generate_resolves_the_model_once(ws, tiny, monkeypatch):
+    """One generate call looks its model up in the registry once, however many things it needs."""
+    from core.models import registry
+
+    qa_suite(ws, n=3)
+    lookups = []
+    real = registry.get_model
+    monkeypatch.setattr(registry, "get_model", lambda w, name: lookups.append(name) or real(w, name))
+    s = progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=3))  # chat: tokenizer, weights, fingerprint
+    assert s["style"] == "chat" and s["generated"] == 3
+    assert lookups == [tiny]
+    lookups.clear()
+    progress.run(generation.generate(ws, tiny, "qa", max_new_tokens=3, prompt_style="completion"))
+    assert lookups == [tiny]
 
 
 def test_chat_on_a_model_without_template_is_a_clear_error(ws, tiny_plain_folder):

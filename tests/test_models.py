@@ -172,9 +172,9 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
     """The offline teacher path end to end: packaged GGUF -> cached folder -> transformers serve -> openai."""
     from test_generation import make_suite
 
-    from core.models import generation, serving
+    from core.models import generation, packaged, serving
 
-    folder = progress.run(models.prepare_packaged("smollm2-135m-instruct"))
+    folder = progress.run(packaged.prepare_packaged("smollm2-135m-instruct"))
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
     make_suite(ws, "capitals", "qa", [{"prompt": "What is the capital of France?", "gold": ["Paris"]}])
     with serving.ensure_server(ws, "smollm2-135m-instruct") as (name, server):
@@ -211,3 +211,81 @@ def test_serve_real_smollm2_and_talk_to_it_with_openai(ws):
         peak_kb = int(next(ln for ln in open(f"/proc/{server.pid}/status") if ln.startswith("VmHWM")).split()[1])
         assert peak_kb < 4 * 1024 * 1024, f"server peak RSS {peak_kb / 1024**2:.1f} GB"
     assert serving.list_servers(ws) == []
+
+
+def test_model_kind_is_each_kinds_class_for_registered_entries(ws, tmp_path, tiny_folder):
+    from core.models import kinds
+
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_config.json").write_text("{}")
+    models.register(ws, "tiny", "hf", {"path": str(tiny_folder)})
+    models.register(ws, "api", "openai", {"base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    models.register(ws, "tiny-imit", "adapter", {"path": str(adapter_dir), "base": "tiny"})
+    models.register(ws, "old", "recorded", {"source": "outputs.jsonl"})
+    expected = {
+        "tiny": kinds.HfKind,
+        "smollm2-135m-instruct": kinds.PackagedKind,
+        "api": kinds.OpenAIKind,
+        "tiny-imit": kinds.AdapterKind,
+        "old": kinds.RecordedKind,
+    }
+    for name, cls in expected.items():
+        kind = models.model_kind(ws, name)
+        assert type(kind) is cls and kind.name == models.get_model(ws, name)["kind"]
+        assert type(models.resolve(ws, name).kind) is cls
+    flags = {n: (k.loadable, k.own_weights, k.on_base, k.endpoint) for n, k in kinds.KINDS.items()}
+    assert flags == {
+        "hf": (True, True, False, False),
+        "packaged": (True, True, False, False),
+        "openai": (False, False, False, True),
+        "adapter": (True, False, True, False),
+        "recorded": (False, False, False, False),
+    }
+    with pytest.raises(BadInput, match="unknown kind 'gguf'"):
+        models.register(ws, "x", "gguf", {})
+    with pytest.raises(ModelError, match="'api' is a openai model: it has no local weights to load"):
+        models.load_causal_lm(ws, "api")
+    with pytest.raises(ModelError, match="'tiny' is a hf model, not an OpenAI-compatible endpoint"):
+        models.openai_client(ws, "tiny")
+    with pytest.raises(BadInput, match="base 'api' is a openai model, not local weights"):
+        models.register(ws, "bad", "adapter", {"path": str(adapter_dir), "base": "api"})
+
+
+def test_resolved_model_computes_once_and_names_its_base(ws, tmp_path, tiny_folder, monkeypatch):
+    from core.models import kinds
+
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    (adapter_dir / "adapter_config.json").write_text("{}")
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    models.register(ws, "tiny", "hf", {"path": str(tiny_folder)})
+    models.register(ws, "tiny-imit", "adapter", {"path": str(adapter_dir), "base": "tiny"})
+    rm = models.resolve(ws, "tiny-imit")
+    assert rm.base.name == "tiny" and rm.base.kind.own_weights
+    assert rm.fingerprint == models.fingerprint(ws, "tiny-imit") != models.fingerprint(ws, "tiny")
+    assert rm.tokenizer_folder() == tiny_folder  # the adapter has no tokenizer of its own
+    identities = []
+    real = kinds.HfKind.identity
+    monkeypatch.setattr(kinds.HfKind, "identity", lambda self, r: identities.append(r.name) or real(self, r))
+    fresh = models.resolve(ws, "tiny")
+    assert fresh.fingerprint == fresh.fingerprint and identities == ["tiny"]
+
+
+def test_has_chat_template_reads_folders_and_tokenizers(tmp_path, tiny_folder):
+    from core.models.loading import has_chat_template, load_tokenizer
+
+    assert has_chat_template(tiny_folder) and has_chat_template(str(tiny_folder))
+    assert has_chat_template(load_tokenizer(tiny_folder))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert not has_chat_template(plain)
+    (plain / "tokenizer_config.json").write_text('{"chat_template": ""}')
+    assert not has_chat_template(plain)
+    (plain / "chat_template.jinja").write_text("{{ messages }}")
+    assert has_chat_template(plain)
+
+    class NoTemplate:
+        chat_template = None
+
+    assert not has_chat_template(NoTemplate())

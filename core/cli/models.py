@@ -117,12 +117,12 @@ def show(ctx, name, as_json):
     from core.models import registry as models
 
     ws = open_workspace(ctx)
-    entry = models.get_model(ws, name)
+    rm = models.resolve(ws, name)
     info = {
         **next(r for r in models.list_models(ws) if r["name"] == name),
-        "spec": entry["spec"],
-        "fingerprint": models.fingerprint(ws, name),
-        "prompt_style": models.prompt_style(ws, name),
+        "spec": rm.spec,
+        "fingerprint": rm.fingerprint,
+        "prompt_style": rm.prompt_style,
     }
     if as_json:
         emit_json(info)
@@ -143,10 +143,7 @@ def prepare(ctx, name, verify, as_json):
     from core.runtime.progress import drive
 
     ws = open_workspace(ctx)
-    if models.get_model(ws, name)["kind"] == "packaged":
-        folder = drive(models.prepare_packaged(name, verify=verify), f"preparing {name}")
-    else:
-        folder = models.local_folder(ws, name)
+    folder = drive(models.resolve(ws, name).ensure_local(verify=verify), f"preparing {name}")
     emit_json({"name": name, "folder": str(folder)}) if as_json else click.echo(str(folder))
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BadInput, JobError, MirageError, ModelError, NotFound
+from core.models.loading import has_chat_template
 from core.store.workspace import Workspace
 
 # A documented default for base models without a usable chat template (e.g. Gemma-3-270M, a
@@ -172,26 +173,17 @@ def resolve_base(ws: Workspace, base: str) -> tuple[Path, bool]:
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise BadInput(str(p), "no config.json: not a Hugging Face model folder", field="base")
-        return p.resolve(), _has_chat_template(p)
+        return p.resolve(), has_chat_template(p)
     from core.models import registry as models
 
     try:
         entry = models.get_model(ws, base)
     except NotFound as e:
         raise NotFound(f"unknown base model '{base}': {e.message}") from None
-    if entry["kind"] not in models.LOADABLE or entry["kind"] == "adapter":
+    if not models.model_kind(ws, base).own_weights:
         raise BadInput("--base", f"'{base}' is a {entry['kind']} model; a base needs local weights", field="base")
     folder = models.local_folder(ws, base, quiet=True)
     return Path(folder), models.prompt_style(ws, base) == "chat"
-
-
-def _has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    try:
-        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
-    except (OSError, ValueError):
-        return False
 
 
 def load_tokenizer(folder: Path, template: str, is_chat: bool):
@@ -913,7 +905,7 @@ def validate(ws: Workspace, cfg: dict) -> None:
             entry = models.get_model(ws, cfg["base"])
         except NotFound as e:
             raise NotFound(f"unknown base model '{cfg['base']}': {e.message}") from None
-        if entry["kind"] not in models.LOADABLE or entry["kind"] == "adapter":
+        if not models.model_kind(ws, cfg["base"]).own_weights:
             raise BadInput(
                 "--base", f"'{cfg['base']}' is a {entry['kind']} model; a base needs local weights", field="base"
             )
@@ -998,7 +990,7 @@ def _register_adapter(ws: Workspace, cfg: dict, out: Path, plan: Plan, job_id: i
         if known:
             base = known[0]
         else:
-            taken = {r["name"] for r in ws.db.query("select name from models")} | set(models.PACKAGED)
+            taken = set(models.known_names(ws))
             stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in p.name).lstrip("._-") or "base"
             base, k = stem, 2
             while base in taken:

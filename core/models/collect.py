@@ -22,8 +22,10 @@ from pathlib import Path
 from core.data import datasets as ds_mod
 from core.errors import BadInput, EndpointError, ModelError
 from core.models import generation
-from core.models import registry as models_mod
-from core.runtime.progress import Progress, Work
+from core.models.kinds import ResolvedModel
+from core.models.loading import has_chat_template
+from core.models.registry import resolve
+from core.runtime.progress import Progress, Work, mapped, offset
 from core.store.workspace import Workspace, dumps, now
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "text", "query")
@@ -93,17 +95,14 @@ def _prompt_of(path: Path, line: int, row) -> str:
 
 # -- storage -------------------------------------------------------------------------------------------------
 def content_hash(conv: list[dict]) -> str:
-    """The importer's rule (core.ingest): sha256 of the stored conversation JSON."""
+    """The importer's rule (core.data.ingest): sha256 of the stored conversation JSON."""
     return hashlib.sha256(dumps(conv).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _token_counter(ws: Workspace):
-    try:
-        from core.data.ingest import token_counter
+    from core.data.ingest import token_counter
 
-        return token_counter(ws).count  # the same counter `mirage import data` uses
-    except ImportError:
-        return lambda texts: [len(re.findall(r"\w+|[^\w\s]", t)) for t in texts]
+    return token_counter(ws).count  # the same counter `mirage import data` uses
 
 
 def _open_dataset(ws: Workspace, name: str, teacher: str, meta: dict) -> int:
@@ -177,7 +176,7 @@ def _cached_outputs(ws: Workspace, keys: list[str]) -> dict[str, tuple[str, dict
     return out
 
 
-def _chat_requests(ws, teacher, convs: list[list[dict]], tags, decoding_kw, fp, tokenizer) -> list[generation.Request]:
+def _chat_requests(teacher, convs: list[list[dict]], tags, decoding_kw, fp, tokenizer) -> list[generation.Request]:
     reqs = []
     for conv, tag in zip(convs, tags):
         prompt = generation.render_chat(tokenizer, conv, teacher) if tokenizer is not None else dumps(conv)
@@ -197,28 +196,15 @@ def _chat_requests(ws, teacher, convs: list[list[dict]], tags, decoding_kw, fp, 
     return reqs
 
 
-def _teacher_tokenizer(ws, teacher):
-    entry = models_mod.get_model(ws, teacher)
-    if entry["kind"] == "openai":
+def _teacher_tokenizer(rm: ResolvedModel):
+    """The local teacher's tokenizer (its chat template renders the prompts); None for an endpoint."""
+    if rm.kind.endpoint:
         return None
-    if entry["kind"] not in models_mod.LOADABLE:
-        raise ModelError(f"'{teacher}' is a {entry['kind']} model: it cannot answer prompts")
-    tok = models_mod._load_tokenizer(generation._tokenizer_folder(ws, teacher))
-    if not getattr(tok, "chat_template", None):
-        raise ModelError(f"teacher '{teacher}' has no chat template: a teacher must be a chat model")
-    return tok
-
-
-def _run(ws, teacher, reqs, store_fn, *, concurrency, batch_size, cancel, base_done, total) -> Work[dict]:
-    gen = generation.run_requests(
-        ws, teacher, reqs, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
-    )
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as s:
-            return s.value
-        yield Progress(base_done + p.done, total, p.detail)
+    if not rm.kind.loadable:
+        raise ModelError(f"'{rm.name}' is a {rm.kind.name} model: it cannot answer prompts")
+    if not has_chat_template(rm.tokenizer):
+        raise ModelError(f"teacher '{rm.name}' has no chat template: a teacher must be a chat model")
+    return rm.tokenizer
 
 
 # -- the recipes -----------------------------------------------------------------------------------------------
@@ -247,8 +233,8 @@ def collect(
     if len(sources) != 1:
         raise BadInput("collect", "give exactly one of --prompts FILE, --suite NAME or --synthetic-from SUITE")
     t0 = time.monotonic()
-    models_mod.get_model(ws, teacher)
-    fp = models_mod.fingerprint(ws, teacher)
+    rm = resolve(ws, teacher)
+    fp = rm.fingerprint
     synthetic = bool(synthetic_from)
     if temperature is None:
         temperature = 0.7 if synthetic else 0.0  # new pairs need variety; answers are greedy
@@ -270,7 +256,7 @@ def collect(
         return (
             yield from _collect_synthetic(
                 ws,
-                teacher,
+                rm,
                 name,
                 synthetic_from,
                 int(n),
@@ -293,11 +279,11 @@ def collect(
         recipe["recipe"] = {"suite": suite, "prompts": len(prompts)}
     if limit:
         prompts = prompts[:limit]
-    tokenizer = _teacher_tokenizer(ws, teacher)
+    tokenizer = _teacher_tokenizer(rm)
     dataset_id = _open_dataset(ws, name, teacher, recipe)
     prefix = [{"role": "system", "content": system}] if system else []
     convs = [prefix + [{"role": "user", "content": p}] for p in prompts]
-    reqs = _chat_requests(ws, teacher, convs, range(len(convs)), decoding_kw, fp, tokenizer)
+    reqs = _chat_requests(teacher, convs, range(len(convs)), decoding_kw, fp, tokenizer)
 
     def to_example(r, text):
         if not text.strip():
@@ -315,16 +301,12 @@ def collect(
     def store_fn(results):
         added[0] += _store(ws, dataset_id, teacher, fp, results, to_example)
 
-    stats = yield from _run(
-        ws,
-        teacher,
-        todo,
-        store_fn,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        cancel=cancel,
-        base_done=len(done_reqs),
-        total=len(reqs),
+    stats = yield from offset(
+        generation.run_requests(
+            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+        ),
+        len(done_reqs),
+        len(reqs),
     )
     return _finish(ws, dataset_id, name, teacher, stats, t0, prompts=len(reqs), cached=len(done_reqs))
 
@@ -373,8 +355,9 @@ def _norm_q(q: str) -> str:
 
 
 def _collect_synthetic(
-    ws, teacher, name, suite, n, k, seed, fp, decoding_kw, recipe, concurrency, batch_size, cancel, t0
+    ws, rm: ResolvedModel, name, suite, n, k, seed, fp, decoding_kw, recipe, concurrency, batch_size, cancel, t0
 ) -> Work[dict]:
+    teacher = rm.name
     seeds = [it for it in ds_mod.iter_items(ws, suite) if it.get("gold")]
     if len(seeds) < k:
         raise BadInput(
@@ -382,7 +365,7 @@ def _collect_synthetic(
             f"suite '{suite}' has {len(seeds)} items with answers; --k {k} needs at least {k}",
             field="synthetic_from",
         )
-    tokenizer = _teacher_tokenizer(ws, teacher)
+    tokenizer = _teacher_tokenizer(rm)
     dataset_id = _open_dataset(ws, name, teacher, recipe)
     seen = {_norm_q(it["prompt"]) for it in seeds}  # copying a seed question is not a new pair
     existing: set[str] = set()
@@ -434,7 +417,7 @@ def _collect_synthetic(
             shown_ids[i] = ids
         # Each request index gets its own sampling seed, so equal prompts still give new pairs.
         kw = {**decoding_kw, "seed": lambda i: seed * 100_003 + i}
-        reqs = _chat_requests(ws, teacher, convs, idxs, kw, fp, tokenizer)
+        reqs = _chat_requests(teacher, convs, idxs, kw, fp, tokenizer)
         cached = _cached_outputs(ws, [r.key for r in reqs])
         ordered = sorted((r for r in reqs if r.key in cached), key=lambda r: r.tag)
         _store(ws, dataset_id, teacher, fp, [(r, *cached[r.key]) for r in ordered], to_example)
@@ -445,16 +428,13 @@ def _collect_synthetic(
         def store_fn(results):
             _store(ws, dataset_id, teacher, fp, sorted(results, key=lambda x: x[0].tag), to_example)
 
-        gen = generation.run_requests(
-            ws, teacher, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+        # Progress counts new pairs (what --n asks for), not requests answered.
+        stats = yield from mapped(
+            generation.run_requests(
+                ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+            ),
+            lambda p: Progress(min(have(), n), n, f"{have()}/{n} new pairs"),
         )
-        while True:
-            try:
-                next(gen)
-            except StopIteration as s:
-                stats = s.value
-                break
-            yield Progress(min(have(), n), n, f"{have()}/{n} new pairs")
         asked += stats["generated"]
         failed += stats["failed"]
         errors += stats["errors"]

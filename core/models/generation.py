@@ -20,12 +20,14 @@ from typing import Any
 
 from core.data import datasets as ds_mod
 from core.errors import Cancelled, EndpointError, ModelError
-from core.models import registry as models_mod
-from core.runtime.progress import Progress, Work, check_cancel
+from core.models.kinds import ResolvedModel
+from core.models.loading import has_chat_template
+from core.models.registry import resolve
+from core.runtime.progress import Progress, Work, check_cancel, offset
 from core.store.workspace import Workspace, dumps, now
 
-# bench_generate (SmolLM2, 64 prompts, greedy, identical outputs): batch 16 ran 3.95x faster than one at a
-# time, batch 64 ran 17.97x; left padding keeps outputs identical at any size.
+# Batching is where local generation gets its speed (benchmarks/bench_generate.py); left padding keeps
+# outputs identical at any batch size.
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_CONCURRENCY = 4
 MAX_ATTEMPTS = 6
@@ -99,16 +101,12 @@ def _shots(kind: str, items: list[dict], k: int) -> Callable[[dict], list[dict]]
     return lambda item: [s for s in pool if s["id"] != item["id"]][:k]
 
 
-def _has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def resolve_style(ws: Workspace, model: str, requested: str) -> str:
+def resolve_style(rm: ResolvedModel, requested: str) -> str:
     if requested not in ("auto", "chat", "completion"):
         raise ModelError(f"unknown prompt style '{requested}' (auto, chat or completion)")
     if requested != "auto":
         return requested
-    return models_mod.prompt_style(ws, model)
+    return rm.prompt_style
 
 
 def build_requests(
@@ -142,7 +140,7 @@ def build_requests(
 
 
 def render_chat(tokenizer, messages: list[dict], model: str) -> str:
-    if not _has_chat_template(tokenizer):
+    if not has_chat_template(tokenizer):
         raise ModelError(f"model '{model}' has no chat template: use --prompt-style completion")
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
@@ -170,7 +168,7 @@ def decoding_for(req: Request, *, max_new_tokens: int, temperature: float, seed:
 
 def run_requests(
     ws: Workspace,
-    model: str,
+    model: ResolvedModel | str,
     reqs: list[Request],
     *,
     store: Callable[[list[tuple[Request, str, dict]]], None],
@@ -180,28 +178,29 @@ def run_requests(
     loaded=None,
     timeout: float | None = None,
 ) -> Work[dict]:
-    """Run requests whose results are not cached yet; `store` persists each finished batch."""
-    entry = models_mod.get_model(ws, model)
+    """Run requests whose results are not cached yet; `store` persists each finished batch.
+
+    `model` is a resolved model, or a name resolved here."""
+    rm = model if isinstance(model, ResolvedModel) else resolve(ws, model)
     stats = {"generated": 0, "failed": 0, "errors": []}
     if not reqs:
         return stats
-    if entry["kind"] == "openai":
+    if rm.kind.endpoint:
         yield from _run_endpoint(
-            ws, model, reqs, store=store, concurrency=concurrency, cancel=cancel, stats=stats, timeout=timeout
+            rm, reqs, store=store, concurrency=concurrency, cancel=cancel, stats=stats, timeout=timeout
         )
-    elif entry["kind"] in models_mod.LOADABLE:
-        yield from _run_local(
-            ws, model, reqs, store=store, batch_size=batch_size, cancel=cancel, stats=stats, loaded=loaded
-        )
+    elif rm.kind.loadable:
+        yield from _run_local(rm, reqs, store=store, batch_size=batch_size, cancel=cancel, stats=stats, loaded=loaded)
     else:
-        raise ModelError(f"'{model}' is a {entry['kind']} model (imported outputs): it cannot generate")
+        raise ModelError(f"'{rm.name}' is a {rm.kind.name} model (imported outputs): it cannot generate")
     return stats
 
 
-def _run_local(ws, model, reqs, *, store, batch_size, cancel, stats, loaded) -> Work[None]:
+def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loaded) -> Work[None]:
     import torch
 
-    model_obj, tok = loaded or models_mod.load_causal_lm(ws, model)
+    model = rm.name
+    model_obj, tok = loaded or rm.load()
     tok.padding_side = "left"  # decoder-only batching: pad on the left so every row ends at the prompt
     device = next(model_obj.parameters()).device
     # Similar lengths in one batch waste less on padding; results are keyed, so order is free.
@@ -367,10 +366,9 @@ def _short(e) -> str:
     return msg.splitlines()[0][:200] if msg else type(e).__name__
 
 
-def _run_endpoint(ws, model, reqs, *, store, concurrency, cancel, stats, timeout) -> Work[None]:
-    entry = models_mod.get_model(ws, model)
-    spec = entry["spec"]
-    client, model_id = models_mod.openai_client(ws, model, timeout=timeout)
+def _run_endpoint(rm: ResolvedModel, reqs, *, store, concurrency, cancel, stats, timeout) -> Work[None]:
+    model, spec = rm.name, rm.spec
+    client, model_id = rm.client(timeout=timeout)
     workers = int(concurrency or spec.get("max_concurrency") or DEFAULT_CONCURRENCY)
     # Workers stop at the caller's cancel and at a fatal error (401, endpoint down) alike.
     stop = threading.Event()
@@ -464,23 +462,19 @@ def generate(
 ) -> Work[dict]:
     """Generate `model`'s outputs on `suite`, cached; returns a summary dict."""
     t0 = time.monotonic()
-    entry = models_mod.get_model(ws, model)
+    rm = resolve(ws, model)
     ds_mod.get_suite(ws, suite)  # NotFound early, before any model loads
-    if entry["kind"] == "recorded":
+    if not (rm.kind.endpoint or rm.kind.loadable):
         raise ModelError(f"'{model}' holds imported outputs: it cannot generate")
-    style = resolve_style(ws, model, prompt_style)
+    style = resolve_style(rm, prompt_style)
     cfg = ws.config.defaults
     max_new_tokens = int(max_new_tokens or cfg.max_new_tokens)
     kshot = cfg.kshot if kshot is None else int(kshot)
-    fp = models_mod.fingerprint(ws, model)
+    fp = rm.fingerprint
     tokenizer = None
-    if style == "chat" and entry["kind"] != "openai":
-        if loaded is not None:
-            tokenizer = loaded[1]
-        else:
-            folder = _tokenizer_folder(ws, model)
-            tokenizer = models_mod._load_tokenizer(folder)
-        if not _has_chat_template(tokenizer):
+    if style == "chat" and not rm.kind.endpoint:
+        tokenizer = loaded[1] if loaded is not None else rm.tokenizer
+        if not has_chat_template(tokenizer):
             raise ModelError(f"model '{model}' has no chat template: use --prompt-style completion")
     reqs = build_requests(ws, model, suite, style=style, kshot=kshot, tokenizer=tokenizer, task=task, limit=limit)
     for r in reqs:
@@ -495,16 +489,13 @@ def generate(
 
     # Progress of the engine is offset by what the cache already holds.
     base_done = len(reqs) - len(todo)
-    gen = run_requests(
-        ws, model, todo, store=store, batch_size=batch_size, concurrency=concurrency, cancel=cancel, loaded=loaded
+    stats = yield from offset(
+        run_requests(
+            ws, rm, todo, store=store, batch_size=batch_size, concurrency=concurrency, cancel=cancel, loaded=loaded
+        ),
+        base_done,
+        len(reqs),
     )
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as s:
-            stats = s.value
-            break
-        yield Progress(base_done + p.done, len(reqs), p.detail)
     summary = {
         "model": model,
         "suite": suite,
@@ -525,18 +516,6 @@ def generate(
             f" {summary['cached'] + summary['generated']} outputs are saved: rerun to retry the rest"
         )
     return summary
-
-
-def _tokenizer_folder(ws, model):
-    entry = models_mod.get_model(ws, model)
-    if entry["kind"] == "adapter":
-        from pathlib import Path
-
-        p = Path(entry["spec"]["path"])
-        if (p / "tokenizer_config.json").is_file():
-            return p
-        return _tokenizer_folder(ws, entry["spec"]["base"])
-    return models_mod.local_folder(ws, model, quiet=True)
 
 
 def _cached_keys(ws: Workspace, table: str, keys: list[str]) -> set[str]:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,21 +22,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.errors import ModelError, NotFound
-from core.models import registry as models_mod
+from core.models.kinds import ResolvedModel
+from core.models.registry import register, resolve
 from core.runtime.processes import free_port, process_alive
-from core.runtime.progress import Progress, Work
+from core.runtime.progress import Progress, Work, drive, run
 from core.store.paths import model_cache
 from core.store.workspace import Workspace, now
 
 START_TIMEOUT_S = 300.0
-# With continuous batching (paged attention) `transformers serve` batches concurrent requests:
-# on SmolLM2-135M, 16 greedy answers of <= 48 tokens took 6.8 s sent 16 at once against 31.9 s
-# one at a time, the same answers (benchmarks/bench_serve.py). Without it, concurrent requests compete in
-# threads: 4 at once took twice as long per answer as 1, so a plain server gets one at a time.
+# With continuous batching (paged attention) `transformers serve` answers concurrent requests in
+# one batch, several times faster than one at a time (benchmarks/bench_serve.py). Without it,
+# concurrent requests compete in threads and each gets slower, so a plain server gets one at a time.
 BATCHED_CONCURRENCY = 16
-# The paged KV cache, sized explicitly: left to itself `transformers serve` sized it from the
-# machine's memory and SmolLM2-135M's server grew to 14.3 GB RSS, with a first answer after 25 s.
-# 512 blocks of 32 tokens (16,384 tokens: 16 requests of ~1,000) kept it at ~2 GB, as fast.
+# The paged KV cache, sized explicitly: left to itself `transformers serve` sizes it from the
+# machine's memory (many GB for a 135M model, and a slow first answer). 512 blocks of 32 tokens
+# hold 16 requests of ~1,000 tokens, BATCHED_CONCURRENCY's worth.
 CB_BLOCK_SIZE = 32
 CB_NUM_BLOCKS = 512
 
@@ -80,20 +81,19 @@ def list_servers(ws: Workspace) -> list[Server]:
     return out
 
 
-def _serve_folder(ws: Workspace, model: str) -> Work[Path]:
-    entry = models_mod.get_model(ws, model)
-    if entry["kind"] == "adapter":
-        return (yield from _merged_folder(ws, model))
-    return (yield from models_mod.ensure_local(ws, model))
+def _serve_folder(rm: ResolvedModel) -> Work[Path]:
+    if rm.kind.on_base:
+        return (yield from _merged_folder(rm))
+    return (yield from rm.ensure_local())
 
 
-def _merged_folder(ws: Workspace, model: str) -> Work[Path]:
+def _merged_folder(rm: ResolvedModel) -> Work[Path]:
     """An adapter merged into its base, saved once in the cache (a server takes one folder)."""
-    out = model_cache() / f"merged-{models_mod.fingerprint(ws, model)}"
+    out = model_cache() / f"merged-{rm.fingerprint}"
     if (out / "config.json").is_file():
         return out
-    yield Progress(0, None, f"merging {model} into its base (once)")
-    model_obj, tok = models_mod.load_causal_lm(ws, model, device="cpu")
+    yield Progress(0, None, f"merging {rm.name} into its base (once)")
+    model_obj, tok = rm.load(device="cpu")
     merged = model_obj.merge_and_unload()
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     merged.save_pretrained(tmp, safe_serialization=True)
@@ -124,13 +124,13 @@ def start(
     continuous_batching: bool = True,
 ) -> Work[Server]:
     """Start `transformers serve` for a local model and wait until /v1/models answers."""
-    folder = yield from _serve_folder(ws, model)
+    folder = yield from _serve_folder(resolve(ws, model))
     port = int(port or free_port())
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:
             raise ModelError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
     hf_home = model_cache() / "hf-home"
-    # /v1/models scans the HF cache and answered 500 when it did not exist.
+    # /v1/models scans the HF cache and answers 500 when the cache folder does not exist.
     (hf_home / "hub").mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
@@ -243,7 +243,7 @@ def register_endpoint(ws: Workspace, server: Server, name: str | None = None) ->
     name = name or f"{server.model}@local"
     # As many requests at once as the server batches (see BATCHED_CONCURRENCY; --concurrency on
     # `generate`/`collect` overrides it, e.g. against a GPU server).
-    models_mod.register(
+    register(
         ws,
         name,
         "openai",
@@ -268,19 +268,14 @@ def serve(
     continuous_batching: bool = True,
 ) -> None:
     """Foreground: start, report, and block until Ctrl-C (or the server exits); then stop cleanly."""
-    import signal as _signal
-    import threading
-
-    from core.runtime.progress import drive
-
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C and `kill` both stop the server cleanly, even when started from a script that
         # left SIGINT ignored (background jobs of a non-interactive shell).
         def _interrupt(signum, frame):
             raise KeyboardInterrupt
 
-        _signal.signal(_signal.SIGINT, _interrupt)
-        _signal.signal(_signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
     server = drive(
         start(ws, model, port=port, continuous_batching=continuous_batching), f"starting {model}", quiet=quiet
     )
@@ -310,15 +305,7 @@ def ensure_server(ws: Workspace, model: str, *, port: int | None = None, name: s
     if running:
         server = running[0]
     else:
-        gen = start(ws, model, port=port)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as s:
-                server = s.value
-                break
-            if progress:
-                progress(p)
+        server = run(start(ws, model, port=port), progress)
     try:
         yield register_endpoint(ws, server, name), server
     finally:

@@ -79,7 +79,7 @@ def offset(gen: Work[T], done: int = 0, total: int | None = None, *, prefix: str
         t = total if total is not None else (None if p.total is None else p.total + done)
         return Progress(done + p.done, t, prefix + p.detail, p.metrics)
 
-    return (yield from _mapped(gen, outer))
+    return (yield from mapped(gen, outer))
 
 
 def phase(gen: Work[T], start: int, span: int, total: int, *, prefix: str = "") -> Work[T]:
@@ -93,10 +93,11 @@ def phase(gen: Work[T], start: int, span: int, total: int, *, prefix: str = "") 
         frac = min(1.0, p.done / p.total) if p.total else 0.0
         return Progress(start + int(round(frac * span)), total, prefix + p.detail, p.metrics)
 
-    return (yield from _mapped(gen, outer))
+    return (yield from mapped(gen, outer))
 
 
-def _mapped(gen: Work[T], fn: Callable[[Progress], Progress]) -> Work[T]:
+def mapped(gen: Work[T], fn: Callable[[Progress], Progress]) -> Work[T]:
+    """Re-yield an inner generator's progress through `fn`; returns its result."""
     while True:
         try:
             p = next(gen)

@@ -424,12 +424,12 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
         by_model[g["model"]].append(g)
     for model_name, rows in by_model.items():
         try:
-            entry = registry.get_model(ws, model_name)
+            rm = registry.resolve(ws, model_name)
         except NotFound:
             continue
-        if entry["kind"] not in registry.LOADABLE:
+        if not rm.kind.loadable:
             continue
-        fp = registry.fingerprint(ws, model_name)
+        fp = rm.fingerprint
         todo = []
         for g in rows:
             h = inputs_hash("mc_accuracy_loglik", fp, g["item_prompt"], g["choices"], g["gold"])
@@ -437,7 +437,7 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
                 todo.append((g, h))
         if not todo:
             continue
-        model, tok = registry.load_causal_lm(ws, model_name, device="cpu")
+        model, tok = rm.load(device="cpu")
         for n, (g, h) in enumerate(todo):
             check_cancel(cancel)
             prompt = g["item_prompt"].rstrip()

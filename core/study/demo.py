@@ -299,15 +299,13 @@ def step_import(study: Study) -> dict:
 
 def step_models(study: Study) -> dict:
     """Convert the packaged GGUFs once (cached in the model cache across workspaces)."""
-    from core.models import registry as models
+    from core.models import packaged
 
     new = 0
     for name in (TEACHER_PACKAGED, BASE_PACKAGED):
-        folder = models._converted_folder(name)
-        m = models._manifest(folder)
-        if m and models._check_converted(folder, m):
+        if packaged.is_prepared(name):
             continue
-        study.drive(models.prepare_packaged(name))
+        study.drive(packaged.prepare_packaged(name))
         new += 1
     return {"new": new, "cached": new == 0}
 
@@ -351,7 +349,7 @@ class _LazyLoaded:
 
             # bf16 where the CPU has it (faster matmuls, see DESIGN.md) for plain models. Not for
             # adapters: a LoRA merged into a bf16 Gemma generated 6x slower here than in fp32.
-            adapter = models.get_model(self.ws, self.name)["kind"] == "adapter"
+            adapter = models.model_kind(self.ws, self.name).on_base
             dtype = "bfloat16" if finetune.cpu_has_bf16() and not adapter else None
             model, tok = models.load_causal_lm(self.ws, self.name, dtype=dtype)
             if hasattr(model, "merge_and_unload"):  # an adapter: fold LoRA in, generation runs faster
@@ -365,10 +363,9 @@ class _LazyLoaded:
     def __getitem__(self, i):
         if i == 1 and self.pair is None:  # the chat template only: no weights needed yet
             if self.tokenizer is None:
-                from core.models import generation
                 from core.models import registry as models
 
-                self.tokenizer = models._load_tokenizer(generation._tokenizer_folder(self.ws, self.name))
+                self.tokenizer = models.resolve(self.ws, self.name).tokenizer
             return self.tokenizer
         return self._load()[i]
 
@@ -381,7 +378,7 @@ def _generate(study: Study, model: str) -> dict:
     from core.models import generation
     from core.models import registry as models
 
-    local = models.get_model(study.ws, model)["kind"] in models.LOADABLE
+    local = models.model_kind(study.ws, model).loadable
     loaded = _LazyLoaded(study.ws, model) if local else None
     new = 0
     for kind, suite in study.plan.suites:

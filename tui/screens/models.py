@@ -1,6 +1,6 @@
 """The Models screen: registered models, local servers, and generation / collection jobs with progress.
 
-Everything here calls core (core.models, core.serving, core.jobs); servers and jobs are separate
+Everything here calls core (core.models.registry, core.models.serving, core.runtime.jobs); servers and jobs are separate
 processes, so they outlive the app and show up again when it reopens.
 """
 
@@ -39,13 +39,13 @@ def load_state(ws) -> dict:
 def model_details(ws, name: str) -> dict:
     from core.models import registry as models
 
-    entry = models.get_model(ws, name)
+    rm = models.resolve(ws, name)
     return {
         "name": name,
-        "kind": entry["kind"],
-        "spec": entry["spec"],
-        "fingerprint": models.fingerprint(ws, name),
-        "prompt_style": models.prompt_style(ws, name),
+        "kind": rm.kind.name,
+        "spec": rm.spec,
+        "fingerprint": rm.fingerprint,
+        "prompt_style": rm.prompt_style,
     }
 
 
