@@ -48,7 +48,7 @@ CODE = [
 ]
 
 
-# -- helpers: rows written the way core.ingest writes them (m001 schema) -------------------------------
+# -- helpers: rows written the way core.data.ingest writes them (m001 schema) -------------------------------
 def add_dataset(ws, name, rows):
     """rows: (user, assistant, source)."""
     with ws.transaction():
