@@ -127,6 +127,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from core.coverage import compute as cov
+    from core.coverage.aggregate import aggregate
+    from core.coverage.clusters import clustering
+    from core.coverage.inputs import DEFAULT_THRESHOLD, load_examples, load_items
+    from core.coverage.neighbours import nearest
     from core.coverage.ngrams import CONTAMINATION_N, NgramIndex, lexical_words
     from core.models import embeddings as emb
     from core.runtime import progress
@@ -239,17 +243,17 @@ def main() -> None:
     line("coverage.embed_cached_read", t_cached, "s", "embedding time", t_mirage, t_cached / t_mirage)
 
     # -- nearest neighbours + aggregation ------------------------------------------------------------
-    ex = cov._load_examples(ws, "gen", "user")
-    items = cov._load_items(ws, "nq")
+    ex = load_examples(ws, "gen", "user")
+    items = load_items(ws, "nq")
     t = time.perf_counter()
-    top_i, top_s, above, served = cov.nearest(
-        it_vec, ex_vec, cov.DEFAULT_K, cov.DEFAULT_THRESHOLD, np.zeros(len(items), dtype=np.int64), 1
+    top_i, top_s, above, served = nearest(
+        it_vec, ex_vec, cov.DEFAULT_K, DEFAULT_THRESHOLD, np.zeros(len(items), dtype=np.int64), 1
     )
     t_nn = time.perf_counter() - t
     labels = np.zeros(len(ex["ids"]), dtype=np.int64)
     zeros = np.zeros(len(items), dtype=np.int64)
     t = time.perf_counter()
-    cov._aggregate(
+    aggregate(
         ex,
         items,
         ["nq"],
@@ -263,7 +267,7 @@ def main() -> None:
         [np.empty(0, np.int64)] * len(items),
         labels,
         [],
-        cov.DEFAULT_THRESHOLD,
+        DEFAULT_THRESHOLD,
         "nq",
     )
     t_agg = time.perf_counter() - t
@@ -285,7 +289,7 @@ def main() -> None:
     # -- clusters ------------------------------------------------------------------------------------
     ds = {"id": did, "name": "gen"}
     t = time.perf_counter()
-    cov.clustering(ws, ds, ex, ex_vec, model, "user", None, 0, "bench")
+    clustering(ws, ds, ex, ex_vec, model, "user", None, 0, "bench")
     t_cl = time.perf_counter() - t
     line("coverage.clusters", t_cl, "s", "embedding time", t_mirage, t_cl / t_mirage)
 

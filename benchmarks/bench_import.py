@@ -81,22 +81,26 @@ def make_file(path: Path, n: int) -> None:
 
 
 # -- ablations: the import with one of its speed measures undone (--ablations) ----------------------------
-# Each is a patch applied in the import's own process before the CLI runs, so the figure in
-# core.ingest's comments for that measure can be checked against the full import, same run.
+# Each is a patch applied in the import's own process before the CLI runs, so each measure that
+# core.data.ingest's comments name can be timed against the full import, in the same run.
 ABLATIONS = {
     # one `executemany` per chunk: a step per row, each giving up the GIL
-    "executemany": "ingest._insert_rows = lambda conn, sql, rows: conn.executemany(sql, rows).rowcount if rows else 0",
-    # 2,000-row chunks (each its own transaction) instead of 1,000
-    "batch_2000": "ingest.BATCH = 2000",
-    # none of _bulk_writes's settings (page cache, checkpoints, temp store, switch interval)
-    "no_bulk_settings": "ingest._bulk_writes = lambda ws: contextlib.nullcontext()",
+    "executemany": "staging.insert_rows = lambda conn, sql, rows: conn.executemany(sql, rows).rowcount if rows else 0",
+    # 2,000-row chunks (each its own transaction) instead of 1,000, in every module that reads BATCH
+    "batch_2000": "for m in (staging, sources, pipeline, suites, outputs):\n    m.BATCH = 2000",
+    # none of bulk_writes's settings (page cache, checkpoints, temp store, switch interval)
+    "no_bulk_settings": "pipeline.bulk_writes = lambda ws: contextlib.nullcontext()",
 }
 
 
 def _cli_command(ablation: str) -> list[str]:
     if not ablation:
         return [sys.executable, "-m", "core"]
-    code = f"import contextlib\nfrom core import ingest\n{ABLATIONS[ablation]}\nfrom core.cli import main\nmain()\n"
+    code = (
+        "import contextlib\n"
+        "from core.data.ingest import outputs, pipeline, sources, staging, suites\n"
+        f"{ABLATIONS[ablation]}\nfrom core.cli import main\nmain()\n"
+    )
     return [sys.executable, "-c", code]
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from core.coverage import compute as cov
+from core.coverage import subsets
+from core.coverage.inputs import DEFAULT_THRESHOLD
 from core.coverage.ngrams import NgramIndex, lexical_words, normalize_answer
 from core.data.datasets import iter_examples
 from core.errors import Cancelled, MirageError, ModelError
@@ -46,7 +48,7 @@ CODE = [
 ]
 
 
-# -- helpers: rows written the way core.ingest writes them (m001 schema) -------------------------------
+# -- helpers: rows written the way core.data.ingest writes them (m001 schema) -------------------------------
 def add_dataset(ws, name, rows):
     """rows: (user, assistant, source)."""
     with ws.transaction():
@@ -132,7 +134,7 @@ def test_planted_item_found_and_flagged_unrelated_not(study):
     assert short["contaminated"] and short["longest_ngram"] == 5 and short["answer_leak"]
     for q in UNRELATED:
         assert not items[q]["contaminated"], q
-        assert items[q]["max_similarity"] < cov.DEFAULT_THRESHOLD, q
+        assert items[q]["max_similarity"] < DEFAULT_THRESHOLD, q
         assert not items[q]["supported"] and not items[q]["answer_leak"]
     tasks = {t["task"]: t for t in res["tasks"]}
     assert tasks["sports"]["support"] == 1.0 and tasks["science"]["support"] == 0.0
@@ -307,27 +309,27 @@ def test_other_embedding_model_never_mixes(study, tmp_path):
 # -- subsets ----------------------------------------------------------------------------------------
 def test_subsets_by_task_cluster_source_and_budget(study):
     res = progress.run(cov.compute(study, "imit", "qa", n_clusters=2))
-    s = cov.make_subset(study, "sports-support", "imit", task_support=("qa", "sports"))
+    s = subsets.make_subset(study, "sports-support", "imit", task_support=("qa", "sports"))
     assert s["examples"] == 1
     assert [e["user_text"] for e in iter_examples(study, "sports-support")] == [PLANTED]
-    cov.make_subset(study, "code-only", "imit", source="code")
+    subsets.make_subset(study, "code-only", "imit", source="code")
     assert sorted(e["user_text"] for e in iter_examples(study, "code-only")) == sorted(CODE)
     cluster = by_prompt(res)[PLANTED]["neighbors"][0]["cluster"]
-    c = cov.make_subset(study, "c", "imit", cluster=cluster)
+    c = subsets.make_subset(study, "c", "imit", cluster=cluster)
     size = next(x["size"] for x in res["clusters"] if x["cluster"] == cluster)
     assert c["examples"] == size
-    budget = cov.make_subset(study, "small", "imit", max_tokens=30, seed=1)
+    budget = subsets.make_subset(study, "small", "imit", max_tokens=30, seed=1)
     assert 0 < budget["tokens"] <= 30
     assert sum(e["n_tokens"] for e in iter_examples(study, "small")) == budget["tokens"]
-    rows = {r["name"]: r for r in cov.list_subsets(study)}
+    rows = {r["name"]: r for r in subsets.list_subsets(study)}
     assert rows["code-only"]["examples"] == 6 and rows["code-only"]["parent"] == "imit"
     assert rows["sports-support"]["spec"]["task"] == "sports"
     with pytest.raises(MirageError, match="already exists"):
-        cov.make_subset(study, "code-only", "imit", source="code")
+        subsets.make_subset(study, "code-only", "imit", source="code")
     with pytest.raises(MirageError, match="would be empty"):
-        cov.make_subset(study, "none", "imit", task_support=("qa", "science"))
+        subsets.make_subset(study, "none", "imit", task_support=("qa", "science"))
     with pytest.raises(MirageError, match="out of range"):
-        cov.make_subset(study, "bad", "imit", cluster=9)
+        subsets.make_subset(study, "bad", "imit", cluster=9)
 
 
 # -- CLI and job --------------------------------------------------------------------------------------

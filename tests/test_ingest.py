@@ -1,4 +1,4 @@
-"""Importers (core.ingest), full-text search (core.search) and the `mirage import` commands."""
+"""Importers (core.data.ingest), full-text search (core.data.search) and the `mirage import` commands."""
 
 from __future__ import annotations
 
@@ -50,13 +50,9 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 from core.data.datasets import iter_examples, iter_items, list_datasets, list_suites  # noqa: E402
-from core.data.ingest import (  # noqa: E402
-    TokenCounter,
-    cleanup_stale,
-    import_data,
-    import_outputs,
-    import_suite,
-)
+from core.data.ingest import import_data, import_outputs, import_suite  # noqa: E402
+from core.data.ingest.staging import cleanup_stale  # noqa: E402
+from core.data.ingest.tokens import TokenCounter  # noqa: E402
 from core.errors import BadInput, NotFound  # noqa: E402
 from core.runtime import progress  # noqa: E402
 
@@ -341,9 +337,9 @@ def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
     assert ws.db.execute("select count(*) from datasets where status = 'importing'").fetchone()[0] == 1
     # pretend its process died: a pid that is not running
     ws.db.execute("update datasets set meta = json_set(meta, '$.import.pid', 999999999) where status = 'importing'")
-    from core.data import ingest
+    from core.data.ingest import staging
 
-    ingest._live_imports.clear()
+    staging._live_imports.clear()
     assert cleanup_stale(ws) == 1
     assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 0
     assert ws.db.execute("select count(*) from examples").fetchone()[0] == 0
@@ -585,7 +581,7 @@ def test_cli_import_json_summary_and_one_line_errors(ws, tmp_path):
     assert r.returncode == 1 and r.stderr == f"error: {tmp_path / 'missing.jsonl'}: no such file\n"
 
 
-# -- the full-text index after an import (core.search backlog, m060_ingest_fts_backlog) ----------------
+# -- the full-text index after an import (core.data.search backlog, m060_ingest_fts_backlog) ----------------
 def test_large_import_is_indexed_in_the_background_and_searches_wait_for_it(ws, tmp_path, monkeypatch):
     from core.data import search
 

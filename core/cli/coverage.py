@@ -198,12 +198,12 @@ def subset_group():
 @click.pass_context
 def create(ctx, name, data, cluster, source, suite, task, threshold, max_tokens, seed, embedding_model, as_json):
     """Save a subset NAME of dataset DATA that `mirage finetune --data NAME` can train on."""
-    from core.coverage import compute as cov
+    from core.coverage.subsets import make_subset
 
     if (suite is None) != (task is None):
         raise click.UsageError("--suite and --task go together")
     ws = open_workspace(ctx)
-    out = cov.make_subset(
+    out = make_subset(
         ws,
         name,
         data,
@@ -227,9 +227,9 @@ def create(ctx, name, data, cluster, source, suite, task, threshold, max_tokens,
 @click.pass_context
 def ls(ctx, as_json):
     """List subsets with their parent and filters."""
-    from core.coverage import compute as cov
+    from core.coverage.subsets import list_subsets
 
-    rows = cov.list_subsets(open_workspace(ctx))
+    rows = list_subsets(open_workspace(ctx))
     if as_json:
         emit_json(rows)
     elif not rows:

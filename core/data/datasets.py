@@ -26,8 +26,7 @@ def _decode(row: dict, *fields: str) -> dict:
 # line (search, coverage and the Data screen read them). `examples.conversation` holds the
 # conversation's *layout*: its turns in order, a user or assistant turn as its length in
 # characters ({"role": "user", "n": 42}), a system turn with its text. Keeping the text once
-# halved what an import writes: benchmarks/bench_import.py (100k conversations) went from 13.8 s
-# to 9.6 s with it.
+# halves what an import writes.
 # Rows written before the layout (and by hand) hold full turns with `content`: both read alike.
 SEP = "\n\n"
 

@@ -6,7 +6,7 @@ import's rows are published with their ids in `fts_backlog` (m060_ingest_fts_bac
 here afterwards: at once for a small import, by a background indexer for a large one. Every
 search first finishes the backlog (waiting for a running indexer), so it never misses a row.
 
-    python -m core.search index WORKSPACE     (what a large import starts in the background)
+    python -m core.data.search index WORKSPACE     (what a large import starts in the background)
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def search_items(ws: Workspace, suite: str, query: str, limit: int | None = 200,
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "index":
-        print("usage: python -m core.search index WORKSPACE", file=sys.stderr)
+        print("usage: python -m core.data.search index WORKSPACE", file=sys.stderr)
         return 2
     ws = Workspace.open(args[1])
     try:

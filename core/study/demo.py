@@ -321,14 +321,14 @@ def step_coverage(study: Study) -> dict:
 
 def step_subset(study: Study) -> dict:
     """The task-specific data: the imitation examples collected the NQ-synthetic way for one QA task."""
-    from core.coverage import compute as coverage
+    from core.coverage.subsets import make_subset
 
     ws, plan = study.ws, study.plan
     if ws.db.execute("select 1 from datasets where name = ?", [plan.task_subset]).fetchone():
         return {"new": 0, "cached": True}
     # The NQ-synthetic collection is the task-specific data; coverage (the step before) shows how
     # closely it supports the task's eval items.
-    res = coverage.make_subset(ws, plan.task_subset, plan.data, source=f"synthetic_{SYNTHETIC_TASK}.jsonl")
+    res = make_subset(ws, plan.task_subset, plan.data, source=f"synthetic_{SYNTHETIC_TASK}.jsonl")
     study.ctx.event(message=f"subset {plan.task_subset}: {res['examples']} examples, {res['tokens']} tokens")
     return {"new": res["examples"], "cached": False, "examples": res["examples"]}
 

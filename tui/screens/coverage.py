@@ -45,9 +45,9 @@ def _compute(ws, data: str, suite: str, **kw):
 
 
 def _make_subset(ws, name: str, data: str, spec: dict):
-    from core.coverage import compute as coverage
+    from core.coverage.subsets import make_subset
 
-    return coverage.make_subset(ws, name, data, **spec)
+    return make_subset(ws, name, data, **spec)
 
 
 class SubsetName(ModalScreen[str | None]):

@@ -1,0 +1,139 @@
+"""Importing recorded outputs: another system's answers attached to a suite's items by prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+from core.data.ingest.errors import FieldError, bad, str_field, type_name
+from core.data.ingest.sources import Source, read_records
+from core.data.ingest.staging import BATCH, BadRows
+from core.data.ingest.suites import PROMPT_FIELDS
+from core.errors import BadInput
+from core.runtime.progress import Progress, Work, check_cancel
+from core.store.workspace import Workspace, dumps, now
+
+
+def _recorded_key(fingerprint: str, prompt: str) -> str:
+    # The same key rule as core.models.generation.cache_key: sha256 of (fingerprint, prompt, decoding).
+    return hashlib.sha256(dumps([fingerprint, prompt, {}]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def import_outputs(
+    ws: Workspace,
+    path: str | os.PathLike,
+    suite: str,
+    model: str,
+    *,
+    skip_bad: bool = False,
+    cancel: threading.Event | None = None,
+) -> Work[dict]:
+    """Attach another system's outputs (AlpacaEval style: instruction, output, generator) to the
+    suite's items by exact prompt, as generations of model `model` (a 'recorded' model).
+
+    Rows whose prompt is not in the suite are counted (and listed in the report file). The file
+    is validated and matched in full before anything is written; the writes are one transaction
+    (an outputs file has one row per suite item at most, so it is short).
+    """
+    from core.data.datasets import get_suite
+
+    s = get_suite(ws, suite)
+    if not model or not model.strip():
+        raise BadInput("--model", "recorded outputs need a model name")
+    src = Source(path)
+    kind = src.kind()
+    prompts: dict[str, int] = {}
+    for item_id, prompt in ws.db.execute("select id, prompt from items where suite_id = ? order by idx", [s["id"]]):
+        prompts.setdefault(prompt, item_id)
+    badrows = BadRows(ws, skip_bad, "outputs", f"{suite}-{model}")
+    fp = f"recorded:{model}"
+    rows: list[tuple] = []
+    unmatched: list[dict] = []
+    generators: list[str] = []
+    read = 0
+    try:
+        for loc, rec in read_records(src, kind):
+            if isinstance(rec, BadInput):
+                badrows(rec)
+                continue
+            try:
+                if not isinstance(rec, dict):
+                    raise FieldError(None, f"expected an object, got {type_name(rec)}")
+                for f in PROMPT_FIELDS:
+                    if f in rec:
+                        prompt = str_field(rec, f)
+                        break
+                else:
+                    raise FieldError("instruction", "missing")
+                output = str_field(rec, "output")
+                generator = str_field(rec, "generator", required=False) or model
+            except FieldError as fe:
+                badrows(bad(src.label, fe.reason, loc, fe.field), rec)
+                continue
+            read += 1
+            if generator not in generators:
+                generators.append(generator)
+            item_id = prompts.get(prompt)
+            if item_id is None:
+                unmatched.append({"where": f"{loc.unit} {loc.n}", "prompt": prompt[:200]})
+                continue
+            rows.append(
+                (
+                    model,
+                    fp,
+                    item_id,
+                    prompt,
+                    "{}",
+                    _recorded_key(fp, prompt),
+                    output,
+                    dumps({"generator": generator}),
+                    now(),
+                )
+            )
+            if read % BATCH == 0:
+                check_cancel(cancel)
+                yield Progress(src.position(), src.size or 1, f"{len(rows):,} matched")
+        if read == 0:
+            raise BadInput(src.label, "no records" if not badrows.n else "no good records")
+        if not rows:
+            raise BadInput(
+                src.label,
+                f"none of its {read:,} prompts is an item of suite '{suite}'"
+                " (outputs attach by exact prompt: is it the right suite?)",
+            )
+        with ws.transaction():
+            if not ws.db.execute("select 1 from models where name = ?", [model]).fetchone():
+                spec = {"source": str(src.path.resolve()), "generator": generators[0] if generators else model}
+                ws.db.execute(
+                    "insert into models (name, kind, spec, created_at) values (?, 'recorded', ?, ?)",
+                    [model, dumps(spec), now()],
+                )
+            inserted = 0
+            for i in range(0, len(rows), BATCH):
+                inserted += ws.db.conn.executemany(
+                    "insert or ignore into generations (model, fingerprint, item_id, prompt, decoding, cache_key,"
+                    " output, meta, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows[i : i + BATCH],
+                ).rowcount
+    except BaseException:
+        badrows.close()
+        raise
+    if unmatched and badrows.path is None:
+        badrows.skip = True  # the report lists unmatched rows even without --skip-bad
+    for u in unmatched:
+        badrows(BadInput(src.label, "no item in the suite has this prompt", field="instruction"), u)
+    badrows.close()
+    return {
+        "suite": suite,
+        "model": model,
+        "file": src.path.name,
+        "read": read,
+        "matched": len(rows),
+        "imported": inserted,
+        "already_present": len(rows) - inserted,
+        "unmatched": len(unmatched),
+        "skipped_bad": badrows.n - len(unmatched),
+        "report": str(badrows.path) if badrows.path else None,
+        "generators": generators,
+    }

@@ -1,0 +1,308 @@
+"""Importing evaluation suites: detecting the kind (qa, mc, code, prompts), normalising items, publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Any
+
+from core.data.ingest.errors import FieldError, bad, str_field, type_name
+from core.data.ingest.sources import Source, read_records
+from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
+from core.errors import BadInput
+from core.runtime.progress import Progress, Work, check_cancel
+from core.store.workspace import Workspace, dumps, now
+
+SUITE_FORMATS = ("qa", "mc", "code", "prompts")
+LETTERS = "ABCDEFGHIJ"
+_TASK_FIELDS = ("task", "category", "subject", "dataset")
+PROMPT_FIELDS = ("instruction", "prompt", "question")
+
+
+def detect_suite_format(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return None
+    if {"prompt", "test", "entry_point"} <= set(rec):
+        return "code"
+    if "question" in rec and ("choices" in rec or {"A", "B", "C", "D"} <= set(rec)):
+        return "mc"
+    if "question" in rec and ("answer" in rec or "answers" in rec):
+        return "qa"
+    if any(f in rec for f in PROMPT_FIELDS):
+        return "prompts"
+    return None
+
+
+def _upstream_key(rec: dict) -> str | None:
+    for f in ("task_id", "id", "key", "qid"):
+        v = rec.get(f)
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            return str(v)
+    return None
+
+
+def _task(rec: dict, default: str) -> str:
+    for f in _TASK_FIELDS:
+        v = rec.get(f)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return default
+
+
+def normalise_item(rec: Any, fmt: str, task: str | None, default_task: str) -> dict:
+    """An items row (without suite/idx) from one record; raises FieldError on a bad field."""
+    if not isinstance(rec, dict):
+        raise FieldError(None, f"expected an object, got {type_name(rec)}")
+    item: dict = {
+        "key": _upstream_key(rec),
+        "task": task or _task(rec, default_task),
+        "gold": [],
+        "choices": None,
+        "tests": None,
+        "entry_point": None,
+        "meta": {},
+    }
+    if fmt == "qa":
+        item["prompt"] = str_field(rec, "question")
+        key = "answer" if "answer" in rec else "answers"
+        gold = rec.get(key)
+        if gold is None:
+            raise FieldError("answer", "missing")
+        if isinstance(gold, str):
+            gold = [gold]
+        if not isinstance(gold, list) or not gold or not all(isinstance(g, (str, int, float)) for g in gold):
+            raise FieldError(
+                key,
+                "expected a non-empty list of answer strings"
+                if isinstance(gold, list)
+                else f"expected a list of answers, got {type_name(gold)}",
+            )
+        item["gold"] = [str(g) for g in gold]
+    elif fmt == "mc":
+        item["prompt"] = str_field(rec, "question")
+        if "choices" in rec:
+            choices = rec["choices"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise FieldError("choices", "expected a list of at least 2 strings")
+        else:
+            choices = [str_field(rec, letter) for letter in "ABCD"]
+            if isinstance(rec.get("E"), str) and rec["E"].strip():
+                choices.append(rec["E"])
+        answer = rec.get("answer")
+        if isinstance(answer, str) and answer.strip().isdigit():
+            answer = int(answer.strip())
+        if isinstance(answer, bool) or answer is None:
+            raise FieldError("answer", "missing" if answer is None else "expected a letter or an index")
+        if isinstance(answer, int):
+            if not 0 <= answer < len(choices):
+                raise FieldError("answer", f"index {answer} is not one of the {len(choices)} choices")
+            letter = LETTERS[answer]
+        elif isinstance(answer, str) and answer.strip().upper() in LETTERS[: len(choices)]:
+            letter = answer.strip().upper()
+        else:
+            raise FieldError("answer", f"expected one of {', '.join(LETTERS[: len(choices)])}, got {answer!r}")
+        item["choices"], item["gold"] = choices, [letter]
+    elif fmt == "code":
+        item["prompt"] = str_field(rec, "prompt")
+        item["tests"] = str_field(rec, "test")
+        item["entry_point"] = str_field(rec, "entry_point")
+        solution = str_field(rec, "canonical_solution", required=False)
+        if solution is not None:
+            item["meta"]["canonical_solution"] = solution
+    elif fmt == "prompts":
+        for f in PROMPT_FIELDS:
+            if f in rec:
+                item["prompt"] = str_field(rec, f)
+                break
+        else:
+            raise FieldError("instruction", "missing (expected instruction, prompt or question)")
+        extra = rec.get("input")
+        if isinstance(extra, str) and extra.strip():
+            item["prompt"] += f"\n\n{extra}"
+    if not item["prompt"].strip():
+        raise FieldError({"qa": "question", "mc": "question", "code": "prompt"}.get(fmt, "prompt"), "empty")
+    return item
+
+
+_ITEM_INSERT = (
+    "insert or ignore into items (suite_id, idx, key, prompt, task, gold, choices, tests, entry_point,"
+    " content_hash, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def import_suite(
+    ws: Workspace,
+    path: str | os.PathLike,
+    name: str,
+    *,
+    fmt: str = "auto",
+    task: str | None = None,
+    skip_bad: bool = False,
+    cancel: threading.Event | None = None,
+) -> Work[dict]:
+    """Import an evaluation suite (QA, multiple choice, code with tests, plain prompts).
+
+    Items carry a task label: `task` if given, else the record's task/category/subject/dataset
+    field, else the suite's name. Re-importing the same file changes nothing; another file into
+    the same suite appends its new items.
+    """
+    if fmt != "auto" and fmt not in SUITE_FORMATS:
+        raise BadInput("--format", f"unknown format '{fmt}' (expected auto, {', '.join(SUITE_FORMATS)})")
+    if not name or not name.strip():
+        raise BadInput("--name", "a suite needs a name")
+    src = Source(path)
+    kind = src.kind()
+    if kind == "txt":
+        if fmt not in ("auto", "prompts"):
+            raise BadInput(src.label, f"a .txt file holds one prompt per line; it cannot be a '{fmt}' suite")
+        fmt = "prompts"
+    stage = Staging(ws, "suites", name, None if fmt == "auto" else fmt)
+    badrows = BadRows(ws, skip_bad, "suite", name)
+    target = stage.target
+    target_meta = parse_meta(target["meta"]) if target else {}
+    stats = {"read": 0, "imported": 0, "duplicates": 0}
+    suite_fmt = None if fmt == "auto" else fmt
+    try:
+        batch: list[tuple] = []
+        for loc, rec in read_records(src, kind):
+            if isinstance(rec, BadInput):
+                badrows(rec)
+                continue
+            if suite_fmt is None:
+                suite_fmt = detect_suite_format(rec)
+                if suite_fmt is None:
+                    keys = ", ".join(list(rec)[:8]) if isinstance(rec, dict) else type_name(rec)
+                    raise bad(
+                        src.label,
+                        f"unknown format: first record has {keys or 'no fields'}; expected"
+                        " question + answer (qa), question + A-D/choices + answer (mc),"
+                        " prompt + test + entry_point (code) or instruction/prompt/question"
+                        " (prompts); or pass --format",
+                        loc,
+                    )
+            try:
+                item = normalise_item(rec, suite_fmt, task, name)
+            except FieldError as fe:
+                badrows(bad(src.label, fe.reason, loc, fe.field), rec)
+                continue
+            stats["read"] += 1
+            gold, choices = dumps(item["gold"]), dumps(item["choices"]) if item["choices"] is not None else None
+            content_hash = hashlib.sha256(
+                dumps([item["prompt"], item["gold"], item["choices"], item["tests"], item["task"]]).encode(
+                    "utf-8", "surrogatepass"
+                )
+            ).hexdigest()
+            batch.append(
+                (
+                    stage.id,
+                    stats["read"] - 1,
+                    item["key"],
+                    item["prompt"],
+                    item["task"],
+                    gold,
+                    choices,
+                    item["tests"],
+                    item["entry_point"],
+                    content_hash,
+                    dumps(item["meta"]),
+                )
+            )
+            if len(batch) >= BATCH:
+                check_cancel(cancel)
+                _flush_items(ws, stage.id, batch, stats, target)
+                yield Progress(src.position(), src.size or 1, f"{stats['imported']:,} items")
+        _flush_items(ws, stage.id, batch, stats, target)
+        if suite_fmt is None:
+            raise BadInput(src.label, "no records" if not badrows.n else "no good records")
+        digest = src.digest()
+        repeat = any(f.get("sha256") == digest for f in target_meta.get("files", []))
+        unchanged = stats["imported"] == 0 and (repeat or stats["read"] > 0)
+        if unchanged and target is not None:
+            stage.discard()
+        else:
+            if target is not None and target["kind"] != suite_fmt:
+                raise BadInput(src.label, f"suite '{name}' holds {target['kind']} items; this file is {suite_fmt}")
+            file_meta = {
+                "name": src.path.name,
+                "path": str(src.path.resolve()),
+                "sha256": digest,
+                "format": suite_fmt,
+                "rows": stats["read"],
+                "imported": stats["imported"],
+            }
+            _publish_suite(ws, stage, name, suite_fmt, kind, target, target_meta, file_meta, stats)
+            stage.done()
+            unchanged = False
+    except BaseException:
+        stage.discard()
+        badrows.close()
+        raise
+    badrows.close()
+    n_items, n_tasks = ws.db.execute(
+        "select count(i.id), count(distinct i.task) from suites s left join items i on i.suite_id = s.id"
+        " where s.name = ? and s.status = 'ready'",
+        [name],
+    ).fetchone()
+    return {
+        "suite": name,
+        "kind": suite_fmt,
+        "file": src.path.name,
+        "read": stats["read"],
+        "imported": stats["imported"],
+        "duplicates": stats["duplicates"],
+        "skipped_bad": badrows.n,
+        "report": str(badrows.path) if badrows.path else None,
+        "unchanged": unchanged,
+        "items": n_items,
+        "tasks": n_tasks,
+    }
+
+
+def _flush_items(ws, stage_id: int, batch: list[tuple], stats: dict, target: dict | None) -> None:
+    if not batch:
+        return
+    rows = batch
+    if target is not None:
+        marks = ",".join("?" * len(rows))
+        have = {
+            h
+            for (h,) in ws.db.execute(
+                f"select content_hash from items where suite_id = ? and content_hash in ({marks})",
+                [target["id"], *[r[9] for r in rows]],
+            )
+        }
+        rows = [r for r in rows if r[9] not in have]
+    inserted = insert_indexed(ws, "suites", stage_id, _ITEM_INSERT, rows)
+    stats["imported"] += inserted
+    stats["duplicates"] += len(batch) - inserted
+    batch.clear()
+
+
+def _publish_suite(ws, stage: Staging, name, fmt, file_kind, target, target_meta, file_meta, stats) -> None:
+    with ws.transaction():
+        # Look again: the suite may have been created or deleted by someone else meanwhile.
+        rows = list(ws.db.query("select * from suites where name = ? and status = 'ready'", [name]))
+        target, target_meta = (dict(rows[0]), parse_meta(rows[0]["meta"])) if rows else (None, {})
+        if target is None:
+            meta = {"duplicates": stats["duplicates"], "files": [file_meta]}
+            ws.db.execute(
+                "update suites set name = ?, status = 'ready', kind = ?, format = ?, source = ?, meta = ?,"
+                " created_at = ? where id = ?",
+                [name, fmt, file_kind, file_meta["name"], dumps(meta), now(), stage.id],
+            )
+        else:
+            offset = ws.db.execute(
+                "select coalesce(max(idx) + 1, 0) from items where suite_id = ?", [target["id"]]
+            ).fetchone()[0]
+            ws.db.execute(
+                "update items set suite_id = ?, idx = idx + ? where suite_id = ?", [target["id"], offset, stage.id]
+            )
+            meta = dict(target_meta)
+            meta["duplicates"] = int(meta.get("duplicates", 0)) + stats["duplicates"]
+            meta["files"] = list(meta.get("files", [])) + [file_meta]
+            ws.db.execute(
+                "update suites set source = ?, meta = ? where id = ?",
+                [", ".join(f["name"] for f in meta["files"]), dumps(meta), target["id"]],
+            )
+            ws.db.execute("delete from suites where id = ?", [stage.id])
