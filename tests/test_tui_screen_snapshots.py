@@ -87,9 +87,6 @@ def test_coverage_screen_tasks(snap_compare, study):  # noqa: F811
 
 
 def test_jobs_screen_running_finetune(snap_compare, ws):
-    add_job(ws, "finetune smollm2 on chat (300k)", "finetune", "done", step=40, total=40, loss=0.8125)
-    add_job(ws, "generate teacher on nq", "generate", "failed", step=3, total=30, error="ModelError: endpoint refused")
-    add_job(ws, "finetune smollm2 on chat (1.5M)", "finetune", "queued", total=200)
     losses = [2.4, 1.9, 1.6, 1.45, 1.3, 1.22, 1.15, 1.1]
     running = add_job(
         ws,
@@ -103,6 +100,9 @@ def test_jobs_screen_running_finetune(snap_compare, ws):
         + [(30 * (i + 1), 10 * (i + 1), v, 1200.0 - 150 * i, None) for i, v in enumerate(losses)]
         + [(245, 80, None, 187.0, "checkpoint saved at step 80")],
     )
+    add_job(ws, "finetune smollm2 on chat (300k)", "finetune", "done", step=40, total=40, loss=0.8125)
+    add_job(ws, "generate teacher on nq", "generate", "failed", step=3, total=30, error="ModelError: endpoint refused")
+    add_job(ws, "finetune smollm2 on chat (1.5M)", "finetune", "queued", total=200)
 
     async def run_before(pilot):
         screen = pilot.app.screen
@@ -116,7 +116,9 @@ def test_jobs_screen_running_finetune(snap_compare, ws):
             ),
         )
 
-    assert snap_compare(MirageApp(ws.root, start="jobs"), terminal_size=SIZE, run_before=run_before)
+    # Opened on the running job (`python -m tui --screen jobs --job N`).
+    app = MirageApp(ws.root, start="jobs", start_args={"job": running})
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
 
 def test_models_screen_registry_and_jobs(snap_compare, ws, tmp_path, monkeypatch):
