@@ -46,6 +46,29 @@ def test_migrations_upgrade_an_older_database(tmp_path):
     assert db.execute("select name from models").fetchall() == [("kept",)]
 
 
+def test_a_failed_migration_script_leaves_nothing_behind(tmp_path, monkeypatch):
+    # The property sqlite-utils >= 4.0 gives: `executescript` inside the migration's transaction
+    # does not commit it, so a migration that fails half-way is rolled back whole.
+    db = connect(tmp_path / "f.db")
+
+    def m999_half_done(db):
+        db.executescript("create table half_done (x); insert into half_done values (1);")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, m999_half_done])
+    with pytest.raises(RuntimeError, match="boom"):
+        migrations.migrate(db)
+    assert "half_done" not in db.table_names()
+    assert "m999_half_done" not in migrations.applied(db)
+
+
+def test_workspace_created_then_reopened_is_fully_migrated(tmp_path):
+    Workspace.init(tmp_path / "w").close()
+    ws = Workspace.open(tmp_path / "w")
+    assert migrations.applied(ws.db) == [m.__name__ for m in migrations.MIGRATIONS]
+    ws.close()
+
+
 def test_transaction_rolls_back_everything(tmp_path):
     db = connect(tmp_path / "t.db")
     with pytest.raises(RuntimeError):
