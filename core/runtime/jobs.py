@@ -34,7 +34,7 @@ ACTIVE = ("queued", "running")
 
 # kind -> "module:function"; the function takes a JobContext. Modules register their kinds here.
 HANDLERS: dict[str, str] = {
-    "finetune": "core.finetune.trainer:run_job",
+    "finetune": "core.finetune.runs:run_job",
     "generate": "core.models.generation:run_job",
     "coverage": "core.coverage.compute:run_job",
     "collect": "core.models.collect:run_job",
@@ -46,7 +46,6 @@ HANDLERS: dict[str, str] = {
 DEFAULT_LANES = {"finetune": "train"}
 
 
-# -- process identity -----------------------------------------------------------------------------
 # -- records ---------------------------------------------------------------------------------------
 def _row_to_job(row: dict) -> dict:
     job = dict(row)
@@ -272,10 +271,10 @@ class JobContext:
             raise Cancelled(f"job {self.id} cancelled")
 
     def drive(self, gen, *, every_s: float = 1.0):
-        """Run a core progress generator, recording its progress (throttled) as events."""
+        """Run a core progress generator, recording its progress (throttled) as events, metrics included."""
 
         def record(p: progress.Progress) -> None:
-            self.event(step=p.done, total_steps=p.total, message=p.detail or None)
+            self.event(step=p.done, total_steps=p.total, message=p.detail or None, **(p.metrics or {}))
 
         return progress.run(gen, progress.throttled(record, every_s), cancel=self.cancel)
 
