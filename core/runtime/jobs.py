@@ -39,7 +39,7 @@ HANDLERS: dict[str, str] = {
     "coverage": "core.coverage.compute:run_job",
     "collect": "core.models.collect:run_job",
     "score": "core.scores.scoring:run_job",
-    "study": "core.study.demo:run_job",
+    "study": "core.study.job:run_job",
     "selftest": "core.runtime.jobs:_selftest_job",
 }
 # Lanes serialise jobs that compete for the same resource (one training run at a time on a CPU).
