@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from core.cli import emit_json, json_option, open_workspace, workspace_option
@@ -99,8 +101,6 @@ def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, 
     last = {"t": 0.0}
 
     def on_event(ev: dict) -> None:
-        import time
-
         # Every message; step lines at most every 2 s so a fast run does not flood the terminal.
         if ev.get("message") or time.monotonic() - last["t"] > 2 or ev.get("step") == ev.get("total_steps"):
             last["t"] = time.monotonic()

@@ -1,7 +1,7 @@
 """Background jobs: finetunes, generation batches, coverage and collection, each a separate process.
 
 A job is a row in `jobs` plus a handler (`HANDLERS[kind]`, "module:function") that receives a
-`JobContext`. The runner (`python -m core.jobs WORKSPACE ID`) waits for its lane (jobs in one lane
+`JobContext`. The runner (`python -m core.runtime.jobs WORKSPACE ID`) waits for its lane (jobs in one lane
 run one at a time), marks the job running, calls the handler, and records the end state. Progress
 goes to `job_events` and the job row. A job whose process died without recording an end (kill -9,
 power loss) is reported as `interrupted`, never as done; `resume` starts it again and the handler
@@ -40,7 +40,7 @@ HANDLERS: dict[str, str] = {
     "collect": "core.models.collect:run_job",
     "score": "core.scores.scoring:run_job",
     "study": "core.study.job:run_job",
-    "selftest": "core.runtime.jobs:_selftest_job",
+    "selftest": "core.runtime.jobs:selftest_job",
 }
 # Lanes serialise jobs that compete for the same resource (one training run at a time on a CPU).
 DEFAULT_LANES = {"finetune": "train"}
@@ -355,7 +355,7 @@ def run(ws: Workspace, job_id: int, *, on_event: Callable[[dict], None] | None =
     return get_job(ws, job_id)
 
 
-def _selftest_job(ctx: JobContext) -> None:
+def selftest_job(ctx: JobContext) -> None:
     """A tiny job used by tests of the runner itself: counts to `steps`, `sleep` s a step."""
     steps = int(ctx.config.get("steps", 5))
     start = int(ctx.config.get("start_from_checkpoint", 0))
@@ -373,7 +373,7 @@ def _selftest_job(ctx: JobContext) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m core.jobs WORKSPACE JOB_ID", file=sys.stderr)
+        print("usage: python -m core.runtime.jobs WORKSPACE JOB_ID", file=sys.stderr)
         return 2
     ws = Workspace.open(argv[0])
     job = run(ws, int(argv[1]))

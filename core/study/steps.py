@@ -139,7 +139,7 @@ class _LazyLoaded:
             from core.models import registry as models
 
             # bf16 where the CPU has it (faster matmuls, see DESIGN.md) for plain models. Not for
-            # adapters: a LoRA merged into a bf16 Gemma generated 6x slower here than in fp32.
+            # adapters: a LoRA merged into a bf16 Gemma generates about 6x slower than in fp32.
             adapter = models.get_model(self.ws, self.name)["kind"] == "adapter"
             dtype = "bfloat16" if cpu_has_bf16() and not adapter else None
             model, tok = models.load_causal_lm(self.ws, self.name, dtype=dtype)

@@ -1,6 +1,6 @@
 """The Jobs screen: launch finetunes (with a dry-run estimate), watch every background job, cancel, resume.
 
-Jobs are separate processes recorded in the workspace (core.jobs); this screen only reads the
+Jobs are separate processes recorded in the workspace (core.runtime.jobs); this screen only reads the
 database on a timer, so it re-attaches to whatever is running when the app reopens.
 """
 
