@@ -96,7 +96,7 @@ def _eval_loss(model, plan_eval, device="cpu") -> float:
     """Mean assistant-token loss over the held-out set, with the model's own (full-logits) loss."""
     import torch
 
-    from core.finetune import trainer as ft
+    from core.finetune import data as ft
 
     model.eval()
     total, count = 0.0, 0
@@ -111,7 +111,8 @@ def _eval_loss(model, plan_eval, device="cpu") -> float:
 
 
 def _plans(args):
-    from core.finetune import trainer as ft
+    from core.finetune.config import make_config
+    from core.finetune.trainer import make_plan
     from core.store.workspace import Workspace
 
     ws = Workspace.open(args.ws)
@@ -130,19 +131,20 @@ def _plans(args):
     extra = {"ours": {}, "full_logits": {"loss_impl": "full"}, "no_grouping": {"group_by_length": False}, "trl": {}}[
         args.worker
     ]
-    plan = ft.make_plan(ws, ft.make_config(args.folder, "train", **common, **extra))
-    plan_eval = ft.make_plan(ws, ft.make_config(args.folder, "heldout", **common))
+    plan = make_plan(ws, make_config(args.folder, "train", **common, **extra))
+    plan_eval = make_plan(ws, make_config(args.folder, "heldout", **common))
     return plan, plan_eval
 
 
 def worker_ours(args) -> None:
     import torch
 
-    from core.finetune import trainer as ft
+    from core.finetune import data as ft
+    from core.finetune.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     plan, plan_eval = _plans(args)
-    trainer = ft.Trainer(plan, Path(tempfile.mkdtemp()), record_batches=False)
+    trainer = Trainer(plan, Path(tempfile.mkdtemp()))
     trainer.setup()
     _reply({"ready": True})
     step = 0
@@ -150,7 +152,7 @@ def worker_ours(args) -> None:
         cmd = line.strip()
         if cmd == "step":
             t0 = time.perf_counter()
-            loss, tokens, _ = trainer.step(step)
+            loss, tokens = trainer.step(step)
             dt = time.perf_counter() - t0
             mb = plan.micro_batches(step)
             labels = sum(sum(1 for x in plan.sel.labels[i][1:] if x != ft.IGNORE) for b in mb for i in b)
@@ -181,7 +183,7 @@ def worker_trl(args) -> None:
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from core.finetune import trainer as ft
+    from core.finetune import data as ft
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

@@ -117,7 +117,7 @@ def _run_demo(ws_path: Path) -> tuple[subprocess.CompletedProcess, float]:
 def _study_counts(ws_path: Path) -> dict:
     from core.runtime import jobs
     from core.store.workspace import Workspace
-    from core.study import demo
+    from core.study import job as demo
 
     ws = Workspace.open(ws_path)
     study = [j for j in jobs.list_jobs(ws, kind="study") if j["status"] == "done"][-1]
@@ -154,7 +154,7 @@ def test_demo_headless_quick_runs_the_study_and_reruns_incrementally(tmp_path):
     assert again["scores"] == counts["scores"]
     assert again["jobs"] == counts["jobs"]
     assert all(s.get("cached") and s.get("new", 0) == 0 for s in again["steps"].values()), again["steps"]
-    from core.study.demo import same_report
+    from core.study.report import same_report
 
     assert same_report(second.stdout, report)
     print(f"\ndemo --headless --quick: first run {t_first:.0f} s, rerun {t_second:.0f} s")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import BadInput, NotFound
-from core.finetune import trainer as ft
+from core.finetune import checkpoints, config, loss, runs, trainer
+from core.finetune import data as ftdata
 from core.models.loading import has_chat_template
 from core.runtime import jobs, processes
 from core.store.workspace import dumps, now
@@ -23,6 +26,7 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = "zero one two three four five six seven eight nine".split()
 
 
@@ -112,7 +116,7 @@ def data_ws(ws):
 
 
 def _tok(folder: Path, template="auto"):
-    return ft.load_tokenizer(folder, template, has_chat_template(folder))[0]
+    return ftdata.load_tokenizer(folder, template, has_chat_template(folder))[0]
 
 
 # -- masking ----------------------------------------------------------------------------------------------
@@ -125,7 +129,7 @@ def test_labels_cover_exactly_the_assistant_replies_token_by_token(tiny_base):
         {"role": "user", "content": "and three plus one?"},
         {"role": "assistant", "content": "three plus one is 4."},
     ]
-    ids, labels = ft.encode(tok, conv, 512)
+    ids, labels = ftdata.encode(tok, conv, 512)
     text = tok.apply_chat_template(conv, tokenize=False)
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
     replies = ["two plus two is 4.<|im_end|>", "three plus one is 4.<|im_end|>"]
@@ -133,7 +137,7 @@ def test_labels_cover_exactly_the_assistant_replies_token_by_token(tiny_base):
     pos, trained_runs, run = 0, [], ""
     for t, (tid, lab) in enumerate(zip(ids, labels)):
         piece = tok.decode([tid])
-        assert lab in (tid, ft.IGNORE), t
+        assert lab in (tid, ftdata.IGNORE), t
         start = text.index(piece, pos) if piece else pos
         pos = start + len(piece)
         inside = any(text.find(r) <= start < text.find(r) + len(r) for r in replies)
@@ -147,76 +151,149 @@ def test_labels_cover_exactly_the_assistant_replies_token_by_token(tiny_base):
         trained_runs.append(run)
     assert trained_runs == replies
     # Truncation keeps labels aligned with ids.
-    ids8, labels8 = ft.encode(tok, conv, 8)
+    ids8, labels8 = ftdata.encode(tok, conv, 8)
     assert ids8 == ids[:8] and labels8 == labels[:8]
 
 
 def test_default_template_for_a_base_without_one(tmp_path):
     folder = build_tiny_model(tmp_path / "plain", chat_template=None)
-    tok, name = ft.load_tokenizer(folder, "auto", has_chat_template(folder))
+    tok, name = ftdata.load_tokenizer(folder, "auto", has_chat_template(folder))
     assert name == "default"
     conv = _conversation(3)
-    text, spans = ft.assistant_spans(tok, conv)
+    text, spans = ftdata.assistant_spans(tok, conv)
     assert text == f"<s>### User:\n{conv[0]['content']}\n\n### Assistant:\n{conv[1]['content']}<|im_end|>\n\n"
     assert [text[a:b] for a, b in spans] == [conv[1]["content"] + "<|im_end|>"]
     with pytest.raises(BadInput, match="no chat template"):
-        ft.load_tokenizer(folder, "base", False)
+        ftdata.load_tokenizer(folder, "base", False)
 
 
 # -- data selection ------------------------------------------------------------------------------------------
 def test_budgets_nest_and_a_budget_beyond_the_data_uses_all(data_ws, tiny_base):
     tok = _tok(tiny_base)
-    small = ft.select(data_ws, "arith", 100, 0, tok, 512)
-    big = ft.select(data_ws, "arith", 400, 0, tok, 512)
+    small = ftdata.select(data_ws, "arith", 100, 0, tok, 512)
+    big = ftdata.select(data_ws, "arith", 400, 0, tok, 512)
     assert 0 < len(small.example_ids) < len(big.example_ids) < 40
     assert big.example_ids[: len(small.example_ids)] == small.example_ids
     assert small.tokens >= 100 and small.tokens - len(small.ids[-1]) < 100
-    other_seed = ft.select(data_ws, "arith", 400, 1, tok, 512)
+    other_seed = ftdata.select(data_ws, "arith", 400, 1, tok, 512)
     assert other_seed.example_ids != big.example_ids
-    everything = ft.select(data_ws, "arith", 10**9, 0, tok, 512)
+    everything = ftdata.select(data_ws, "arith", 10**9, 0, tok, 512)
     assert everything.exhausted and len(everything.example_ids) == 40
     assert not big.exhausted and big.fingerprint != small.fingerprint
-    cfg = ft.make_config(str(tiny_base), "arith", tokens=10**9)
-    plan = ft.make_plan(data_ws, cfg)
+    cfg = config.make_config(str(tiny_base), "arith", tokens=10**9)
+    plan = trainer.make_plan(data_ws, cfg)
     assert "larger than the data" in plan.notes()[0]
 
 
 def test_length_grouped_batches_are_a_pure_function_of_seed_and_epoch():
     lengths = [5, 50, 6, 49, 7, 48, 8, 47]
-    b0 = ft.epoch_batches(lengths, 2, 0, 0)
-    assert b0 == ft.epoch_batches(lengths, 2, 0, 0)
+    b0 = ftdata.epoch_batches(lengths, 2, 0, 0)
+    assert b0 == ftdata.epoch_batches(lengths, 2, 0, 0)
     assert sorted(i for b in b0 for i in b) == list(range(8))
     assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 3 for b in b0)  # similar lengths share a batch
-    assert ft.epoch_batches(lengths, 2, 0, 1) != b0
+    assert ftdata.epoch_batches(lengths, 2, 0, 1) != b0
 
 
 def test_bad_input_is_named(data_ws, tiny_base):
     with pytest.raises(NotFound, match="unknown base model 'nope'"):
-        ft.submit(data_ws, "nope", "arith", detach=False)
+        runs.submit(data_ws, "nope", "arith", detach=False)
     with pytest.raises(NotFound, match="no dataset 'missing'"):
-        ft.submit(data_ws, str(tiny_base), "missing", detach=False)
+        runs.submit(data_ws, str(tiny_base), "missing", detach=False)
     add_dataset(data_ws, "empty", [])
     with pytest.raises(BadInput, match="no examples"):
-        ft.submit(data_ws, str(tiny_base), "empty", detach=False)
+        runs.submit(data_ws, str(tiny_base), "empty", detach=False)
     with pytest.raises(BadInput, match="not a token count"):
-        ft.parse_tokens("lots")
-    assert ft.parse_tokens("300k,1.5M") == [300_000, 1_500_000]
+        config.parse_tokens("lots")
+    assert config.parse_tokens("300k,1.5M") == [300_000, 1_500_000]
     with pytest.raises(BadInput, match="batch_size"):
-        ft.make_config("b", "d", batch_size=0)
+        config.make_config("b", "d", batch_size=0)
     assert not list(data_ws.db.query("select * from jobs"))  # nothing queued by a refused run
+
+
+def test_a_bad_setting_names_its_field_and_a_stored_config_is_a_plain_dict():
+    for bad, field_name, message in [
+        ({"lr": "fast"}, "lr", "expected a number, got 'fast'"),
+        ({"rank": "8.x"}, "rank", "expected an integer"),
+        ({"dtype": "fp8"}, "dtype", "one of auto, bf16, fp32, fp16 (got 'fp8')"),
+        ({"dropout": 1.0}, "dropout", "must be in [0, 1) (got 1.0)"),
+        ({"max_steps": 0}, "max_steps", "must be at least 1 (got 0)"),
+        ({"loss_impl": "fancy"}, "loss_impl", "one of chunked, full"),
+    ]:
+        with pytest.raises(BadInput, match=re.escape(message)) as err:
+            config.make_config("b", "d", **bad)
+        assert err.value.field == field_name
+    with pytest.raises(BadInput, match="unknown option 'speed'"):
+        config.make_config("b", "d", speed=3)
+    cfg = config.make_config("b", "d", tokens=300, rank="16", lr="1e-3", throttle_s=0)
+    expected_keys = {f.name for f in dataclasses.fields(config.FinetuneConfig)}
+    expected_keys |= {f.name for f in dataclasses.fields(config.FinetuneKnobs)} | {"base", "data", "tokens", "name"}
+    assert set(cfg) == expected_keys
+    assert cfg["rank"] == 16 and cfg["lr"] == 1e-3 and cfg["throttle_s"] == 0.0 and cfg["max_steps"] is None
+    assert cfg["alpha"] == 16 and cfg["loss_impl"] == "chunked" and cfg["gradient_checkpointing"] is False
+    assert json.loads(json.dumps(cfg)) == cfg
+
+
+def test_finetune_options_are_generated_from_the_config_fields():
+    from core.cli.finetune import finetune
+
+    params = {p.name: p for p in finetune.params}
+    user = [f.name for f in dataclasses.fields(config.FinetuneConfig)]
+    own = {"base", "data", "tokens", "name", "detach", "dry_run", "no_start", "as_json", "workspace", "help"}
+    assert set(params) - own == set(user)
+    for knob in dataclasses.fields(config.FinetuneKnobs):  # tests and benchmarks set these, users do not
+        assert knob.name not in params
+    for f in dataclasses.fields(config.FinetuneConfig):
+        opt = params[f.name]
+        assert opt.default is None and f.metadata["help"] in opt.help
+        if "choices" in f.metadata:
+            assert list(opt.type.choices) == list(f.metadata["choices"])
+    assert params["lr"].help.endswith("[default: 2e-4]") and params["rank"].help.endswith("[default: 8]")
+    assert params["gradient_checkpointing"].secondary_opts == ["--no-gradient-checkpointing"]
+    assert "[default:" not in params["max_steps"].help
+
+
+def test_the_trainer_yields_progress_with_loss_and_lr_each_step(data_ws, tiny_base, tmp_path):
+    import threading
+
+    from core.runtime import progress
+    from core.runtime.progress import Progress
+
+    cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", max_steps=5, save_every=3, lr=1e-2)
+    plan = trainer.make_plan(data_ws, cfg)
+    seen: list[Progress] = []
+    result = progress.run(trainer.Trainer(plan, tmp_path / "run").train(), seen.append)
+    assert all(isinstance(p, Progress) and p.total == 5 for p in seen)
+    steps = [p for p in seen if p.metrics]
+    assert [p.done for p in steps] == [1, 2, 3, 4, 5]
+    for p in steps:
+        assert p.metrics["loss"] > 0 and p.metrics["lr"] >= 0 and p.metrics["tokens_per_s"] > 0
+        assert p.metrics["eta_s"] >= 0 and p.metrics["epoch"] == 0
+    assert steps[0].metrics["lr"] == pytest.approx(1e-2) and steps[-1].metrics["eta_s"] == 0
+    assert [p.detail for p in seen if not p.metrics] == ["checkpoint at step 3"]
+    assert result == {"status": "done", "step": 5, "loss": steps[-1].metrics["loss"]}
+    # A set cancel event stops it before the next step, saving the step reached; a resume continues there.
+    cancel = threading.Event()
+    gen = trainer.Trainer(plan, tmp_path / "cancelled").train(cancel)
+    assert next(gen).done == 1
+    cancel.set()
+    rest: list[Progress] = []
+    assert progress.run(gen, rest.append) == {"status": "cancelled", "step": 1}
+    assert [p.detail for p in rest] == ["checkpoint at step 1"]
+    resumed = list(trainer.Trainer(plan, tmp_path / "cancelled").train())
+    assert resumed[0].detail == "resumed from checkpoint at step 1" and resumed[1].done == 2
 
 
 def test_chunked_loss_matches_the_full_logits_loss_and_its_gradients(tiny_base, data_ws):
     import torch
 
-    cfg = ft.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, logit_chunk=7)
-    plan = ft.make_plan(data_ws, cfg)
-    peft_model, _ = ft.build_model(plan, "cpu")
+    cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, logit_chunk=7)
+    plan = trainer.make_plan(data_ws, cfg)
+    peft_model, _ = trainer.build_model(plan, "cpu")
     for _n, p in peft_model.named_parameters():  # LoRA B starts at zero; make the adapter matter
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
-    ids, att, labels = ft.collate(plan, [0, 1, 2], "cpu")
-    module = ft._trainable_module(peft_model, cfg["logit_chunk"])
+    ids, att, labels = ftdata.collate(plan, [0, 1, 2], "cpu")
+    module = loss.trainable_module(peft_model, cfg["logit_chunk"])
     loss_sum, n = module(ids, att, labels)
     (loss_sum / n).backward()
     ours = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
@@ -234,17 +311,17 @@ def test_gradient_checkpointing_is_on_when_asked_and_changes_no_gradient(tiny_ba
 
     grads, losses = {}, {}
     for ckpt in (False, True):
-        cfg = ft.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, gradient_checkpointing=ckpt)
-        plan = ft.make_plan(data_ws, cfg)
-        peft_model, _ = ft.build_model(plan, "cpu")
+        cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, gradient_checkpointing=ckpt)
+        plan = trainer.make_plan(data_ws, cfg)
+        peft_model, _ = trainer.build_model(plan, "cpu")
         assert peft_model.get_base_model().is_gradient_checkpointing is ckpt
         torch.manual_seed(1)
         for _, p in peft_model.named_parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.05)
-        module = ft._trainable_module(peft_model, cfg["logit_chunk"])
+        module = loss.trainable_module(peft_model, cfg["logit_chunk"])
         module.train()
-        loss_sum, n = module(*ft.collate(plan, [0, 1, 2], "cpu"))
+        loss_sum, n = module(*ftdata.collate(plan, [0, 1, 2], "cpu"))
         (loss_sum / n).backward()
         losses[ckpt] = float(loss_sum.detach() / n)
         grads[ckpt] = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
@@ -263,7 +340,7 @@ def _step_events(ws, job_id):
 
 
 def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
-    (job_id,) = ft.submit(
+    (job_id,) = runs.submit(
         data_ws,
         str(tiny_base),
         "arith",
@@ -299,9 +376,9 @@ def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
 
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(out))
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
-    runs = ft.list_runs(data_ws)
-    assert runs[0]["name"] == "tiny-arith" and runs[0]["adapter"] == "tiny-arith"
-    assert runs[0]["step"] == 40 and runs[0]["status"] == "done"
+    listed = runs.list_runs(data_ws)
+    assert listed[0]["name"] == "tiny-arith" and listed[0]["adapter"] == "tiny-arith"
+    assert listed[0]["step"] == 40 and listed[0]["status"] == "done"
     assert not list((data_ws.artifacts / "jobs" / str(job_id)).glob("ckpt-*"))
 
 
@@ -316,10 +393,10 @@ def _wait(pred, timeout=120.0):
 
 def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(data_ws, tiny_base):
     common = dict(lr=2e-2, max_steps=12, batch_size=4, save_every=4)
-    (ref,) = ft.submit(data_ws, str(tiny_base), "arith", detach=False, name="ref", **common)
+    (ref,) = runs.submit(data_ws, str(tiny_base), "arith", detach=False, name="ref", **common)
     assert jobs.get_job(data_ws, ref)["status"] == "done"
 
-    first, second = ft.submit(
+    first, second = runs.submit(
         data_ws, str(tiny_base), "arith", tokens=[None, 200], detach=True, name="kill", throttle_s=0.4, **common
     )
     _wait(lambda: jobs.get_job(data_ws, first)["status"] == "running" and jobs.get_job(data_ws, first)["step"] >= 6)
@@ -333,7 +410,7 @@ def test_kill_9_then_resume_replays_the_same_data_order_and_a_second_run_queues(
     killed = jobs.get_job(data_ws, first)
     assert killed["status"] == "interrupted"
     assert killed["step"] < 12
-    assert ft.latest_checkpoint(data_ws.artifacts / "jobs" / str(first)) is not None
+    assert checkpoints.latest_checkpoint(data_ws.artifacts / "jobs" / str(first)) is not None
 
     data_ws.db.execute("update jobs set config = json_set(config, '$.throttle_s', 0) where id = ?", [first])
     assert jobs.resume(data_ws, first, detach=False)["status"] == "done"
@@ -353,22 +430,22 @@ def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path):
     script = f"""
 import resource, signal, sys
 from pathlib import Path
-sys.path.insert(0, {str(Path(ft.__file__).resolve().parent.parent)!r})
-from core.finetune import trainer as ft
+sys.path.insert(0, {str(ROOT)!r})
+from core.finetune.checkpoints import write_atomic_dir
 from core.errors import JobError
 run = Path({str(tmp_path)!r})
-ft._write_atomic_dir(run / "ckpt-00000001", lambda d: (d / "state.json").write_text("{{}}"))
+write_atomic_dir(run / "ckpt-00000001", lambda d: (d / "state.json").write_text("{{}}"))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 try:
-    ft._write_atomic_dir(run / "ckpt-00000002", lambda d: (d / "big.bin").write_bytes(b"x" * 5000))
+    write_atomic_dir(run / "ckpt-00000002", lambda d: (d / "big.bin").write_bytes(b"x" * 5000))
 except JobError as e:
     print("ERR", e)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "ERR disk full while writing" in out.stdout, out.stderr
     assert "previous checkpoint is intact" in out.stdout
-    assert ft.latest_checkpoint(tmp_path).name == "ckpt-00000001"
+    assert checkpoints.latest_checkpoint(tmp_path).name == "ckpt-00000001"
     assert not (tmp_path / "ckpt-00000002").exists()
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -429,9 +506,9 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
 
 
 def test_runs_under_accelerate_launch(data_ws, tiny_base):
-    (job_id,) = ft.submit(data_ws, str(tiny_base), "arith", start=False, name="acc", max_steps=3)
+    (job_id,) = runs.submit(data_ws, str(tiny_base), "arith", start=False, name="acc", max_steps=3)
     launcher = Path(sys.executable).parent / "accelerate"
-    env = dict(os.environ, PYTHONPATH=str(Path(ft.__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [
             str(launcher),

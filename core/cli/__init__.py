@@ -138,7 +138,7 @@ LISTERS = {
     "suites": ("core.data.datasets:list_suites", ["name", "kind", "items", "tasks", "outputs", "source"]),
     "models": ("core.models.registry:list_models", ["name", "kind", "size", "chat_template", "location"]),
     "runs": (
-        "core.finetune.trainer:list_runs",
+        "core.finetune.runs:list_runs",
         ["name", "status", "base", "data", "tokens", "step", "total_steps", "loss", "adapter"],
     ),
 }

@@ -26,13 +26,15 @@ def demo(ctx, headless, quick, samples):
     """
     from core.errors import JobError
     from core.runtime import jobs
-    from core.study import demo as demo_mod
+    from core.study import job as study
+    from core.study.plan import Plan
+    from core.study.report import report_path
 
     t0 = time.monotonic()
-    ws = demo_mod.prepare_workspace(workspace_path(ctx))
-    plan = demo_mod.Plan.make(quick, samples)
+    ws = study.prepare_workspace(workspace_path(ctx))
+    plan = Plan.make(quick, samples)
     if not headless:
-        job_id = demo_mod.start(ws, plan, detach=True)
+        job_id = study.start(ws, plan, detach=True)
         from core.cli.ui import exec_tui
 
         exec_tui(str(ws.root), screen="jobs", job=job_id)  # the TUI in its own interpreter
@@ -42,13 +44,13 @@ def demo(ctx, headless, quick, samples):
             click.echo(f"[{time.monotonic() - t0:6.0f} s] {ev['message']}", err=True)
 
     click.echo(f"demo workspace: {ws.root}", err=True)
-    running = demo_mod.active_study(ws, plan)
+    running = study.active_study(ws, plan)
     if running:
         raise JobError(
             f"a demo study is already running in {ws.root} (job {running['id']});"
             f" watch it with `mirage jobs` or cancel it with `mirage jobs cancel {running['id']}`"
         )
-    job_id = demo_mod.start(ws, plan, detach=False, on_event=show)
+    job_id = study.start(ws, plan, detach=False, on_event=show)
     job = jobs.get_job(ws, job_id)
     if job["status"] != "done":
         raise JobError(
@@ -56,5 +58,5 @@ def demo(ctx, headless, quick, samples):
             + (f": {job['error']}" if job.get("error") else "")
             + f"; rerun `mirage demo --headless{' --quick' if quick else ''}` to continue where it stopped"
         )
-    click.echo(demo_mod.report_path(ws, plan).read_text(encoding="utf-8"))
+    click.echo(report_path(ws, plan).read_text(encoding="utf-8"))
     click.echo(f"done in {time.monotonic() - t0:.0f} s", err=True)

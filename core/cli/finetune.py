@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from core.cli import emit_json, json_option, open_workspace, workspace_option
+from core.finetune.config import FinetuneConfig, default_text, field_type, user_fields
 from core.runtime.progress import format_duration as _duration
 
 
@@ -24,12 +27,32 @@ def _print_event(ev: dict) -> None:
         click.echo("  ".join(parts), err=True)
 
 
+def config_options(fn):
+    """Add one option per FinetuneConfig field (name, type, choices, help with its default).
+
+    Every option defaults to None, meaning "not given": make_config then applies the field's default,
+    so a stored job config and the help text read the same defaults.
+    """
+    for f in reversed(user_fields()):
+        flag = "--" + f.name.replace("_", "-")
+        shown = default_text(f)
+        help_text = f.metadata["help"] + (f"  [default: {shown}]" if shown is not None else "")
+        kind = field_type(FinetuneConfig, f.name)
+        if kind is bool:
+            decl, extra = f"{flag}/--no-{flag[2:]}", {}
+        elif "choices" in f.metadata:
+            decl, extra = flag, {"type": click.Choice(list(f.metadata["choices"]))}
+        else:
+            decl, extra = flag, {"type": kind}
+        fn = click.option(decl, f.name, default=None, help=help_text, **extra)(fn)
+    return fn
+
+
 @click.command("finetune")
 @click.option("--base", required=True, help="Base model: a registered name or a Hugging Face folder.")
 @click.option("--data", required=True, help="Dataset or coverage subset to train on.")
 @click.option("--tokens", help="Token budget(s), e.g. 300k or 300k,1.5M,3M (a sweep: one run each). Default: all.")
 @click.option("--name", help="Run (and adapter model) name. Default: BASE-DATA-BUDGET.")
-@click.option("--save-every", type=int, help="Checkpoint every N optimizer steps.  [default: 50]")
 @click.option("--detach", is_flag=True, help="Run in the background (see `mirage jobs`).")
 @click.option(
     "--dry-run", is_flag=True, help="Print examples, tokens, steps and a time estimate from one measured step."
@@ -37,58 +60,28 @@ def _print_event(ev: dict) -> None:
 @click.option(
     "--no-start", is_flag=True, help="Only queue the job (to run it with `accelerate launch -m core.finetune WS ID`)."
 )
-@click.option("--rank", type=int, help="LoRA rank.  [default: 8]")
-@click.option("--alpha", type=int, help="LoRA alpha.  [default: 16]")
-@click.option("--dropout", type=float, help="LoRA dropout.  [default: 0.05]")
-@click.option("--target-modules", help="Comma-separated module names, or all-linear.  [default: q_proj,v_proj]")
-@click.option("--lr", type=float, help="Peak learning rate.  [default: 2e-4]")
-@click.option(
-    "--scheduler",
-    type=click.Choice(["cosine", "linear", "constant_with_warmup"]),
-    help="Learning-rate schedule (with 3% warmup).  [default: cosine]",
-)
-@click.option("--epochs", type=int, help="Passes over the selected data.  [default: 1]")
-@click.option("--batch-size", type=int, help="Examples per micro-batch.  [default: 4]")
-@click.option("--grad-accum", type=int, help="Micro-batches per optimizer step.  [default: 1]")
-@click.option("--max-length", type=int, help="Tokens per example (longer ones are truncated).  [default: 512]")
-@click.option("--seed", type=int, help="Seed of the data shuffle, the LoRA init and dropout.  [default: 0]")
-@click.option("--max-steps", type=int, help="Stop after N optimizer steps (overrides --epochs).")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
-    help="Weights dtype; auto = bf16 where supported.  [default: auto]",
-)
-@click.option(
-    "--template",
-    type=click.Choice(["auto", "base", "default"]),
-    help="Chat template: the base's (chat models), or mirage's default (### User: / ### Assistant:).  [default: auto]",
-)
-@click.option(
-    "--gradient-checkpointing/--no-gradient-checkpointing",
-    default=None,
-    help="Recompute activations in the backward pass: less memory, ~1/3 more compute.  [default: off]",
-)
+@config_options
 @json_option
 @workspace_option
 @click.pass_context
 def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, **overrides):
     """LoRA-finetune BASE on DATA (assistant tokens only); one job per token budget, queued in lane 'train'."""
-    from core.finetune import trainer as ft
+    from core.finetune import config, runs
 
     ws = open_workspace(ctx)
-    budgets = ft.parse_tokens(tokens)
+    budgets = config.parse_tokens(tokens)
     if dry_run:
         results = []
         for b in budgets:
-            cfg = ft.make_config(base, data, tokens=b, name=name, **overrides)
-            ft.validate(ws, cfg)
-            results.append(ft.dry_run(ws, cfg))
+            cfg = config.make_config(base, data, tokens=b, name=name, **overrides)
+            runs.validate(ws, cfg)
+            results.append(runs.dry_run(ws, cfg))
         if as_json:
             emit_json(results if len(results) > 1 else results[0])
             return
         for r in results:
             click.echo(
-                f"budget {ft.human_tokens(r['budget'])}: {r['examples']} of {r['available_examples']} examples,"
+                f"budget {config.human_tokens(r['budget'])}: {r['examples']} of {r['available_examples']} examples,"
                 f" {r['tokens']:,} tokens ({r['label_tokens']:,} trained), {r['total_steps']} steps"
             )
             for note in r["notes"]:
@@ -108,17 +101,15 @@ def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, 
     last = {"t": 0.0}
 
     def on_event(ev: dict) -> None:
-        import time
-
         # Every message; step lines at most every 2 s so a fast run does not flood the terminal.
         if ev.get("message") or time.monotonic() - last["t"] > 2 or ev.get("step") == ev.get("total_steps"):
             last["t"] = time.monotonic()
             _print_event(ev)
 
     if not as_json:
-        for note in ft.budget_notes(ws, data, budgets):
+        for note in runs.budget_notes(ws, data, budgets):
             click.echo(f"note: {note}", err=True)
-    ids = ft.submit(
+    ids = runs.submit(
         ws,
         base,
         data,

@@ -2,6 +2,6 @@
 
 import sys
 
-from core.finetune.trainer import main
+from core.finetune.runs import main
 
 sys.exit(main())

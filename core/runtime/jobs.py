@@ -1,7 +1,7 @@
 """Background jobs: finetunes, generation batches, coverage and collection, each a separate process.
 
 A job is a row in `jobs` plus a handler (`HANDLERS[kind]`, "module:function") that receives a
-`JobContext`. The runner (`python -m core.jobs WORKSPACE ID`) waits for its lane (jobs in one lane
+`JobContext`. The runner (`python -m core.runtime.jobs WORKSPACE ID`) waits for its lane (jobs in one lane
 run one at a time), marks the job running, calls the handler, and records the end state. Progress
 goes to `job_events` and the job row. A job whose process died without recording an end (kill -9,
 power loss) is reported as `interrupted`, never as done; `resume` starts it again and the handler
@@ -34,19 +34,18 @@ ACTIVE = ("queued", "running")
 
 # kind -> "module:function"; the function takes a JobContext. Modules register their kinds here.
 HANDLERS: dict[str, str] = {
-    "finetune": "core.finetune.trainer:run_job",
+    "finetune": "core.finetune.runs:run_job",
     "generate": "core.models.generation:run_job",
     "coverage": "core.coverage.compute:run_job",
     "collect": "core.models.collect:run_job",
     "score": "core.scores.scoring:run_job",
-    "study": "core.study.demo:run_job",
-    "selftest": "core.runtime.jobs:_selftest_job",
+    "study": "core.study.job:run_job",
+    "selftest": "core.runtime.jobs:selftest_job",
 }
 # Lanes serialise jobs that compete for the same resource (one training run at a time on a CPU).
 DEFAULT_LANES = {"finetune": "train"}
 
 
-# -- process identity -----------------------------------------------------------------------------
 # -- records ---------------------------------------------------------------------------------------
 def _row_to_job(row: dict) -> dict:
     job = dict(row)
@@ -272,10 +271,10 @@ class JobContext:
             raise Cancelled(f"job {self.id} cancelled")
 
     def drive(self, gen, *, every_s: float = 1.0):
-        """Run a core progress generator, recording its progress (throttled) as events."""
+        """Run a core progress generator, recording its progress (throttled) as events, metrics included."""
 
         def record(p: progress.Progress) -> None:
-            self.event(step=p.done, total_steps=p.total, message=p.detail or None)
+            self.event(step=p.done, total_steps=p.total, message=p.detail or None, **(p.metrics or {}))
 
         return progress.run(gen, progress.throttled(record, every_s), cancel=self.cancel)
 
@@ -356,7 +355,7 @@ def run(ws: Workspace, job_id: int, *, on_event: Callable[[dict], None] | None =
     return get_job(ws, job_id)
 
 
-def _selftest_job(ctx: JobContext) -> None:
+def selftest_job(ctx: JobContext) -> None:
     """A tiny job used by tests of the runner itself: counts to `steps`, `sleep` s a step."""
     steps = int(ctx.config.get("steps", 5))
     start = int(ctx.config.get("start_from_checkpoint", 0))
@@ -374,7 +373,7 @@ def _selftest_job(ctx: JobContext) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m core.jobs WORKSPACE JOB_ID", file=sys.stderr)
+        print("usage: python -m core.runtime.jobs WORKSPACE JOB_ID", file=sys.stderr)
         return 2
     ws = Workspace.open(argv[0])
     job = run(ws, int(argv[1]))

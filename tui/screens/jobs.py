@@ -1,6 +1,6 @@
 """The Jobs screen: launch finetunes (with a dry-run estimate), watch every background job, cancel, resume.
 
-Jobs are separate processes recorded in the workspace (core.jobs); this screen only reads the
+Jobs are separate processes recorded in the workspace (core.runtime.jobs); this screen only reads the
 database on a timer, so it re-attaches to whatever is running when the app reopens.
 """
 
@@ -14,22 +14,31 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, RichLog, Static
 from textual_plotext import PlotextPlot
 
+from core.finetune.config import default_text, user_fields
 from core.runtime.progress import format_duration
 from tui.actions import Action
 from tui.screens.base import MirageScreen
 
 POLL_S = 1.0
-FORM_FIELDS = [
-    # (id, label, placeholder)
-    ("base", "base model", "registered name or HF folder"),
-    ("data", "data or subset", "dataset name"),
-    ("tokens", "token budget(s)", "all, or 300k,1.5M"),
-    ("lr", "learning rate", "2e-4"),
-    ("rank", "LoRA rank", "8"),
-    ("epochs", "epochs", "1"),
-    ("batch_size", "batch size", "4"),
-    ("max_length", "max length", "512"),
-]
+# The run settings the launch form offers, in form order; labels and placeholders (the defaults)
+# come from the FinetuneConfig fields, as the `mirage finetune` options do.
+FORM_SETTINGS = ("lr", "rank", "epochs", "batch_size", "max_length")
+
+
+def form_fields() -> list[tuple[str, str, str]]:
+    """(id, label, placeholder) for each input of the launch form."""
+    settings = {f.name: f for f in user_fields()}
+    return [
+        ("base", "base model", "registered name or HF folder"),
+        ("data", "data or subset", "dataset name"),
+        ("tokens", "token budget(s)", "all, or 300k,1.5M"),
+    ] + [
+        (k, settings[k].metadata["label"] or k.replace("_", " "), default_text(settings[k]) or "")
+        for k in FORM_SETTINGS
+    ]
+
+
+FORM_FIELDS = form_fields()
 
 
 # -- core calls (each runs in a worker thread with its own Workspace) ----------------------------------------
@@ -53,32 +62,33 @@ def load_jobs(ws, selected: int | None, after_event: int) -> dict:
 
 def _form_config(values: dict[str, str]) -> tuple[str, str, list, dict]:
     from core.errors import BadInput
-    from core.finetune import trainer as ft
+    from core.finetune.config import parse_tokens
 
     base, data = values.get("base", "").strip(), values.get("data", "").strip()
     if not base:
         raise BadInput("launch form", "a base model is needed", field="base")
     if not data:
         raise BadInput("launch form", "a dataset or subset is needed", field="data")
-    budgets = ft.parse_tokens(values.get("tokens", "").strip() or None)
+    budgets = parse_tokens(values.get("tokens", "").strip() or None)
     overrides = {k: v.strip() for k, v in values.items() if k not in ("base", "data", "tokens") and v.strip()}
     return base, data, budgets, overrides
 
 
 def estimate(ws, values: dict[str, str]) -> dict:
-    from core.finetune import trainer as ft
+    from core.finetune import runs
+    from core.finetune.config import make_config
 
     base, data, budgets, overrides = _form_config(values)
-    cfg = ft.make_config(base, data, tokens=budgets[-1], **overrides)
-    ft.validate(ws, cfg)
-    return ft.dry_run(ws, cfg)
+    cfg = make_config(base, data, tokens=budgets[-1], **overrides)
+    runs.validate(ws, cfg)
+    return runs.dry_run(ws, cfg)
 
 
 def launch(ws, values: dict[str, str]) -> list[int]:
-    from core.finetune import trainer as ft
+    from core.finetune import runs
 
     base, data, budgets, overrides = _form_config(values)
-    return ft.submit(ws, base, data, tokens=budgets, detach=True, **overrides)
+    return runs.submit(ws, base, data, tokens=budgets, detach=True, **overrides)
 
 
 def cancel_job(ws, job_id: int) -> dict:
@@ -271,7 +281,7 @@ class JobsScreen(MirageScreen):
 
     def show_estimate(self, r: dict) -> None:
         self.estimate_result = r
-        from core.finetune.trainer import human_tokens
+        from core.finetune.config import human_tokens
 
         notes = "".join(f"\nnote: {n}" for n in r["notes"])
         self.query_one("#jobs-estimate", Static).update(
