@@ -548,29 +548,13 @@ def report_path(ws: Workspace, plan: Plan) -> Path:
 
 def build_report(ws: Workspace, plan: Plan) -> str:
     """The study's report in markdown: each suite's scores per model, gap closed, coverage."""
-    from core.scores import scoring
+    from core.analysis.report import markdown_section
 
-    report = getattr(scoring, "report_markdown", None)
     parts = [f"# mirage demo{' (quick)' if plan.quick else ''}: imitating {TEACHER_PACKAGED} with {BASE_PACKAGED}", ""]
     for _kind, suite in plan.suites:
-        if report is not None:
-            parts.append(report(ws, suite, models=plan.models, teacher=plan.teacher))
-        else:
-            parts.append(_fallback_table(ws, suite, plan))
+        parts.append(markdown_section(ws, suite, models=plan.models, teacher=plan.teacher))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _fallback_table(ws: Workspace, suite: str, plan: Plan) -> str:
-    from core.scores import scoring
-
-    recs = scoring.aggregate(ws, suite, models=plan.models, teacher=plan.teacher)
-    metrics = sorted({r["metric"] for r in recs if r["task"] == "all"})
-    lines = [f"## {suite}", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for m in plan.models:
-        vals = {r["metric"]: r["value"] for r in recs if r["model"] == m and r["task"] == "all"}
-        lines.append(f"| {m} | " + " | ".join("" if vals.get(k) is None else f"{vals[k]:.3f}" for k in metrics) + " |")
-    return "\n".join(lines)
 
 
 # -- the job handler ------------------------------------------------------------------------------------------
