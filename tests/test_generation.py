@@ -9,6 +9,7 @@ import threading
 import pytest
 from tiny_lm import build_tiny_llama
 
+from core.api.suites import CODE_STOPS
 from core.errors import Cancelled, ModelError
 from core.models import generation
 from core.models import registry as models
@@ -221,7 +222,7 @@ def test_chat_on_a_model_without_template_is_a_clear_error(ws, tiny_plain_folder
 
 def test_truncate_at_stop():
     assert generation.truncate_at_stop(" Paris\nQuestion: x", ["\n", "\nQuestion:"]) == "Paris"
-    assert generation.truncate_at_stop("    return a\n\ndef f():", generation.CODE_STOPS) == "    return a"
+    assert generation.truncate_at_stop("    return a\n\ndef f():", CODE_STOPS) == "    return a"
 
 
 def test_generate_job_runs_in_foreground(ws, tiny):

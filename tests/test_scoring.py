@@ -10,9 +10,11 @@ import threading
 import pytest
 from click.testing import CliRunner
 
+from core.analysis import report
+from core.api.suites import suite_kind
 from core.cli import cli
 from core.runtime import progress
-from core.scores import scoring
+from core.scores import aggregate, analyses, outputs, scoring
 from core.store.workspace import dumps, now
 
 
@@ -149,7 +151,7 @@ def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeyp
     item = qa_ws.db.execute("select id from items order by idx limit 1").fetchone()[0]
     add_outputs(qa_ws, "teacher", "qa", ["Paris, of course. It is in France."])
     third = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
-    assert third["computed"] == 3 * 2 + len(scoring.FACTUALITY["qa"]) + len(scoring.OWN_STYLE)
+    assert third["computed"] == 3 * 2 + len(suite_kind("qa").inline_factuality) + len(scoring.OWN_STYLE)
     # a new metric version recomputes that metric everywhere, and replaces (not duplicates) rows
     n_rows = qa_ws.db.execute("select count(*) from scores").fetchone()[0]
     bumped = str(int(scoring.VERSIONS["f1"]) + 1)
@@ -157,7 +159,7 @@ def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeyp
     fourth = progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
     assert fourth["computed"] == 3 * 6
     assert qa_ws.db.execute("select count(*) from scores").fetchone()[0] == n_rows
-    current = [g["generation_id"] for g in scoring.latest_generations(qa_ws, "qa", ["teacher", "base", "imit"])]
+    current = [g["generation_id"] for g in outputs.latest_generations(qa_ws, "qa", ["teacher", "base", "imit"])]
     versions = {
         r[0]
         for r in qa_ws.db.execute(
@@ -198,7 +200,7 @@ def test_table2_on_hand_made_pairs(ws):
     add_outputs(ws, "teacher", "chat", teacher)
     add_outputs(ws, "student", "chat", student)
     progress.run(scoring.score_suite(ws, "chat", teacher="teacher"))
-    recs = scoring.aggregate(ws, "chat", teacher="teacher")
+    recs = aggregate.aggregate(ws, "chat", teacher="teacher")
     lst = _rec(recs, "student", "all", "list_when_teacher_lists")
     assert (lst["value"], lst["n"]) == (pytest.approx(2 / 3), 3)  # teacher listed on items 0, 1, 3
     summ = _rec(recs, "student", "all", "summary_when_teacher_summarizes")
@@ -227,7 +229,7 @@ def test_code_suite_pass_at_1(ws):
     )
     add_outputs(ws, "m", "code", ["    return a + b\n", "```python\ndef add2(a, b):\n    return a - b\n```"])
     progress.run(scoring.score_suite(ws, "code", teacher=None))
-    s = scoring.item_scores(ws, "code", ["m"])
+    s = outputs.item_scores(ws, "code", ["m"])
     assert sorted(v["m"]["pass@1"] for v in s.values()) == [0.0, 1.0]
     meta = [json.loads(r[0]) for r in ws.db.execute("select meta from scores where metric = 'pass@1'")]
     assert {m["program"] for m in meta} == {"prompt+completion", "whole_function"}
@@ -251,7 +253,7 @@ def test_mc_accuracy(ws):
     )
     add_outputs(ws, "m", "mc", ["The answer is (B).", "Nitrogen"])
     progress.run(scoring.score_suite(ws, "mc", teacher=None))
-    recs = scoring.aggregate(ws, "mc", teacher=None)
+    recs = aggregate.aggregate(ws, "mc", teacher=None)
     assert _rec(recs, "m", "all", "mc_accuracy")["value"] == 0.5
 
 
@@ -365,27 +367,27 @@ def test_judge_claims_split_then_verified(ws, judge_server):
     assert value == 0.5 and [c["verdict"] for c in meta["claims"]] == ["SUPPORTED", "UNSUPPORTED"]
     none_value, none_meta = rows["No facts here."]
     assert none_value is None and "not_applicable" in none_meta and "error" not in none_meta
-    bad = scoring.convincing_but_wrong(ws, "chat", teacher="teacher", overlap=0.2)
+    bad = analyses.convincing_but_wrong(ws, "chat", teacher="teacher", overlap=0.2)
     assert [r["output"] for r in bad] == ["Paris is in France. The Moon is made of cheese."]
 
 
 # -- analyses and report ---------------------------------------------------------------------------
 def test_gap_closed_compare_and_convincing_but_wrong(qa_ws):
     progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
-    gaps = scoring.gap_closed(qa_ws, "qa", base="base", imitation="imit", teacher="teacher", n_boot=300)
+    gaps = analyses.gap_closed(qa_ws, "qa", base="base", imitation="imit", teacher="teacher", n_boot=300)
     allg = next(g for g in gaps if g["task"] == "all")
     assert allg["metric"] == "exact_match" and allg["n"] == 6
     # base 2/6, imitation 2/6, teacher 5/6 → 0 if the teacher − base interval excludes 0
     assert allg["base"] == pytest.approx(2 / 6) and allg["teacher"] == pytest.approx(5 / 6)
     assert allg["value"] is None or allg["value"] == pytest.approx(0.0)
-    cmp = scoring.compare(qa_ws, "qa", "base", "imit")
+    cmp = analyses.compare(qa_ws, "qa", "base", "imit")
     assert cmp["transitions"]["wrong_to_right"] == 1 and cmp["transitions"]["right_to_wrong"] == 1
-    bad = scoring.convincing_but_wrong(qa_ws, "qa", teacher="teacher", overlap=0.3)
+    bad = analyses.convincing_but_wrong(qa_ws, "qa", teacher="teacher", overlap=0.3)
     assert bad and all(r["value"] == 0.0 for r in bad)
     assert {r["output"] for r in bad} >= {"Sydney is the capital of Australia."}
-    s = scoring.item_scores(qa_ws, "qa", ["base", "imit"])
+    s = outputs.item_scores(qa_ws, "qa", ["base", "imit"])
     assert len(s) == 6 and all(set(v) == {"base", "imit"} for v in s.values())
-    assert scoring.gap_vs_support(
+    assert analyses.gap_vs_support(
         [{"task": t, "value": v} for t, v in zip("abcd", [0.1, 0.2, 0.3, 0.5])], {"a": 1, "b": 2, "c": 3, "d": 9}
     )["spearman"] == pytest.approx(1.0)
 
@@ -434,7 +436,7 @@ def test_nq_open_gold_answers_score_100(ws, shared_data):
     assert [it["gold"] for it in items] == [r["answer"] for r in rows]
     add_outputs(ws, "gold", "nq", [it["gold"][0] for it in items])
     progress.run(scoring.score_suite(ws, "nq", teacher=None))
-    recs = scoring.aggregate(ws, "nq", teacher=None, n_boot=200)
+    recs = aggregate.aggregate(ws, "nq", teacher=None, n_boot=200)
     for metric in ("exact_match", "f1", "contains"):
         r = _rec(recs, "gold", "all", metric)
         print(f"NQ-open dev gold-as-output {metric}: {r['value']:.4f} (n={r['n']})")
@@ -454,7 +456,7 @@ def test_alpaca_eval_table2(ws, shared_data):
     for model in ("gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"):  # recorded outputs, as a user would
         progress.run(import_outputs(ws, folder / f"{model}.json", "alpaca-eval", model))
     progress.run(scoring.score_suite(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301"))
-    recs = scoring.aggregate(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301", n_boot=500)
+    recs = aggregate.aggregate(ws, "alpaca-eval", teacher="gpt-3.5-turbo-0301", n_boot=500)
     print()
     for model in ("vicuna-13b", "alpaca-7b"):
         for metric in (
@@ -542,7 +544,7 @@ def test_embedding_similarity_with_packaged_minilm(ws):
 
 def test_report_markdown_section_for_multi_suite_documents(qa_ws):
     progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
-    text = scoring.report_markdown(qa_ws, "qa", teacher="teacher")
+    text = report.markdown_section(qa_ws, "qa", teacher="teacher")
     assert text.startswith("## mirage report — suite `qa`") and "\n### Table 1" in text
 
 
@@ -566,7 +568,7 @@ def test_humaneval_imported_then_scored(ws, shared_data):
     add_outputs(ws, "canonical", "he", [it["meta"]["canonical_solution"] if it["id"] in keep else None for it in items])
     add_outputs(ws, "stub", "he", ["    pass\n" if it["id"] in keep else None for it in items])
     progress.run(scoring.score_suite(ws, "he", teacher=None))
-    recs = scoring.aggregate(ws, "he", teacher=None, n_boot=200)
+    recs = aggregate.aggregate(ws, "he", teacher=None, n_boot=200)
     assert _rec(recs, "canonical", "all", "pass@1")["value"] == 1.0
     assert _rec(recs, "stub", "all", "pass@1")["value"] == 0.0
     assert _rec(recs, "stub", "all", "pass@1")["n"] == 12
@@ -608,8 +610,6 @@ def test_report_sets_gap_closed_against_coverage_support(ws):
         )
     (ws.root / "mirage.toml").write_text('[roles]\nteacher = "teacher"\nbase = "base"\n', encoding="utf-8")
     progress.run(scoring.score_suite(ws, "qa", teacher="teacher"))
-    from core.analysis import report
-
     rep = report.build(ws, "qa")
     assert rep["imitation"] == ["imit"]  # found through the adapter's lineage
     gaps = {g["task"]: g for g in rep["gap_closed"]}

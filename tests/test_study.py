@@ -9,6 +9,8 @@ import pytest
 from compare_data import add_generation, add_suite, build_study, set_roles
 
 from core.analysis import compare as study
+from core.analysis import marks, ratings, roles, views
+from core.api import metrics
 from core.errors import BadInput, NotFound
 from core.store.workspace import Workspace
 
@@ -19,7 +21,7 @@ def built(ws):
 
 
 def test_default_models_follow_roles(ws, built):
-    assert study.default_models(ws, "nq") == ["base", "imitation", "teacher"]
+    assert roles.default_models(ws, "nq") == ["base", "imitation", "teacher"]
     view = study.CompareView(ws, "nq")
     assert view.models == ["base", "imitation", "teacher"]
     assert view.verdict_metric == "exact_match"
@@ -28,7 +30,7 @@ def test_default_models_follow_roles(ws, built):
 
 def test_default_models_without_roles_are_those_with_outputs(ws, built):
     set_roles(ws, "")
-    assert study.default_models(ws, "nq") == ["base", "imitation", "teacher"]
+    assert roles.default_models(ws, "nq") == ["base", "imitation", "teacher"]
 
 
 def test_imitation_role_from_adapter_lineage(ws, built):
@@ -40,7 +42,7 @@ def test_imitation_role_from_adapter_lineage(ws, built):
             "insert into models (name, kind, spec, created_at) values (?, 'adapter', ?, ?)",
             [name, dumps({"base": base, "lineage": {"base": base, "tokens": 1000}}), now()],
         )
-    assert study.roles_of(ws) == {"imitation": "imitation", "base": "base", "teacher": "teacher"}
+    assert roles.roles_of(ws) == {"imitation": "imitation", "base": "base", "teacher": "teacher"}
     view = study.CompareView(ws, "nq")
     assert view.models == ["base", "imitation", "teacher"]
     assert view.apply(study.Filters(pattern="teacher-right-imitation-wrong")) > 0
@@ -93,7 +95,7 @@ def test_verdict_patterns(ws, built):
 
 
 def test_convincing_but_wrong_matches_core_scoring(ws):
-    from core.scores import scoring
+    from core.scores import analyses
 
     set_roles(ws)
     ids = add_suite(ws, "s", [{"prompt": f"p{i}", "gold": ["x"]} for i in range(5)])
@@ -111,7 +113,7 @@ def test_convincing_but_wrong_matches_core_scoring(ws):
     view = study.CompareView(ws, "s")
     view.apply(study.Filters(pattern="convincing-but-wrong"))
     mine = {view.row(p).item_id for p in range(len(view.order))}
-    theirs = {r["item_id"] for r in scoring.convincing_but_wrong(ws, "s")}
+    theirs = {r["item_id"] for r in analyses.convincing_but_wrong(ws, "s")}
     assert mine == theirs == {ids[0]}
 
 
@@ -152,7 +154,7 @@ def test_style_similarity_falls_back_to_computed_overlap(ws):
     row = study.CompareView(ws, "s").row(0)
     assert [p.model for p in row.panes] == ["imitation", "teacher"]
     got = row.panes[0].style["unigram_overlap"]
-    assert got == pytest.approx(study.unigram_overlap("alpha beta zeta", "alpha beta gamma delta"))
+    assert got == pytest.approx(metrics.unigram_overlap("alpha beta zeta", "alpha beta gamma delta"))
     assert 0.4 < got < 0.6  # 2 of the teacher's 4 words (share 0.5; ROUGE-1 F 0.57)
     assert "unigram_overlap" not in row.panes[1].style
 
@@ -184,7 +186,7 @@ def test_marks_persist_across_reopen(ws, built, tmp_path):
     assert again.row(0).panes[1].mark == "correct"
     assert again.row(2).panes[0].mark == "unsure"
     assert again.row(1).panes[0].mark is None
-    assert [m["generation_id"] for m in study.marks(ws2, "nq")] == [gid, built["gids"][("base", 2)]]
+    assert [m["generation_id"] for m in marks.marks(ws2, "nq")] == [gid, built["gids"][("base", 2)]]
     # another rater's marks are kept apart
     assert study.CompareView(ws2, "nq", rater="bob").row(0).panes[1].mark is None
     again.mark(0, 1, None)
@@ -196,17 +198,17 @@ def test_marks_persist_across_reopen(ws, built, tmp_path):
 
 def test_bad_mark_is_rejected(ws, built):
     with pytest.raises(BadInput, match="unknown mark 'maybe'"):
-        study.set_mark(ws, built["gids"][("base", 0)], "maybe")
+        marks.set_mark(ws, built["gids"][("base", 0)], "maybe")
 
 
 def test_cohen_kappa_known_values():
     # The textbook example: 50 items, raters agree yes 20, no 15, disagree 10 + 5 -> kappa 0.4
     a = [1] * 20 + [1] * 5 + [0] * 10 + [0] * 15
     b = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
-    assert study.cohen_kappa(a, b) == pytest.approx(0.4)
-    assert study.cohen_kappa([1, 0, 1, 0], [1, 0, 1, 0]) == pytest.approx(1.0)
-    assert study.cohen_kappa([1, 1], [1, 1]) is None  # chance agreement is total: undefined
-    assert study.cohen_kappa([], []) is None
+    assert marks.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert marks.cohen_kappa([1, 0, 1, 0], [1, 0, 1, 0]) == pytest.approx(1.0)
+    assert marks.cohen_kappa([1, 1], [1, 1]) is None  # chance agreement is total: undefined
+    assert marks.cohen_kappa([], []) is None
 
 
 def test_agreement_between_marks_and_metrics(ws):
@@ -216,10 +218,10 @@ def test_agreement_between_marks_and_metrics(ws):
     spec = [(1, 1, "correct"), (1, 1, "incorrect"), (0, 1, "incorrect"), (0, 0, "incorrect")]
     for i, (em, ct, mark) in enumerate(spec):
         gid = add_generation(ws, "imitation", ids[i], "x", {"exact_match": em, "contains": ct})
-        study.set_mark(ws, gid, mark, rater="ann")
+        marks.set_mark(ws, gid, mark, rater="ann")
     gid = add_generation(ws, "base", ids[0], "y", {"exact_match": 0})
-    study.set_mark(ws, gid, "unsure", rater="ann")  # unsure marks are left out
-    rows = {r["metric"]: r for r in study.agreement(ws, "s", rater="ann")}
+    marks.set_mark(ws, gid, "unsure", rater="ann")  # unsure marks are left out
+    rows = {r["metric"]: r for r in marks.agreement(ws, "s", rater="ann")}
     assert rows["exact_match"]["n"] == 4 and rows["exact_match"]["agreement"] == pytest.approx(0.75)
     # human 1,0,0,0 vs em 1,1,0,0: po .75, pe = .25*.5 + .75*.5 = .5 -> kappa .5
     assert rows["exact_match"]["kappa"] == pytest.approx(0.5)
@@ -229,15 +231,15 @@ def test_agreement_between_marks_and_metrics(ws):
 
 
 def test_wilson_interval_known_value():
-    lo, hi = study.wilson_interval(7, 10)
+    lo, hi = ratings.wilson_interval(7, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.3968, 0.8922)
-    assert study.wilson_interval(0, 10)[0] == 0.0
+    assert ratings.wilson_interval(0, 10)[0] == 0.0
 
 
 def test_pairwise_blind_order_and_share(ws, built):
-    queue = study.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann")
+    queue = ratings.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann")
     assert len(queue) == 30
-    again = study.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann")
+    again = ratings.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann")
     assert [(t.item_id, t.a_is_teacher) for t in queue] == [(t.item_id, t.a_is_teacher) for t in again]
     assert {t.a_is_teacher for t in queue} == {True, False}  # both sides occur
     teacher_text = {t.item_id: (t.a if t.a_is_teacher else t.b) for t in queue}
@@ -251,14 +253,14 @@ def test_pairwise_blind_order_and_share(ws, built):
             choice = "tie"
         else:
             choice = "A" if t.a_is_teacher else "B"
-        study.record_rating(ws, t, choice, rater="ann")
-    res = study.pairwise_result(ws, "nq", "imitation", rater="ann")
+        ratings.record_rating(ws, t, choice, rater="ann")
+    res = ratings.pairwise_result(ws, "nq", "imitation", rater="ann")
     assert (res["wins"], res["ties"], res["losses"], res["n"]) == (14, 7, 9, 30)
     assert res["share"] == pytest.approx(0.7)
-    lo, hi = study.wilson_interval(21, 30)
+    lo, hi = ratings.wilson_interval(21, 30)
     assert (res["ci_low"], res["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
     assert lo < 0.7 < hi
-    assert study.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann") == []
+    assert ratings.pairwise_queue(ws, "nq", "imitation", seed=7, rater="ann") == []
     # the recorded side is what the rater saw
     row = ws.db.execute(
         "select a_is_teacher, seed from pairwise_ratings where item_id = ?", [queue[0].item_id]
@@ -268,31 +270,31 @@ def test_pairwise_blind_order_and_share(ws, built):
 
 def test_pairwise_against_itself_is_refused(ws, built):
     with pytest.raises(BadInput, match="is the teacher"):
-        study.pairwise_queue(ws, "nq", "teacher")
-    assert math.isnan(study.wilson_interval(0, 0)[0])
+        ratings.pairwise_queue(ws, "nq", "teacher")
+    assert math.isnan(ratings.wilson_interval(0, 0)[0])
 
 
 def test_analysis_views_export(ws, built):
     import json
 
     gid = built["gids"][("imitation", 0)]
-    study.set_mark(ws, gid, "correct", rater="ann")
-    rep = study.analysis(ws, "nq", rater="ann")
+    marks.set_mark(ws, gid, "correct", rater="ann")
+    rep = views.analysis(ws, "nq", rater="ann")
     assert rep["teacher"] == "teacher" and rep["base"] == "base" and rep["imitation"] == ["imitation"]
-    md = study.export_view(rep, "table1", "md")
+    md = views.export_view(rep, "table1", "md")
     em = {r["model"]: r["value"] for r in rep["table1"] if r["metric"] == "exact_match" and r["task"] == "all"}
     truth = built["truth"]
     for model in ("base", "imitation", "teacher"):
         assert em[model] == pytest.approx(sum(truth[(model, i)] for i in range(30)) / 30)
     assert f"| teacher | all | {em['teacher'] * 100:.1f} [" in md
-    human = json.loads(study.export_view(rep, "human", "json"))
+    human = json.loads(views.export_view(rep, "human", "json"))
     assert human["human"]["agreement"][0]["n"] == 1
-    gap = json.loads(study.export_view(rep, "gap", "json"))
+    gap = json.loads(views.export_view(rep, "gap", "json"))
     assert {g["task"] for g in gap["gap_closed"]} == {"all", "geography", "history", "science"}
-    path = study.save_export(ws, rep, "table2", "md")
+    path = views.save_export(ws, rep, "table2", "md")
     assert path.endswith("nq-table2.md") and "unigram_overlap" in open(path).read()
     with pytest.raises(BadInput, match="unknown view"):
-        study.export_view(rep, "nope")
+        views.export_view(rep, "nope")
 
 
 def test_coverage_support_sort_and_neighbours(ws, built):

@@ -6,6 +6,7 @@ import pytest
 from compare_data import build_study
 
 from core.analysis import compare as study
+from core.analysis import marks
 from core.store.workspace import Workspace
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -128,7 +129,7 @@ async def test_marks_persist_across_app_restarts(study_ws):
         await pilot.press("j")
         assert [p.pane.mark for p in screen.panes] == [None, "unsure", None]
     ws2 = Workspace.open(ws.root)
-    assert sorted(m["mark"] for m in study.marks(ws2, "nq")) == ["incorrect", "unsure"]
+    assert sorted(m["mark"] for m in marks.marks(ws2, "nq")) == ["incorrect", "unsure"]
     ws2.close()
 
 

@@ -9,31 +9,14 @@ from __future__ import annotations
 import html
 import json
 
+from core.api import registry
+from core.api.suites import suite_kind
 from core.data.datasets import get_suite
 from core.errors import NotFound
-from core.scores import scoring
+from core.scores import analyses
+from core.scores.aggregate import aggregate
+from core.scores.outputs import resolve_roles
 from core.store.workspace import Workspace, now
-
-PERCENT = {
-    "exact_match",
-    "f1",
-    "contains",
-    "mc_accuracy",
-    "mc_accuracy_loglik",
-    "pass@1",
-    "judge_correct",
-    "judge_claims",
-    "list_when_teacher_lists",
-    "summary_when_teacher_summarizes",
-    "unigram_overlap",
-    "uses_list",
-    "ends_with_summary",
-    "markdown_structure",
-    "stock_phrases",
-    "judge_preference",
-    "judge_authoritative",
-    "embedding_similarity",
-}
 
 
 def _lineage(ws: Workspace, name: str) -> dict:
@@ -56,8 +39,8 @@ def build(
 ) -> dict:
     """Every number of the report, from stored scores (run `score_suite` first)."""
     s = get_suite(ws, suite)
-    models, teacher = scoring.resolve_roles(ws, suite, models, teacher)
-    records = scoring.aggregate(ws, suite, models=models, teacher=teacher)
+    models, teacher = resolve_roles(ws, suite, models, teacher)
+    records = aggregate(ws, suite, models=models, teacher=teacher)
     if not records:
         raise NotFound(f"no scores on suite '{suite}': run `mirage score --suite {suite}` first")
     roles = ws.config.roles
@@ -66,6 +49,7 @@ def build(
     if not imitation and base:
         imitation = [m for m in models if _lineage(ws, m).get("base") == base and m not in (base, teacher)]
     metrics_present = {r["metric"] for r in records}
+    table1, table2 = registry.table_metrics(1), registry.table_metrics(2)
     out = {
         "suite": suite,
         "kind": s["kind"],
@@ -74,10 +58,10 @@ def build(
         "teacher": teacher,
         "base": base,
         "imitation": imitation,
-        "table1": [r for r in records if r["metric"] in scoring.TABLE1],
-        "table2": [r for r in records if r["metric"] in scoring.TABLE2 and r["task"] == "all"],
-        "table1_metrics": [m for m in scoring.TABLE1 if m in metrics_present],
-        "table2_metrics": [m for m in scoring.TABLE2 if m in metrics_present],
+        "table1": [r for r in records if r["metric"] in table1],
+        "table2": [r for r in records if r["metric"] in table2 and r["task"] == "all"],
+        "table1_metrics": [m for m in table1 if m in metrics_present],
+        "table2_metrics": [m for m in table2 if m in metrics_present],
         "gap_closed": [],
         "gap_vs_support": [],
         "comparisons": [],
@@ -85,7 +69,7 @@ def build(
     }
     if base and teacher:
         for imit in imitation:
-            gaps = scoring.gap_closed(ws, suite, base=base, imitation=imit, teacher=teacher)
+            gaps = analyses.gap_closed(ws, suite, base=base, imitation=imit, teacher=teacher)
             out["gap_closed"].extend(gaps)
             dataset = data or _lineage(ws, imit).get("data")
             support = {}
@@ -94,20 +78,20 @@ def build(
                     from core.coverage.compute import task_support
 
                     support = task_support(ws, dataset, suite)
-                except (ImportError, NotFound):
+                except NotFound:
                     support = {}
             if support:
                 for g in gaps:
                     g["support"] = support.get(g["task"])
                 out["gap_vs_support"].append(
-                    {"imitation_model": imit, "data": dataset, **scoring.gap_vs_support(gaps, support)}
+                    {"imitation_model": imit, "data": dataset, **analyses.gap_vs_support(gaps, support)}
                 )
             try:
-                out["comparisons"].append(scoring.compare(ws, suite, base, imit))
+                out["comparisons"].append(analyses.compare(ws, suite, base, imit))
             except NotFound:
                 pass
     # Metric against imitation tokens: adapters whose lineage records their token budget.
-    primary = next((m for m in out["table1_metrics"]), None)
+    primary = suite_kind(s["kind"]).verdict_metric(metrics_present)
     if primary:
         by_model = {r["model"]: r for r in records if r["metric"] == primary and r["task"] == "all"}
         for m in models:
@@ -135,7 +119,7 @@ def build(
 def fmt(metric: str, value, low=None, high=None) -> str:
     if value is None:
         return "n/a"
-    scale = 100 if metric in PERCENT else 1
+    scale = 100 if registry.is_percent(metric) else 1
     digits = 1 if scale == 100 else 2
     s = f"{value * scale:.{digits}f}"
     if low is not None and high is not None:
@@ -178,7 +162,7 @@ def _gap_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]] | None]]:
+def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]] | None]]:
     """(title, note, table) in report order; shared by the Markdown and HTML renderers."""
     secs = []
     secs.append(
@@ -262,7 +246,7 @@ def render_md(rep: dict, *, level: int = 1) -> str:
         f"Imitation: {', '.join(rep['imitation']) or '—'}. Generated {rep['generated_at']}.",
         "",
     ]
-    for title, note, table in _sections(rep):
+    for title, note, table in sections(rep):
         lines += [f"{h}# {title}", "", note, ""]
         if table is None:
             lines += ["(no scores)", ""]
@@ -363,7 +347,7 @@ def render_html(rep: dict) -> str:
         f"Generated {e(rep['generated_at'])}.</p>",
     ]
     charts = _charts(rep)
-    for title, note, table in _sections(rep):
+    for title, note, table in sections(rep):
         parts.append(f'<h2>{e(title)}</h2><p class="note">{e(note)}</p>')
         if charts.get(title):
             parts.append(charts[title])
@@ -377,6 +361,14 @@ def render_html(rep: dict) -> str:
         parts.append("</tbody></table>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def markdown_section(
+    ws: Workspace, suite: str, *, models: list[str] | None = None, teacher: str | None = None, level: int = 2
+) -> str:
+    """The suite's report section in Markdown (headings from `level`), for documents that hold
+    several suites (the demo's report)."""
+    return render_md(build(ws, suite, models=models, teacher=teacher), level=level)
 
 
 def render(rep: dict, fmt_name: str) -> str:

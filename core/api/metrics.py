@@ -56,26 +56,29 @@ def _unicode_fold(text: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=200_000)
-def normalize_tokens(text: str) -> tuple[str, ...]:
-    """The normalised answer as a tuple of tokens (cached: gold aliases repeat across models)."""
+def answer_tokens(text: str) -> tuple[str, ...]:
+    """The normalised answer as a tuple of tokens."""
     text = text.lower()
-    if "." in text:
+    dotted = "." in text and _DECIMAL.search(text) is not None
+    if dotted:
         text = _DECIMAL.sub(_DOT, text)
     if text.isascii():
         text = text.translate(_ASCII_DROP)
     else:
         text = _unicode_fold(text).lower()  # NFKD can produce upper-case compatibility forms
-    toks = []
-    for t in text.split():
-        if t in _ARTICLES:
-            continue
-        toks.append(_NUMBER_WORDS.get(t, t).replace(_DOT, "."))
+    toks = [_NUMBER_WORDS.get(t, t) for t in text.split() if t not in _ARTICLES]
+    if dotted:
+        toks = [t.replace(_DOT, ".") for t in toks]
     return tuple(toks)
 
 
+# Cached for scoring: gold aliases and short outputs repeat across models.
+normalize_tokens = lru_cache(maxsize=200_000)(answer_tokens)
+
+
 def normalize_answer(text: str) -> str:
-    return " ".join(normalize_tokens(text))
+    """The normalised answer as one string (uncached: also run over whole imitation responses)."""
+    return " ".join(answer_tokens(text))
 
 
 # -- QA match -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
     """Score every output on a suite (cached), then print per model × task × metric aggregates."""
     from core.runtime.progress import drive
     from core.scores import scoring
+    from core.scores.aggregate import aggregate
 
     ws = open_workspace(ctx)
     judge = None if no_judge else (judge or ws.config.roles.judge or None)
@@ -39,11 +40,12 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
         f"scoring {suite}",
         quiet=as_json,
     )
-    records = scoring.aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"])
+    records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"])
     if as_json:
         emit_json(records)
         return
     from core.analysis.report import fmt
+    from core.api import registry
 
     click.echo(
         f"{counts['outputs']} outputs: {counts['computed']} scores computed, {counts['cached']} cached"
@@ -61,7 +63,7 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
                 cells.setdefault(r["metric"], {"metric": r["metric"]})[r["model"]] = (
                     f"{fmt(r['metric'], r['value'], r['ci_low'], r['ci_high'])} n={r['n']}"
                 )
-        order = [m for m in scoring.TABLE1 + scoring.TABLE2 + ("length_words",) if m in cells]
+        order = [m for m in registry.names(registry.metrics()) if m in cells]  # the report's column order
         order += sorted(set(cells) - set(order))
         print_table([cells[m] for m in order], ["metric", *models], title=f"task: {task}")
 

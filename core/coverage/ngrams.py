@@ -3,8 +3,9 @@
 Contamination follows GPT-3's analysis (Brown et al. 2020, appendix C): text lower-cased,
 punctuation stripped, split on whitespace; an item is contaminated when one of its 13-grams occurs
 in the training data. An item shorter than 13 words counts only when it occurs whole (GPT-3 also
-shrank N for short benchmarks). Answer leaks use the NQ-open normalisation (lower case, no
-punctuation, no articles a/an/the, single spaces) on both the gold alias and the response.
+shrank N for short benchmarks). Answer leaks use scoring's NQ-open normalisation
+(core.api.metrics.normalize_answer) on both the gold alias and the response, so a leak is found by
+the same rule as an exact match.
 
 Why hand-rolled rather than a library: what is needed is set membership of many n-grams from
 millions of tokens, which is a few vectorised numpy passes (a polynomial rolling hash per word id,
@@ -14,7 +15,6 @@ would be heavier and slower to build for this.
 
 from __future__ import annotations
 
-import re
 import string
 import threading
 from collections.abc import Sequence
@@ -22,23 +22,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.api.metrics import normalize_answer
 from core.runtime.progress import Progress, Work, check_cancel
 
 CONTAMINATION_N = 13
 MAX_NGRAM = 256  # longest shared n-gram reported; long enough for code prompts
 _PUNCT = str.maketrans("", "", string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the rolling hash
 
 
 def lexical_words(text: str) -> list[str]:
     """GPT-3's contamination tokens: lower case, punctuation removed, whitespace split."""
     return text.lower().translate(_PUNCT).split()
-
-
-def normalize_answer(text: str) -> str:
-    """NQ-open / SQuAD answer normalisation: lower, no punctuation, no articles, single spaces."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
 def _roll(h: np.ndarray, nxt: np.ndarray) -> np.ndarray:

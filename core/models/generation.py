@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.api.suites import SuiteKind, suite_kind
 from core.data import datasets as ds_mod
 from core.errors import Cancelled, EndpointError, ModelError
 from core.models.kinds import ResolvedModel
@@ -31,8 +32,6 @@ from core.store.workspace import Workspace, dumps, now
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_CONCURRENCY = 4
 MAX_ATTEMPTS = 6
-CODE_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"]
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass
@@ -55,49 +54,9 @@ def cache_key(fp: str, prompt: str, decoding: dict) -> str:
 
 
 # -- prompts -----------------------------------------------------------------------------------------
-def _qa_gold(item: dict) -> str:
-    gold = item.get("gold") or []
-    return str(gold[0]) if gold else ""
-
-
-def _mc_block(item: dict) -> str:
-    lines = [item["prompt"].rstrip()]
-    for letter, choice in zip(LETTERS, item.get("choices") or []):
-        lines.append(f"{letter}. {choice}")
-    return "\n".join(lines)
-
-
-def _completion_prompt(kind: str, item: dict, shots: list[dict]) -> tuple[str, list[str]]:
-    if kind == "qa":
-        parts = [f"Question: {s['prompt'].strip()}\nAnswer: {_qa_gold(s)}" for s in shots]
-        parts.append(f"Question: {item['prompt'].strip()}\nAnswer:")
-        return "\n\n".join(parts), ["\n", "\nQuestion:"]
-    if kind == "mc":
-        parts = [f"Question: {_mc_block(s)}\nAnswer: {_qa_gold(s)}" for s in shots]
-        parts.append(f"Question: {_mc_block(item)}\nAnswer:")
-        return "\n\n".join(parts), ["\n", "\nQuestion:"]
-    if kind == "code":
-        return item["prompt"], CODE_STOPS
-    return f"User: {item['prompt'].strip()}\nAssistant:", ["\nUser:"]
-
-
-def _chat_messages(kind: str, item: dict) -> list[dict]:
-    if kind == "qa":
-        text = f"Answer the question with a short answer.\nQuestion: {item['prompt'].strip()}"
-    elif kind == "mc":
-        text = f"{_mc_block(item)}\n\nAnswer with the letter of the correct choice."
-    elif kind == "code":
-        text = f"Complete the following Python function. Reply with code only.\n\n```python\n{item['prompt']}\n```"
-    else:
-        text = item["prompt"]
-    return [{"role": "user", "content": text}]
-
-
-def _shots(kind: str, items: list[dict], k: int) -> Callable[[dict], list[dict]]:
-    """Fixed k-shot exemplars from the suite (the first k+1 with gold), never the item itself."""
-    if kind not in ("qa", "mc") or k <= 0:
-        return lambda item: []
-    pool = [it for it in items if it.get("gold")][: k + 1]
+def _shots(kind: SuiteKind, items: list[dict], k: int) -> Callable[[dict], list[dict]]:
+    """Fixed k-shot exemplars from the suite (`SuiteKind.shot_pool`), never the item itself."""
+    pool = kind.shot_pool(items, k)
     return lambda item: [s for s in pool if s["id"] != item["id"]][:k]
 
 
@@ -121,7 +80,7 @@ def build_requests(
     limit: int | None = None,
 ) -> list[Request]:
     """The suite's items as requests for `model` (local chat prompts rendered with `tokenizer`)."""
-    kind = ds_mod.get_suite(ws, suite)["kind"]
+    kind = suite_kind(ds_mod.get_suite(ws, suite)["kind"])
     items = list(ds_mod.iter_items(ws, suite, task=task))
     if limit:
         items = items[:limit]
@@ -129,12 +88,12 @@ def build_requests(
     out = []
     for item in items:
         if style == "chat":
-            messages = _chat_messages(kind, item)
+            messages = kind.chat_messages(item)
             prompt = render_chat(tokenizer, messages, model) if tokenizer is not None else dumps(messages)
             stop: list[str] = []
         else:
             messages = None
-            prompt, stop = _completion_prompt(kind, item, shots(item))
+            prompt, stop = kind.completion_prompt(item, shots(item))
         out.append(Request(prompt=prompt, style=style, stop=stop, messages=messages, item_id=item["id"]))
     return out
 

@@ -14,7 +14,10 @@ import re
 import threading
 import zlib
 
+from core.api import registry as R
+from core.api.suites import SuiteKind
 from core.runtime.progress import Progress, Work, check_cancel
+from core.scores.keys import inputs_hash
 
 SIMPLEQA = """Your job is to grade a predicted answer against the gold target(s) for a question, as in SimpleQA.
 CORRECT: the predicted answer contains a gold target's meaning fully and contradicts none.
@@ -150,7 +153,7 @@ def _teacher_first(item_id: int) -> bool:
 def score_with_judge(
     ws,
     judge: str,
-    kind: str,
+    kind: SuiteKind,
     gens: list[dict],
     teacher: str | None,
     teacher_out: dict,
@@ -161,21 +164,20 @@ def score_with_judge(
     cancel: threading.Event | None = None,
 ) -> Work[None]:
     from core.models import registry
-    from core.scores.scoring import inputs_hash
 
     client, model_id = registry.openai_client(ws, judge, timeout=60)
     fp = registry.fingerprint(ws, judge)
+    judged = kind.metrics(requires=R.JUDGE)
     todo = []
     for g in gens:
-        out = g["output"]
-        if kind == "qa" and g["gold"]:
-            todo.append((g, "judge_correct", [out, g["gold"], g["item_prompt"]]))
-        elif kind == "prompts":
-            todo.append((g, "judge_claims", [out, g["item_prompt"]]))
-        if kind in ("qa", "prompts"):
-            todo.append((g, "judge_authoritative", [out, g["item_prompt"]]))
-            if teacher and g["model"] != teacher and g["item_id"] in teacher_out:
-                todo.append((g, "judge_preference", [out, teacher_out[g["item_id"]], g["item_prompt"]]))
+        out, q = g["output"], g["item_prompt"]
+        for metric in judged:
+            if metric == "judge_correct" and g["gold"]:
+                todo.append((g, metric, [out, g["gold"], q]))
+            elif metric in ("judge_claims", "judge_authoritative"):
+                todo.append((g, metric, [out, q]))
+            elif metric == "judge_preference" and teacher and g["model"] != teacher and g["item_id"] in teacher_out:
+                todo.append((g, metric, [out, teacher_out[g["item_id"]], q]))
     work = []
     for g, metric, parts in todo:
         h = inputs_hash(metric, *parts, judge, fp, prompt_hash(metric))

@@ -15,11 +15,11 @@ def report_path(ws: Workspace, plan: Plan) -> Path:
 
 def build_report(ws: Workspace, plan: Plan) -> str:
     """The study's report in markdown: each suite's scores per model, gap closed, coverage."""
-    from core.scores import scoring
+    from core.analysis.report import markdown_section
 
     parts = [f"# mirage demo{' (quick)' if plan.quick else ''}: imitating {TEACHER_PACKAGED} with {BASE_PACKAGED}", ""]
     for _kind, suite in plan.suites:
-        parts.append(scoring.report_markdown(ws, suite, models=plan.models, teacher=plan.teacher))
+        parts.append(markdown_section(ws, suite, models=plan.models, teacher=plan.teacher))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
@@ -28,5 +28,8 @@ def same_report(a: str | None, b: str | None) -> bool:
     """Equal reports, ignoring the time each was generated at."""
     if a is None or b is None:
         return False
-    strip = lambda t: re.sub(r"Generated \S+", "Generated", t)  # noqa: E731
+
+    def strip(text: str) -> str:
+        return re.sub(r"Generated \S+", "Generated", text)
+
     return strip(a) == strip(b)

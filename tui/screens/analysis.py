@@ -1,7 +1,7 @@
 """The Analysis screen: the paper's tables with intervals, gap closed against coverage, the token sweep.
 
-Numbers come from `core.study.analysis` (core.report's figures plus the human checks); this screen
-lays them out, plots two of them with textual-plotext, and exports the view on show.
+Numbers come from `core.analysis.views.analysis` (core.analysis.report's figures plus the human
+checks); this screen lays them out, plots two of them with textual-plotext, and exports the view on show.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
-from core.analysis import compare as study
+from core.analysis import views as analysis_views
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 
@@ -60,7 +60,7 @@ class AnalysisScreen(MirageScreen):
         yield Static("", id="analysis-status")
         yield EmptyState("Loading…", id="analysis-empty", markup=False)
         with TabbedContent(id="analysis-tabs"):
-            for view, title in study.ANALYSIS_VIEWS:
+            for view, title in analysis_views.ANALYSIS_VIEWS:
                 with TabPane(title, id=f"tab-{view}"):
                     with VerticalScroll(id=f"scroll-{view}"):
                         if view == "gap":
@@ -75,8 +75,8 @@ class AnalysisScreen(MirageScreen):
 
     def load(self) -> None:
         def fetch(ws, suite):
-            rep = study.analysis(ws, suite)
-            return rep, study.suites_with_scores(ws)
+            rep = analysis_views.analysis(ws, suite)
+            return rep, analysis_views.suites_with_scores(ws)
 
         self.run_core(fetch, self.args.get("suite"), on_result=self._loaded, group="analysis-load", blocking=False)
 
@@ -104,8 +104,8 @@ class AnalysisScreen(MirageScreen):
                 "   e/E export · s next suite"
             )
         )
-        for view, _title in study.ANALYSIS_VIEWS:
-            tables = study.view_tables(rep, view)
+        for view, _title in analysis_views.ANALYSIS_VIEWS:
+            tables = analysis_views.view_tables(rep, view)
             from rich.console import Group
 
             self.query_one(f"#tables-{view}", Static).update(
@@ -158,7 +158,7 @@ class AnalysisScreen(MirageScreen):
         return active.removeprefix("tab-")
 
     def action_view(self, step: int) -> None:
-        views = [v for v, _ in study.ANALYSIS_VIEWS]
+        views = [v for v, _ in analysis_views.ANALYSIS_VIEWS]
         cur = views.index(self._current_view())
         self.query_one("#analysis-tabs", TabbedContent).active = f"tab-{views[(cur + step) % len(views)]}"
 
@@ -167,7 +167,7 @@ class AnalysisScreen(MirageScreen):
             return
         rep, view = self.report, self._current_view()
         self.run_core(
-            study.save_export,
+            analysis_views.save_export,
             rep,
             view,
             fmt,

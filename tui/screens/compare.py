@@ -1,6 +1,6 @@
 """The Compare screen: one eval item's prompt and gold on top, each model's output in its own pane.
 
-All the figures come from `core.study.CompareView`, loaded once in a worker; a key press here is
+All the figures come from `core.analysis.compare.CompareView`, loaded once in a worker; a key press here is
 an index lookup and a repaint. Writes (marks) go to the database from worker threads.
 """
 
@@ -14,6 +14,8 @@ from textual.containers import Horizontal
 from textual.widgets import Input, Static
 
 from core.analysis import compare as study
+from core.analysis import marks, ratings
+from core.errors import BadInput
 from tui.actions import Action
 from tui.screens.base import EmptyState, MirageScreen
 from tui.widgets.compare.pane import ModelPane, strip_label
@@ -308,7 +310,7 @@ class CompareScreen(MirageScreen):
             setattr(new, k, v)
         try:
             self.view.apply(new)
-        except study.BadInput as e:  # e.g. a pattern that needs roles the view lacks
+        except BadInput as e:  # e.g. a pattern that needs roles the view lacks
             self.app.show_error(e, blocking=False)
             return
         self.position = 0
@@ -331,7 +333,7 @@ class CompareScreen(MirageScreen):
             try:
                 if cand is not None:
                     self.view.pattern_mask(cand)
-            except study.BadInput:
+            except BadInput:
                 continue
             self._refilter(pattern=cand)
             return
@@ -376,7 +378,7 @@ class CompareScreen(MirageScreen):
             return
         new = None if view.marks.get(gid) == mark else mark  # the same key again clears it
         view.remember_mark(gid, new)
-        self.run_core(study.set_mark, gid, new, rater=view.rater, group="compare-mark", exclusive=False, blocking=False)
+        self.run_core(marks.set_mark, gid, new, rater=view.rater, group="compare-mark", exclusive=False, blocking=False)
         self.render_item()
 
     def action_neighbours(self) -> None:
@@ -431,9 +433,9 @@ class CompareScreen(MirageScreen):
         teacher = view.models[view.teacher_row] if view.teacher_row is not None else None
 
         def figures(ws):
-            rows = study.agreement(ws, view.suite, rater=view.rater)
+            rows = marks.agreement(ws, view.suite, rater=view.rater)
             pw = [
-                study.pairwise_result(ws, view.suite, m, teacher=teacher, rater=view.rater)
+                ratings.pairwise_result(ws, view.suite, m, teacher=teacher, rater=view.rater)
                 for m in view.models
                 if teacher and m != teacher
             ]

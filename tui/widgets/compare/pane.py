@@ -11,7 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from core.analysis.compare import MARK_SYMBOL, VERDICT_SYMBOL, Pane
+from core.analysis.compare import VERDICT_SYMBOL, Pane
+from core.analysis.marks import MARK_SYMBOL
 from tui.widgets.compare.rendered import RenderedView
 
 # Zero-width marks around gold spans survive markdown parsing untouched (Unicode Cf characters are

@@ -9,7 +9,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from core.analysis import compare as study
+from core.analysis import ratings
+from core.analysis.marks import default_rater
 from tui import actions as actions_mod
 from tui.actions import Action
 from tui.screens.base import CoreWorkers
@@ -55,8 +56,8 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
         super().__init__(id="rating")
         self.suite, self.model, self.teacher = suite, model, teacher
         self.seed = seed
-        self.rater = rater or study.default_rater()
-        self.queue: list[study.PairTask] = []
+        self.rater = rater or default_rater()
+        self.queue: list[ratings.PairTask] = []
         self.pos = 0
         self.result: dict = {}
 
@@ -80,8 +81,10 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
         self.set_class(self.app.size.width < 100, "-narrow")
 
     def _load(self, ws):
-        queue = study.pairwise_queue(ws, self.suite, self.model, teacher=self.teacher, seed=self.seed, rater=self.rater)
-        return queue, study.pairwise_result(ws, self.suite, self.model, teacher=self.teacher, rater=self.rater)
+        queue = ratings.pairwise_queue(
+            ws, self.suite, self.model, teacher=self.teacher, seed=self.seed, rater=self.rater
+        )
+        return queue, ratings.pairwise_result(ws, self.suite, self.model, teacher=self.teacher, rater=self.rater)
 
     def _loaded(self, value) -> None:
         self.queue, self.result = value
@@ -114,8 +117,8 @@ class RatingScreen(CoreWorkers, ModalScreen[None]):
         self._show()
 
     def _record(self, ws, task, choice):
-        study.record_rating(ws, task, choice, rater=self.rater)
-        return study.pairwise_result(ws, self.suite, self.model, teacher=self.teacher, rater=self.rater)
+        ratings.record_rating(ws, task, choice, rater=self.rater)
+        return ratings.pairwise_result(ws, self.suite, self.model, teacher=self.teacher, rater=self.rater)
 
     def _recorded(self, result: dict) -> None:
         self.result = result
