@@ -1,7 +1,7 @@
 """Coverage at scale: N generated imitation examples against the 3,610 NQ-open dev questions.
 
 Measures, one JSON line each:
-- embedding throughput through mirage's cache (core.embeddings.embed) against calling
+- embedding throughput through mirage's cache (core.models.embeddings.embed) against calling
   sentence-transformers `encode` directly on the same texts (target ratio >= 0.9); the two run in
   alternating blocks so load from other processes on a shared machine hits both alike;
 - nearest-neighbour search + aggregation time as a share of the embedding time (target <= 10%);

@@ -1,7 +1,7 @@
 """Batched against one-at-a-time local generation with the packaged SmolLM2-135M-Instruct, greedy.
 
 64 QA prompts from samples/qa.jsonl in chat form, `max_new_tokens` 32, through mirage's own engine
-(core.generation.run_requests: left padding, stop handling, the same code `mirage generate` runs).
+(core.models.generation.run_requests: left padding, stop handling, the same code `mirage generate` runs).
 The baseline is the same engine with batch size 1. Outputs must be identical (greedy); the line
 says so in `identical`. Target: ratio (sequential time / batched time) >= 4.
 

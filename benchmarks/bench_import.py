@@ -5,7 +5,7 @@ The file is generated once (seeded) and cached in the temp dir: 100,000 conversa
 (human, gpt, human) of ~300 words each, 523 MB (the TUI start-up benchmark's workspace has the
 same shape). Each side runs in its own child process and its peak RSS is that child's own
 (`os.wait4` rusage); the `datasets` side gets a fresh cache folder each run so it really parses.
-Median of `--runs`. The import returns before its full-text index is complete (core.search
+Median of `--runs`. The import returns before its full-text index is complete (core.data.search
 builds it in the background for a large import); a second line times the import until that is
 done too.
 
@@ -111,10 +111,10 @@ def child_mirage(path: str, workdir: str, tokenizer: str, ablation: str = "") ->
     shutil.rmtree(ws, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "core", "init", ws], check=True, env=env, stdout=subprocess.DEVNULL, cwd=REPO)
     if tokenizer:
-        env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.config)
+        env["MIRAGE_DEFAULTS_TOKENIZER"] = tokenizer  # config env override (core.store.config)
     start = time.perf_counter()
     out = _timed(_cli_command(ablation) + ["import", "data", path, "--name", "bench", "--json", "-w", ws], env)
-    # The search index is built after the import returns (core.search, by a background process
+    # The search index is built after the import returns (core.data.search, by a background process
     # for a file this size): time until it is complete too. The indexer waits for the running one.
     _timed([sys.executable, "-m", "core.data.search", "index", ws], env)
     out["searchable_seconds"] = time.perf_counter() - start

@@ -2,7 +2,7 @@
 
 The baseline is the classic SQuAD / NQ-open evaluation code written plainly: a `normalize_answer`
 of four nested functions, and `exact_match`, `f1` and `contains` each normalising prediction and
-every gold alias again, max over aliases. mirage's `core.metrics.qa_scores` does more (answer
+every gold alias again, max over aliases. mirage's `core.api.metrics.qa_scores` does more (answer
 extraction, Unicode folding, number words) and normalises each string once, caching gold aliases
 across outputs. Outputs are built from NQ-open dev (../shared/data): the gold itself, a verbose
 "The answer is ..." sentence, another question's gold, a two-sentence answer. One JSON line per

@@ -2,7 +2,7 @@
 batching (sent 16 at a time, as mirage does) against the same server without it (one at a time),
 and the batched server's peak memory.
 
-Both servers run the packaged SmolLM2-135M-Instruct, are started by core.serving exactly as the
+Both servers run the packaged SmolLM2-135M-Instruct, are started by core.models.serving exactly as the
 demo starts its teacher, and answer the same 16 prompts greedily (max 48 new tokens) through the
 `openai` client; one warm-up request first. Median of `--runs` rounds; the servers alternate.
 

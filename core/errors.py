@@ -64,3 +64,34 @@ class JobError(MirageError):
 
 class Cancelled(MirageError):
     title = "Cancelled"
+
+
+class FieldError(Exception):
+    """One record's field that is wrong: `field` (None: the record itself) and why.
+
+    Raised while reading a record and caught by the importer, which adds the file and line
+    (`BadInput`); it never reaches a user on its own.
+    """
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+def type_name(v) -> str:
+    """A value's JSON type in words, for messages: "an object", "a list", "a number", ..."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
+    )
+
+
+def read_str(rec: dict, key: str, *, required: bool = True, field: str | None = None) -> str | None:
+    """`rec[key]` as a string; FieldError (named `field`, else `key`) when missing or not a string."""
+    v = rec.get(key)
+    if v is None:
+        if required:
+            raise FieldError(field or key, "missing")
+        return None
+    if not isinstance(v, str):
+        raise FieldError(field or key, f"expected a string, got {type_name(v)}")
+    return v

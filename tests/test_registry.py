@@ -9,6 +9,7 @@ from compare_data import add_generation, add_suite, set_roles
 from core.analysis import report
 from core.api import registry as R
 from core.api import suites as S
+from core.errors import FieldError
 from core.runtime import progress
 from core.scores import judge, scoring
 
@@ -148,7 +149,7 @@ def test_import_fields_per_kind(rec, kind, want):
     ],
 )
 def test_import_field_errors_name_the_field(rec, kind, field, reason):
-    with pytest.raises(S.ItemFieldError, match=reason) as e:
+    with pytest.raises(FieldError, match=reason) as e:
         S.read_item(kind, rec)
     assert e.value.field == field
 

@@ -27,6 +27,24 @@ def log_text(app) -> str:
     return "\n".join(str(line.text) for line in app.screen.query_one("#jobs-log", RichLog).lines)
 
 
+async def test_selection_holds_still_between_polls(ws):
+    """The newest job is selected by default; rebuilding the table each poll must not move it."""
+    ids = [jobs.submit(ws, "selftest", f"j{i}", {"steps": 2, "sleep": 0.0}, detach=False) for i in range(4)]
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.selected == ids[-1] and len(screen.losses) == 2)
+        picks: list[int | None] = []
+        select = screen._select
+        screen._select = lambda job_id: (picks.append(job_id), select(job_id))
+        for _ in range(3):  # three polls, each rebuilding the table
+            screen.poll()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+        assert screen.selected == ids[-1]
+        assert [p for p in picks if p != ids[-1]] == []
+
+
 async def test_lists_jobs_with_progress_loss_curve_and_log_then_reattaches(ws):
     done = jobs.submit(ws, "selftest", "counts", {"steps": 4, "sleep": 0.0}, detach=False)
     app = MirageApp(ws.root, start="jobs")

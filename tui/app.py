@@ -22,7 +22,7 @@ Plug-in contract (for whoever builds a screen):
    the call; connections are never shared across threads), drives a progress generator (posting
    `messages.WorkProgress`), and calls `on_result` on the UI thread. Widgets can mix in
    `tui.screens.base.CoreWorkers` for the same helper. Background jobs (finetunes...) are
-   separate processes started through core.jobs; screens only watch them. Start a screen's first
+   separate processes started through core.runtime.jobs; screens only watch them. Start a screen's first
    load after its first frame (`self.call_after_refresh(self.run_core, fn, on_result=...)`) so the
    frame appears at once and the data a moment later.
 5. Errors: raise (or let core raise) `core.errors.MirageError` subclasses; a failed `run_core` is
@@ -59,7 +59,7 @@ SCREENS: dict[str, str] = {
 
 
 RESTORE_DELAY = 1.5  # s after the first frame
-# core.lean's lock: held while numpy/pandas are hidden, and around every other import the app
+# core.store.lean's lock: held while numpy/pandas are hidden, and around every other import the app
 # makes on its own (screen modules, the restore), so no thread ever sees them hidden. run_core
 # workers call import_sqlite_utils_lean first, so they wait here too.
 _IMPORT_LOCK = IMPORT_LOCK

@@ -24,7 +24,7 @@ class WorkDone(Message):
 
 @dataclass
 class WorkProgress(Message):
-    """A core generator yielded `core.progress.Progress` (done, total, detail)."""
+    """A core generator yielded `core.runtime.progress.Progress` (done, total, detail)."""
 
     group: str
     done: int

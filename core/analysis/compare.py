@@ -20,9 +20,9 @@ from core.api import registry
 from core.api.metrics import unigram_overlap
 from core.api.suites import CORRECT, UNSCORED, WRONG, suite_kind
 from core.coverage import compute as coverage
-from core.data.datasets import get_suite
+from core.data.datasets import get_suite, models_with_outputs
 from core.errors import BadInput, NotFound
-from core.scores.outputs import models_with_outputs
+from core.store.db import select_in
 from core.store.workspace import Workspace
 
 VERDICT_NAME = {CORRECT: "correct", WRONG: "wrong", UNSCORED: "unscored"}
@@ -239,14 +239,9 @@ class CompareView:
     def _load_marks(self) -> None:
         self.marks: dict[int, str] = {}
         gids = [int(g) for g in self.gen_ids.ravel() if g >= 0]
-        for chunk in range(0, len(gids), 900):  # SQLite's bound-parameter limit
-            part = gids[chunk : chunk + 900]
-            for gid, mark in self.ws.db.execute(
-                f"select generation_id, mark from marks where rater = ? and generation_id in"
-                f" ({','.join('?' * len(part))})",
-                [self.rater, *part],
-            ):
-                self.marks[gid] = mark
+        sql = "select generation_id, mark from marks where rater = ? and generation_id in ({in})"
+        for gid, mark in select_in(self.ws.db, sql, gids, before=[self.rater]):
+            self.marks[gid] = mark
 
     def _load_support(self) -> None:
         self.support = np.full(self.n, np.nan)

@@ -13,18 +13,11 @@ from core.api import registry
 from core.api.suites import suite_kind
 from core.data.datasets import get_suite
 from core.errors import NotFound
+from core.models import registry as model_registry
 from core.scores import analyses
 from core.scores.aggregate import aggregate
 from core.scores.outputs import resolve_roles
 from core.store.workspace import Workspace, now
-
-
-def _lineage(ws: Workspace, name: str) -> dict:
-    row = ws.db.execute("select kind, spec from models where name = ?", [name]).fetchone()
-    if not row:
-        return {}
-    spec = json.loads(row[1] or "{}")
-    return spec.get("lineage") or {}
 
 
 def build(
@@ -47,7 +40,9 @@ def build(
     base = base or (roles.base if roles.base in models else None)
     imitation = imitation or [m for m in roles.imitation if m in models]
     if not imitation and base:
-        imitation = [m for m in models if _lineage(ws, m).get("base") == base and m not in (base, teacher)]
+        imitation = [
+            m for m in models if model_registry.lineage(ws, m).get("base") == base and m not in (base, teacher)
+        ]
     metrics_present = {r["metric"] for r in records}
     table1, table2 = registry.table_metrics(1), registry.table_metrics(2)
     out = {
@@ -71,7 +66,7 @@ def build(
         for imit in imitation:
             gaps = analyses.gap_closed(ws, suite, base=base, imitation=imit, teacher=teacher)
             out["gap_closed"].extend(gaps)
-            dataset = data or _lineage(ws, imit).get("data")
+            dataset = data or model_registry.lineage(ws, imit).get("data")
             support = {}
             if dataset:
                 try:
@@ -95,7 +90,7 @@ def build(
     if primary:
         by_model = {r["model"]: r for r in records if r["metric"] == primary and r["task"] == "all"}
         for m in models:
-            tokens = _lineage(ws, m).get("tokens")
+            tokens = model_registry.lineage(ws, m).get("tokens")
             if m == base:
                 tokens = 0
             if tokens is not None and m in by_model:

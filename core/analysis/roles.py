@@ -3,27 +3,16 @@ the models a side-by-side view shows by default."""
 
 from __future__ import annotations
 
-import json
-
-from core.scores.outputs import models_with_outputs
+from core.data.datasets import models_with_outputs
+from core.models import registry as models
 from core.store.workspace import Workspace
-
-
-def adapters_of(ws: Workspace, base: str) -> list[str]:
-    """Adapters whose finetune lineage names `base` (as core.analysis.report picks imitation models)."""
-    out = []
-    for name, spec in ws.db.execute("select name, spec from models where kind = 'adapter' order by id"):
-        lineage = json.loads(spec or "{}").get("lineage") or {}
-        if lineage.get("base") == base:
-            out.append(name)
-    return out
 
 
 def roles_of(ws: Workspace) -> dict[str, str]:
     """model name -> role ('teacher', 'base', 'imitation'): the config's `[roles]`; without
     imitation models there, the adapters finetuned from the base."""
     r = ws.config.roles
-    imitation = list(r.imitation) or (adapters_of(ws, r.base) if r.base else [])
+    imitation = list(r.imitation) or (models.adapters_of(ws, r.base) if r.base else [])
     out = {m: "imitation" for m in imitation}
     if r.base:
         out[r.base] = "base"

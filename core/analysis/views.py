@@ -33,7 +33,7 @@ def suites_with_scores(ws: Workspace) -> list[str]:
 
 
 def analysis(ws: Workspace, suite: str | None = None, *, rater: str | None = None) -> dict:
-    """The study's figures for one suite: core.report's numbers (Table 1 and 2 with bootstrap
+    """The study's figures for one suite: core.analysis.report's numbers (Table 1 and 2 with bootstrap
     intervals, gap closed with coverage support, the token sweep) plus the human checks."""
     if not suite:
         have = suites_with_scores(ws)

@@ -1,7 +1,7 @@
 """Text metrics on one output: NQ-open answer normalisation, QA match, answer and letter extraction, style features.
 
 Everything here is pure and cheap (no workspace, no models) so it can be called on 100,000 outputs
-in a loop and tested with known-answer tables. `core.scoring` stores these per generation.
+in a loop and tested with known-answer tables. `core.scores.scoring` stores these per generation.
 
 Normalisation (`normalize_answer`) is the standard NQ-open / SQuAD one — lower case, punctuation
 removed, articles a/an/the removed, whitespace collapsed — with three documented additions that

@@ -16,6 +16,7 @@ from typing import Any
 
 from core.api import metrics as M
 from core.api import registry as R
+from core.errors import FieldError, read_str, type_name
 
 CORRECT, WRONG, UNSCORED = 1, 0, -1
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -24,31 +25,6 @@ CODE_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```"]
 PROMPT_FIELDS = ("instruction", "prompt", "question")
 # "Convincing but wrong": unigram overlap with the teacher's output at least this.
 CONVINCING_OVERLAP = 0.3
-
-
-class ItemFieldError(Exception):
-    """A record's field that cannot make an item: `field` (None: the record itself) and why."""
-
-    def __init__(self, field: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
-def type_name(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
-    )
-
-
-def read_str(rec: dict, key: str, *, required: bool = True, field: str | None = None) -> str | None:
-    v = rec.get(key)
-    if v is None:
-        if required:
-            raise ItemFieldError(field or key, "missing")
-        return None
-    if not isinstance(v, str):
-        raise ItemFieldError(field or key, f"expected a string, got {type_name(v)}")
-    return v
 
 
 def _known(v) -> bool:
@@ -73,7 +49,7 @@ class SuiteKind:
 
     def read_item(self, rec: dict) -> dict:
         """The kind's fields of an item (prompt, gold, choices, tests, entry_point, meta) from one
-        import record; raises ItemFieldError on a bad field."""
+        import record; raises FieldError on a bad field."""
         raise NotImplementedError
 
     # -- generation ----------------------------------------------------------------------------------
@@ -156,11 +132,11 @@ class QAKind(SuiteKind):
     def validate_gold(gold: Any, key: str = "answer") -> list[str]:
         """A non-empty list of answer aliases (a single string is one alias)."""
         if gold is None:
-            raise ItemFieldError("answer", "missing")
+            raise FieldError("answer", "missing")
         if isinstance(gold, str):
             gold = [gold]
         if not isinstance(gold, list) or not gold or not all(isinstance(g, (str, int, float)) for g in gold):
-            raise ItemFieldError(
+            raise FieldError(
                 key,
                 "expected a non-empty list of answer strings"
                 if isinstance(gold, list)
@@ -198,7 +174,7 @@ class MCKind(SuiteKind):
         if "choices" in rec:
             choices = rec["choices"]
             if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise ItemFieldError("choices", "expected a list of at least 2 strings")
+                raise FieldError("choices", "expected a list of at least 2 strings")
         else:
             choices = [read_str(rec, letter) for letter in "ABCD"]
             if isinstance(rec.get("E"), str) and rec["E"].strip():
@@ -212,14 +188,14 @@ class MCKind(SuiteKind):
         if isinstance(answer, str) and answer.strip().isdigit():
             answer = int(answer.strip())
         if isinstance(answer, bool) or answer is None:
-            raise ItemFieldError("answer", "missing" if answer is None else "expected a letter or an index")
+            raise FieldError("answer", "missing" if answer is None else "expected a letter or an index")
         if isinstance(answer, int):
             if not 0 <= answer < len(choices):
-                raise ItemFieldError("answer", f"index {answer} is not one of the {len(choices)} choices")
+                raise FieldError("answer", f"index {answer} is not one of the {len(choices)} choices")
             return IMPORT_LETTERS[answer]
         if isinstance(answer, str) and answer.strip().upper() in IMPORT_LETTERS[: len(choices)]:
             return answer.strip().upper()
-        raise ItemFieldError("answer", f"expected one of {', '.join(IMPORT_LETTERS[: len(choices)])}, got {answer!r}")
+        raise FieldError("answer", f"expected one of {', '.join(IMPORT_LETTERS[: len(choices)])}, got {answer!r}")
 
     @staticmethod
     def question_block(item: Mapping) -> str:
@@ -297,7 +273,7 @@ class PromptsKind(SuiteKind):
                 prompt = read_str(rec, f)
                 break
         else:
-            raise ItemFieldError("instruction", "missing (expected instruction, prompt or question)")
+            raise FieldError("instruction", "missing (expected instruction, prompt or question)")
         extra = rec.get("input")
         if isinstance(extra, str) and extra.strip():
             prompt += f"\n\n{extra}"
@@ -324,11 +300,11 @@ def detect_kind(rec: Any) -> str | None:
 
 def read_item(kind: str, rec: Any) -> dict:
     """An item's kind-specific fields from one record, every field present (ingest's `normalise_item`
-    adds key, task and meta it owns); raises ItemFieldError."""
+    adds key, task and meta it owns); raises FieldError."""
     if not isinstance(rec, dict):
-        raise ItemFieldError(None, f"expected an object, got {type_name(rec)}")
+        raise FieldError(None, f"expected an object, got {type_name(rec)}")
     sk = suite_kind(kind)
     item = {"gold": [], "choices": None, "tests": None, "entry_point": None, "meta": {}, **sk.read_item(rec)}
     if not item["prompt"].strip():
-        raise ItemFieldError(sk.prompt_field, "empty")
+        raise FieldError(sk.prompt_field, "empty")
     return item

@@ -131,7 +131,7 @@ def search_ids(ws: Workspace, kind: str, name: str, query: str) -> list[int]:
     """Ids of the rows matching `query` (FTS5, every word, last one as a prefix), best first.
 
     Only ids: a browser pages summaries for the window it shows (`summaries(..., query=)` adds the
-    match snippets). core.search builds the query and owns the FTS tables (m010_ingest_fts).
+    match snippets). core.data.search builds the query and owns the FTS tables (m010_ingest_fts).
     """
     _check_kind(kind)
     from core.data.search import ensure_indexed, fts_query

@@ -1,6 +1,6 @@
 """Reading what the workspace holds: datasets (and subsets) of examples, suites of items.
 
-Importers (core.ingest) write these tables; everything else reads them through here.
+Importers (core.data.ingest) write these tables; everything else reads them through here.
 A subset is a dataset row of kind 'subset' whose examples are listed in `subset_members`.
 """
 
@@ -189,14 +189,7 @@ def list_suites(ws: Workspace) -> list[dict]:
         s = _decode(s, "meta")
         n = ws.db.execute("select count(*) from items where suite_id = ?", [s["id"]]).fetchone()[0]
         t = ws.db.execute("select count(distinct task) from items where suite_id = ?", [s["id"]]).fetchone()[0]
-        outputs = [
-            r[0]
-            for r in ws.db.execute(
-                "select distinct g.model from generations g join items i on i.id = g.item_id"
-                " where i.suite_id = ? order by g.model",
-                [s["id"]],
-            ).fetchall()
-        ]
+        outputs = _models_with_outputs(ws, s["id"])
         out.append(
             {
                 "name": s["name"],
@@ -211,3 +204,19 @@ def list_suites(ws: Workspace) -> list[dict]:
             }
         )
     return out
+
+
+def _models_with_outputs(ws: Workspace, suite_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in ws.db.execute(
+            "select distinct g.model from generations g join items i on i.id = g.item_id"
+            " where i.suite_id = ? order by g.model",
+            [suite_id],
+        ).fetchall()
+    ]
+
+
+def models_with_outputs(ws: Workspace, suite: str) -> list[str]:
+    """The models with at least one stored output on `suite`, by name."""
+    return _models_with_outputs(ws, get_suite(ws, suite)["id"])

@@ -26,6 +26,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, mapped, offset
+from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "text", "query")
@@ -165,15 +166,8 @@ def _store(ws: Workspace, dataset_id: int, teacher: str, fp: str, results, to_ex
 
 
 def _cached_outputs(ws: Workspace, keys: list[str]) -> dict[str, tuple[str, dict]]:
-    out = {}
-    for i in range(0, len(keys), 500):
-        chunk = keys[i : i + 500]
-        for k, o, m in ws.db.execute(
-            f"select cache_key, output, meta from request_cache where cache_key in ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall():
-            out[k] = (o, json.loads(m))
-    return out
+    sql = "select cache_key, output, meta from request_cache where cache_key in ({in})"
+    return {k: (o, json.loads(m)) for k, o, m in select_in(ws.db, sql, keys)}
 
 
 def _chat_requests(teacher, convs: list[list[dict]], tags, decoding_kw, fp, tokenizer) -> list[generation.Request]:

@@ -3,7 +3,7 @@
 
 A rerun costs nothing and an interrupted run resumes: each finished batch is written at once, and
 only prompts whose cache key is missing are run. The engine (`run_requests`) also serves teacher
-collection (core.collect), whose prompts are not suite items.
+collection (core.models.collect), whose prompts are not suite items.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, check_cancel, offset
+from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
 # Batching is where local generation gets its speed (benchmarks/bench_generate.py); left padding keeps
@@ -478,12 +479,7 @@ def generate(
 
 
 def _cached_keys(ws: Workspace, table: str, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(keys), 500):
-        chunk = keys[i : i + 500]
-        q = f"select cache_key from {table} where cache_key in ({','.join('?' * len(chunk))})"
-        found.update(r[0] for r in ws.db.execute(q, chunk).fetchall())
-    return found
+    return {r[0] for r in select_in(ws.db, f"select cache_key from {table} where cache_key in ({{in}})", keys)}
 
 
 def _store_generations(ws: Workspace, model: str, fp: str, results) -> None:

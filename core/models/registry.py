@@ -119,3 +119,16 @@ def load_causal_lm(ws: Workspace, name: str, *, dtype=None, device: str | None =
 def openai_client(ws: Workspace, name: str, *, timeout: float | None = None):
     """(openai.OpenAI, model_id) for an endpoint model; the key comes from the named env var."""
     return resolve(ws, name).client(timeout=timeout)
+
+
+def lineage(ws: Workspace, name: str) -> dict:
+    """What an adapter was trained from (base, data, tokens, run), as its finetune recorded it; {} for
+    any other model or an unknown name."""
+    row = ws.db.execute("select spec from models where name = ?", [name]).fetchone()
+    return (json.loads(row[0] or "{}").get("lineage") or {}) if row else {}
+
+
+def adapters_of(ws: Workspace, base: str) -> list[str]:
+    """Adapters whose lineage names `base`, oldest first: a base's imitation models."""
+    rows = ws.db.execute("select name, spec from models where kind = 'adapter' order by id").fetchall()
+    return [n for n, spec in rows if (json.loads(spec or "{}").get("lineage") or {}).get("base") == base]

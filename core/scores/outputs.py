@@ -9,21 +9,10 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 
-from core.data.datasets import get_suite
+from core.data.datasets import get_suite, models_with_outputs
 from core.errors import NotFound
+from core.store.db import select_in
 from core.store.workspace import Workspace
-
-
-def models_with_outputs(ws: Workspace, suite: str) -> list[str]:
-    s = get_suite(ws, suite)
-    return [
-        r[0]
-        for r in ws.db.execute(
-            "select distinct g.model from generations g join items i on i.id = g.item_id"
-            " where i.suite_id = ? order by g.model",
-            [s["id"]],
-        ).fetchall()
-    ]
 
 
 def latest_generations(ws: Workspace, suite: str, models: Iterable[str]) -> list[dict]:
@@ -87,14 +76,9 @@ def score_rows(ws: Workspace, suite: str, models: list[str]) -> tuple[list[dict]
     gens = latest_generations(ws, suite, models)
     by_gid = {g["generation_id"]: g for g in gens}
     values: dict[int, dict[str, float | None]] = defaultdict(dict)
-    ids = list(by_gid)
-    for i in range(0, len(ids), 900):
-        chunk = ids[i : i + 900]
-        for gid, metric, value in ws.db.execute(
-            f"select generation_id, metric, value from scores where generation_id in ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall():
-            values[gid][metric] = value
+    sql = "select generation_id, metric, value from scores where generation_id in ({in})"
+    for gid, metric, value in select_in(ws.db, sql, list(by_gid)):
+        values[gid][metric] = value
     return gens, values
 
 

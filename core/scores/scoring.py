@@ -21,6 +21,7 @@ from core.errors import BadInput, NotFound
 from core.runtime.progress import Progress, Work, check_cancel
 from core.scores.keys import inputs_hash
 from core.scores.outputs import latest_generations, resolve_roles
+from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
 # The cheap text measures of style computed on every output, and against the teacher's output.
@@ -63,15 +64,9 @@ def _teacher_style(out: str, teacher_out: str, teacher: str) -> dict:
 def _stored(ws: Workspace, gen_ids: list[int]) -> dict[tuple[int, str], tuple[str, bool]]:
     """(generation_id, metric) -> (inputs_hash, is_error) of the rows already stored."""
     out = {}
-    for i in range(0, len(gen_ids), 900):
-        chunk = gen_ids[i : i + 900]
-        for gid, metric, h, value, meta in ws.db.execute(
-            f"select generation_id, metric, inputs_hash, value, meta from scores"
-            f" where generation_id in ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall():
-            err = value is None and '"error"' in (meta or "")
-            out[(gid, metric)] = (h, err)
+    sql = "select generation_id, metric, inputs_hash, value, meta from scores where generation_id in ({in})"
+    for gid, metric, h, value, meta in select_in(ws.db, sql, gen_ids):
+        out[(gid, metric)] = (h, value is None and '"error"' in (meta or ""))
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.store.lean import import_sqlite_utils
 
-import_sqlite_utils()  # without pandas: see core.lean
+import_sqlite_utils()  # without pandas: see core.store.lean
 import sqlite_utils  # noqa: E402
 
 from core.store import migrations  # noqa: E402
@@ -70,3 +70,20 @@ def transaction(db: sqlite_utils.Database):
             conn.execute(f"RELEASE sp{depth}")
     finally:
         _local.depth[id(conn)] = depth
+
+
+# SQLite's default limit on bound parameters in one statement is 999 (older builds); stay under it.
+MAX_PARAMS = 900
+
+
+def select_in(db: sqlite_utils.Database, sql: str, values: list, *, before: list | tuple = ()) -> list[tuple]:
+    """Rows of `sql` for every value in `values`, whatever their number.
+
+    `sql` holds one `{in}` where the placeholder list goes (`... where id in ({in})`); `before` are
+    parameters that come ahead of it. The values are sent in chunks under SQLite's parameter limit.
+    """
+    rows: list[tuple] = []
+    for i in range(0, len(values), MAX_PARAMS):
+        chunk = list(values[i : i + MAX_PARAMS])
+        rows.extend(db.execute(sql.format(**{"in": ",".join("?" * len(chunk))}), [*before, *chunk]).fetchall())
+    return rows

@@ -324,7 +324,7 @@ def m020_coverage(db):
 
 @migration
 def m010_ingest_fts(db):
-    # Full-text search (the Data screen, core.search) over examples and items. External-content
+    # Full-text search (the Data screen, core.data.search) over examples and items. External-content
     # FTS5 tables store only the index, not a second copy of the text; triggers keep them in
     # step with every insert, delete and text update. Statements run one by one on the open
     # transaction: `executescript` would COMMIT it first and break the migration's atomicity.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from core.errors import WorkspaceError
 from core.store import config as config_mod
 
-if TYPE_CHECKING:  # sqlite-utils (and core.db) load on first use of `.db`: ~60 ms off every start-up
+if TYPE_CHECKING:  # sqlite-utils (and core.store.db) load on first use of `.db`: ~60 ms off every start-up
     import sqlite_utils
 
 CONFIG_NAME = "mirage.toml"

@@ -73,7 +73,7 @@ class CoreWorkers:
     `self.run_core(fn, *args, on_result=cb, group="name")` calls `fn(ws, *args)` in a worker thread
     with a Workspace opened *for that call* (SQLite connections are not shared across threads:
     each worker opens its own and closes it; the UI thread never queries the database). If `fn`
-    returns a generator of `core.progress.Progress`, it is driven in the thread and each step is
+    returns a generator of `core.runtime.progress.Progress`, it is driven in the thread and each step is
     posted as `messages.WorkProgress` (replaceable); cancelling the worker (`self.workers.cancel_group`,
     or a newer call in the same group, since calls are exclusive per group) stops the generator.
     The return value comes back on the UI thread as `messages.WorkDone`, which calls `on_result`.

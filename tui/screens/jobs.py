@@ -246,6 +246,11 @@ class JobsScreen(MirageScreen):
         self.poll()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        # Rebuilding the table on every poll highlights row 0 on the way to the cursor's row; by the
+        # time that event arrives the cursor has moved on, and following it would select row 0, poll,
+        # rebuild and select again, without end.
+        if event.cursor_row != event.data_table.cursor_row:
+            return
         if event.row_key is not None and event.row_key.value is not None:
             self._select(int(event.row_key.value))
 

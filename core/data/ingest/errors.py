@@ -26,29 +26,6 @@ def bad(path, reason: str, loc: Loc | None = None, field: str | None = None) -> 
     return e
 
 
-class FieldError(Exception):
-    def __init__(self, field: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
-def str_field(rec: dict, key: str, *, required: bool = True, field: str | None = None) -> str | None:
-    v = rec.get(key)
-    if v is None:
-        if required:
-            raise FieldError(field or key, "missing")
-        return None
-    if not isinstance(v, str):
-        raise FieldError(field or key, f"expected a string, got {type_name(v)}")
-    return v
-
-
-def type_name(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__
-    )
-
-
 def too_long(n: int | None = None) -> str:
     limit = f"the {MAX_RECORD_BYTES // (1024 * 1024)} MB limit for one record"
     return f"{n / (1024 * 1024):.0f} MB is over {limit}" if n else f"over {limit}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from core.data.ingest.errors import FieldError, str_field, type_name
+from core.errors import FieldError, read_str, type_name
 
 DATA_FORMATS = ("sharegpt", "alpaca", "messages")
 
@@ -116,12 +116,12 @@ def _turns_messages(rec: dict) -> list[dict]:
 
 
 def _turns_alpaca(rec: dict) -> list[dict]:
-    instruction = str_field(rec, "instruction")
-    extra = str_field(rec, "input", required=False)
+    instruction = read_str(rec, "instruction")
+    extra = read_str(rec, "input", required=False)
     if "output" not in rec and "response" not in rec:
         raise FieldError("output", "missing (expected output or response)")
-    output = str_field(rec, "output" if "output" in rec else "response")
-    system = str_field(rec, "system", required=False)
+    output = read_str(rec, "output" if "output" in rec else "response")
+    system = read_str(rec, "system", required=False)
     user = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
     turns = [{"role": "system", "content": system}] if system else []
     return turns + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]

@@ -6,11 +6,11 @@ import hashlib
 import os
 import threading
 
-from core.data.ingest.errors import FieldError, bad, str_field, type_name
+from core.api.suites import PROMPT_FIELDS
+from core.data.ingest.errors import bad
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows
-from core.data.ingest.suites import PROMPT_FIELDS
-from core.errors import BadInput
+from core.errors import BadInput, FieldError, read_str, type_name
 from core.runtime.progress import Progress, Work, check_cancel
 from core.store.workspace import Workspace, dumps, now
 
@@ -62,12 +62,12 @@ def import_outputs(
                     raise FieldError(None, f"expected an object, got {type_name(rec)}")
                 for f in PROMPT_FIELDS:
                     if f in rec:
-                        prompt = str_field(rec, f)
+                        prompt = read_str(rec, f)
                         break
                 else:
                     raise FieldError("instruction", "missing")
-                output = str_field(rec, "output")
-                generator = str_field(rec, "generator", required=False) or model
+                output = read_str(rec, "output")
+                generator = read_str(rec, "generator", required=False) or model
             except FieldError as fe:
                 badrows(bad(src.label, fe.reason, loc, fe.field), rec)
                 continue

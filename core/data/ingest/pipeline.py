@@ -8,12 +8,12 @@ import os
 import threading
 
 from core.data.datasets import pack_conversation
-from core.data.ingest.errors import MAX_RECORD_BYTES, FieldError, bad, too_long, type_name
+from core.data.ingest.errors import MAX_RECORD_BYTES, bad, too_long
 from core.data.ingest.normalise import DATA_FORMATS, detect_data_format, normalise_conversation
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, Writer, bulk_writes, insert_indexed, parse_meta
 from core.data.ingest.tokens import TokenCounter, token_counter
-from core.errors import BadInput
+from core.errors import BadInput, FieldError, type_name
 from core.runtime.progress import Progress, Work, check_cancel
 from core.store.workspace import Workspace, dumps, now
 

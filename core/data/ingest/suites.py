@@ -7,31 +7,16 @@ import os
 import threading
 from typing import Any
 
-from core.data.ingest.errors import FieldError, bad, str_field, type_name
+from core.api import suites
+from core.api.registry import SUITE_KIND_NAMES
+from core.data.ingest.errors import bad
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
-from core.errors import BadInput
+from core.errors import BadInput, FieldError, type_name
 from core.runtime.progress import Progress, Work, check_cancel
 from core.store.workspace import Workspace, dumps, now
 
-SUITE_FORMATS = ("qa", "mc", "code", "prompts")
-LETTERS = "ABCDEFGHIJ"
 _TASK_FIELDS = ("task", "category", "subject", "dataset")
-PROMPT_FIELDS = ("instruction", "prompt", "question")
-
-
-def detect_suite_format(rec: Any) -> str | None:
-    if not isinstance(rec, dict):
-        return None
-    if {"prompt", "test", "entry_point"} <= set(rec):
-        return "code"
-    if "question" in rec and ("choices" in rec or {"A", "B", "C", "D"} <= set(rec)):
-        return "mc"
-    if "question" in rec and ("answer" in rec or "answers" in rec):
-        return "qa"
-    if any(f in rec for f in PROMPT_FIELDS):
-        return "prompts"
-    return None
 
 
 def _upstream_key(rec: dict) -> str | None:
@@ -51,78 +36,13 @@ def _task(rec: dict, default: str) -> str:
 
 
 def normalise_item(rec: Any, fmt: str, task: str | None, default_task: str) -> dict:
-    """An items row (without suite/idx) from one record; raises FieldError on a bad field."""
-    if not isinstance(rec, dict):
-        raise FieldError(None, f"expected an object, got {type_name(rec)}")
-    item: dict = {
-        "key": _upstream_key(rec),
-        "task": task or _task(rec, default_task),
-        "gold": [],
-        "choices": None,
-        "tests": None,
-        "entry_point": None,
-        "meta": {},
-    }
-    if fmt == "qa":
-        item["prompt"] = str_field(rec, "question")
-        key = "answer" if "answer" in rec else "answers"
-        gold = rec.get(key)
-        if gold is None:
-            raise FieldError("answer", "missing")
-        if isinstance(gold, str):
-            gold = [gold]
-        if not isinstance(gold, list) or not gold or not all(isinstance(g, (str, int, float)) for g in gold):
-            raise FieldError(
-                key,
-                "expected a non-empty list of answer strings"
-                if isinstance(gold, list)
-                else f"expected a list of answers, got {type_name(gold)}",
-            )
-        item["gold"] = [str(g) for g in gold]
-    elif fmt == "mc":
-        item["prompt"] = str_field(rec, "question")
-        if "choices" in rec:
-            choices = rec["choices"]
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise FieldError("choices", "expected a list of at least 2 strings")
-        else:
-            choices = [str_field(rec, letter) for letter in "ABCD"]
-            if isinstance(rec.get("E"), str) and rec["E"].strip():
-                choices.append(rec["E"])
-        answer = rec.get("answer")
-        if isinstance(answer, str) and answer.strip().isdigit():
-            answer = int(answer.strip())
-        if isinstance(answer, bool) or answer is None:
-            raise FieldError("answer", "missing" if answer is None else "expected a letter or an index")
-        if isinstance(answer, int):
-            if not 0 <= answer < len(choices):
-                raise FieldError("answer", f"index {answer} is not one of the {len(choices)} choices")
-            letter = LETTERS[answer]
-        elif isinstance(answer, str) and answer.strip().upper() in LETTERS[: len(choices)]:
-            letter = answer.strip().upper()
-        else:
-            raise FieldError("answer", f"expected one of {', '.join(LETTERS[: len(choices)])}, got {answer!r}")
-        item["choices"], item["gold"] = choices, [letter]
-    elif fmt == "code":
-        item["prompt"] = str_field(rec, "prompt")
-        item["tests"] = str_field(rec, "test")
-        item["entry_point"] = str_field(rec, "entry_point")
-        solution = str_field(rec, "canonical_solution", required=False)
-        if solution is not None:
-            item["meta"]["canonical_solution"] = solution
-    elif fmt == "prompts":
-        for f in PROMPT_FIELDS:
-            if f in rec:
-                item["prompt"] = str_field(rec, f)
-                break
-        else:
-            raise FieldError("instruction", "missing (expected instruction, prompt or question)")
-        extra = rec.get("input")
-        if isinstance(extra, str) and extra.strip():
-            item["prompt"] += f"\n\n{extra}"
-    if not item["prompt"].strip():
-        raise FieldError({"qa": "question", "mc": "question", "code": "prompt"}.get(fmt, "prompt"), "empty")
-    return item
+    """An items row (without suite/idx) from one record; raises FieldError on a bad field.
+
+    What the fields of a record mean is the suite kind's (`core.api.suites`); the upstream key and
+    the task label are the same for every kind.
+    """
+    fields = suites.read_item(fmt, rec)
+    return {"key": _upstream_key(rec), "task": task or _task(rec, default_task), **fields}
 
 
 _ITEM_INSERT = (
@@ -147,8 +67,8 @@ def import_suite(
     field, else the suite's name. Re-importing the same file changes nothing; another file into
     the same suite appends its new items.
     """
-    if fmt != "auto" and fmt not in SUITE_FORMATS:
-        raise BadInput("--format", f"unknown format '{fmt}' (expected auto, {', '.join(SUITE_FORMATS)})")
+    if fmt != "auto" and fmt not in SUITE_KIND_NAMES:
+        raise BadInput("--format", f"unknown format '{fmt}' (expected auto, {', '.join(SUITE_KIND_NAMES)})")
     if not name or not name.strip():
         raise BadInput("--name", "a suite needs a name")
     src = Source(path)
@@ -170,7 +90,7 @@ def import_suite(
                 badrows(rec)
                 continue
             if suite_fmt is None:
-                suite_fmt = detect_suite_format(rec)
+                suite_fmt = suites.detect_kind(rec)
                 if suite_fmt is None:
                     keys = ", ".join(list(rec)[:8]) if isinstance(rec, dict) else type_name(rec)
                     raise bad(

@@ -2,7 +2,7 @@
 
 Textual's DataTable builds every row up front (seconds and hundreds of MB at 100k rows), so this
 is a Line API ScrollView: it knows how many rows there are, asks a worker for the summaries of the
-window on screen (`core.browse.window` by position, or `core.browse.summaries` for the ids of a
+window on screen (`core.data.browse.window` by position, or `core.data.browse.summaries` for the ids of a
 search's matches), caches them and draws placeholders until they arrive.
 """
 
