@@ -402,8 +402,8 @@ def m050_tui_examples_tokens_index(db):
 
 @migration
 def m012_ingest_fts_detail_none(db):
-    # Examples' index without token positions (detail='none'): bulk indexing took 1.1 s instead of
-    # 2.8 s for 20k conversations and the index is smaller. Searches are words (and word prefixes)
+    # Examples' index without token positions (detail='none'): it indexes in bulk less than half as
+    # long and is smaller. Searches are words (and word prefixes)
     # that must all occur, which needs no positions; snippets re-read the row's text. The
     # triggers of m011 stay attached to `examples` and write to the new table under the same name.
     conn = db.conn
