@@ -165,8 +165,9 @@ def score_with_judge(
 ) -> Work[None]:
     from core.models import registry
 
-    client, model_id = registry.openai_client(ws, judge, timeout=60)
-    fp = registry.fingerprint(ws, judge)
+    rm = registry.resolve(ws, judge)
+    client, model_id = rm.client(timeout=60)
+    fp = rm.fingerprint
     judged = kind.metrics(requires=R.JUDGE)
     todo = []
     for g in gens:
