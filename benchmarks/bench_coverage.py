@@ -127,7 +127,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from core.coverage import compute as cov
-    from core.coverage.aggregate import aggregate
+    from core.coverage.aggregate import Findings, aggregate
     from core.coverage.clusters import clustering
     from core.coverage.inputs import DEFAULT_THRESHOLD, load_examples, load_items
     from core.coverage.neighbours import nearest
@@ -253,23 +253,9 @@ def main() -> None:
     labels = np.zeros(len(ex["ids"]), dtype=np.int64)
     zeros = np.zeros(len(items), dtype=np.int64)
     t = time.perf_counter()
-    aggregate(
-        ex,
-        items,
-        ["nq"],
-        zeros,
-        top_i,
-        top_s,
-        above,
-        served,
-        zeros,
-        zeros.astype(bool),
-        [np.empty(0, np.int64)] * len(items),
-        labels,
-        [],
-        DEFAULT_THRESHOLD,
-        "nq",
-    )
+    hits = [np.empty(0, np.int64)] * len(items)
+    found = Findings(["nq"], zeros, top_i, top_s, above, served, zeros, zeros.astype(bool), hits, labels)
+    aggregate(ex, items, found, [], DEFAULT_THRESHOLD, "nq")
     t_agg = time.perf_counter() - t
     line("coverage.search_plus_aggregate", t_nn + t_agg, "s", "embedding time", t_mirage, (t_nn + t_agg) / t_mirage)
 

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.coverage.inputs import PREVIEW_CHARS
 
 
-def aggregate(
-    ex,
-    items,
-    task_names,
-    task_of,
-    top_i,
-    top_s,
-    above,
-    served,
-    longest,
-    contaminated,
-    hits,
-    labels,
-    clusters,
-    threshold,
-    suite,
-) -> dict:
+@dataclass(frozen=True)
+class Findings:
+    """What a coverage run measured, item by item (rows follow the suite's items)."""
+
+    task_names: list[str]
+    task_of: np.ndarray  # each item's index into task_names
+    top_i: np.ndarray  # items x k: positions of the nearest examples
+    top_s: np.ndarray  # items x k: their cosine similarities
+    above: np.ndarray  # per item: examples at or above the threshold
+    served: list  # per task: positions of the examples that support it
+    longest: np.ndarray  # per item: the longest n-gram shared with an example
+    contaminated: np.ndarray  # per item: that n-gram reaches the contamination length
+    hits: list  # per item: ids of examples whose response holds a gold answer
+    labels: np.ndarray  # per example: its cluster
+
+
+def aggregate(ex, items, f: Findings, clusters, threshold, suite) -> dict:
+    task_names, task_of, served, labels = f.task_names, f.task_of, f.served, f.labels
+    top_i, top_s, above, longest, contaminated, hits = f.top_i, f.top_s, f.above, f.longest, f.contaminated, f.hits
     ex_ids = ex["ids"]
     item_recs = []
     for j, r in enumerate(items):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.coverage.aggregate import aggregate
+from core.coverage.aggregate import Findings, aggregate
 from core.coverage.clusters import clustering
 from core.coverage.inputs import (
     VERSION,
@@ -144,23 +144,8 @@ def compute(
     done += later
 
     yield Progress(done, total, "aggregating")
-    result = aggregate(
-        ex,
-        items,
-        task_names,
-        task_of,
-        top_i,
-        top_s,
-        above,
-        served,
-        longest,
-        contaminated,
-        hits,
-        labels,
-        cl["clusters"],
-        threshold,
-        suite,
-    )
+    found = Findings(task_names, task_of, top_i, top_s, above, served, longest, contaminated, hits, labels)
+    result = aggregate(ex, items, found, cl["clusters"], threshold, suite)
     result.update(
         {
             "data": data,
