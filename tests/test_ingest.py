@@ -330,6 +330,33 @@ def test_csv_bad_bytes_name_line_and_field(ws, tmp_path):
     assert list_datasets(ws) == []
 
 
+def test_unterminated_csv_quote_names_the_line_and_field_where_it_opens(ws, tmp_path):
+    f = tmp_path / "rows.csv"
+    f.write_text('instruction,output\nok,fine\nnext,"never closed\nmore,rows\nand,more\n')
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == f"{f}:3: field 'output': quoted field never closed"
+    f.write_text('question,answer\n"a ""quoted"", multi\nline",["x"]\n"open,y\n')
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, f, "s"))
+    assert str(e.value) == f"{f}:4: field 'question': quoted field never closed"
+    assert list_datasets(ws) == [] and list_suites(ws) == []
+
+
+def test_truncated_gz_is_a_one_line_error(ws, tmp_path):
+    whole = write_jsonl(
+        tmp_path / "a.jsonl.gz", [sharegpt(f"q{i} " + os.urandom(64).hex(), "a") for i in range(400)], gz=True
+    )
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [cut], "d"))
+    assert str(e.value) == f"{cut}: truncated .gz file (the compressed data ends early)"
+    assert list_datasets(ws) == []
+    r = mirage("import", "suite", cut, "--name", "s", "-w", ws.root)
+    assert (r.returncode, r.stderr) == (1, f"error: {cut}: truncated .gz file (the compressed data ends early)\n")
+
+
 def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
     f = write_jsonl(tmp_path / "a.jsonl", [sharegpt(f"q{i}", "a") for i in range(5)])
     gen = import_data(ws, [f], "d")
