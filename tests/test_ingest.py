@@ -512,6 +512,29 @@ def test_bad_suite_rows(ws, tmp_path):
     assert (s["imported"], s["skipped_bad"]) == (1, 1)
 
 
+def test_empty_files_and_all_bad_rows_create_nothing(ws, tmp_path):
+    empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
+    empty.write_bytes(b"")
+    blank.write_text("\n  \n\t\n")
+    for f in (empty, blank):
+        with pytest.raises(BadInput) as e:
+            run(import_suite(ws, f, "s"))
+        assert str(e.value) == f"{f}: no records"
+    bad_data = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}, {"instruction": "y"}])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [bad_data], "d", fmt="alpaca", skip_bad=True))
+    assert str(e.value) == f"{bad_data}: no good records"
+    bad_suite = write_jsonl(tmp_path / "bad-qa.jsonl", [{"question": "q?", "answer": []}, {"question": "r?"}])
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, bad_suite, "s", fmt="qa", skip_bad=True))
+    assert str(e.value) == f"{bad_suite}: no good records"
+    r = mirage("import", "suite", blank, "--name", "s", "-w", ws.root)
+    assert (r.returncode, r.stderr) == (1, f"error: {blank}: no records\n")
+    assert list_datasets(ws) == [] and list_suites(ws) == []
+    assert ws.db.execute("select count(*) from suites").fetchone()[0] == 0
+    assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 0
+
+
 # -- recorded outputs --------------------------------------------------------------------------------------
 def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     run(

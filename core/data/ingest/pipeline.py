@@ -134,7 +134,7 @@ def import_data(
                 sink.submit(batch, texts, stats["read"] - len(batch))
             for key, value in sink.finish().items():
                 stats[key] += value
-            if file_fmt is None:
+            if stats["read"] == before["read"]:  # every file adds records: --skip-bad or not
                 raise BadInput(src.label, "no records" if not badrows.n else "no good records")
             formats.append(file_fmt)
             digest = src.digest()

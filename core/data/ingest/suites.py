@@ -133,11 +133,10 @@ def import_suite(
                 _flush_items(ws, stage.id, batch, stats, target)
                 yield Progress(src.position(), src.size or 1, f"{stats['imported']:,} items")
         _flush_items(ws, stage.id, batch, stats, target)
-        if suite_fmt is None:
+        if stats["read"] == 0:  # a suite with no items is refused, --skip-bad or not
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
         digest = src.digest()
-        repeat = any(f.get("sha256") == digest for f in target_meta.get("files", []))
-        unchanged = stats["imported"] == 0 and (repeat or stats["read"] > 0)
+        unchanged = stats["imported"] == 0  # every item read is already in the suite
         if unchanged and target is not None:
             stage.discard()
         else:
