@@ -587,6 +587,26 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     assert snapshot(ws) == before  # no model row either
 
 
+def test_a_record_over_16_mb_is_refused_in_outputs_and_suites_too(ws, tmp_path):
+    run(import_suite(ws, write_jsonl(tmp_path / "p.jsonl", [{"instruction": "a"}, {"instruction": "b"}]), "s"))
+    out = tmp_path / "out.json"
+    huge = "x" * (17 * 1024 * 1024)
+    out.write_text(json.dumps([{"instruction": "a", "output": "fine"}, {"instruction": "b", "output": huge}]))
+    before = snapshot(ws)
+    with pytest.raises(BadInput) as e:
+        run(import_outputs(ws, out, "s", "m"))
+    assert str(e.value) == f"{out}: item 2: 17 MB is over the 16 MB limit for one record"
+    assert snapshot(ws) == before
+    s = run(import_outputs(ws, out, "s", "m", skip_bad=True))
+    assert (s["imported"], s["skipped_bad"]) == (1, 1)
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([{"question": "q?", "answer": ["a"]}, {"question": huge, "answer": ["b"]}]))
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, items, "big"))
+    assert str(e.value) == f"{items}: item 2: 17 MB is over the 16 MB limit for one record"
+    assert [r["name"] for r in list_suites(ws)] == ["s"]
+
+
 # -- the real shared files --------------------------------------------------------------------------------------
 def test_real_files(ws, shared_data):
     s = run(import_suite(ws, shared_data / "nq-open" / "NQ-open.dev.jsonl", "nq"))

@@ -7,7 +7,7 @@ import os
 import threading
 
 from core.api.suites import PROMPT_FIELDS
-from core.data.ingest.errors import bad
+from core.data.ingest.errors import bad, record_too_long
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows
 from core.errors import BadInput, FieldError, read_str, type_name
@@ -56,6 +56,10 @@ def import_outputs(
         for loc, rec in read_records(src, kind):
             if isinstance(rec, BadInput):
                 badrows(rec)
+                continue
+            reason = record_too_long(rec)
+            if reason is not None:
+                badrows(bad(src.label, reason, loc))
                 continue
             try:
                 if not isinstance(rec, dict):

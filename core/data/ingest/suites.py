@@ -9,7 +9,7 @@ from typing import Any
 
 from core.api import suites
 from core.api.registry import SUITE_KIND_NAMES
-from core.data.ingest.errors import bad
+from core.data.ingest.errors import bad, record_too_long
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
 from core.errors import BadInput, FieldError, type_name
@@ -88,6 +88,10 @@ def import_suite(
         for loc, rec in read_records(src, kind):
             if isinstance(rec, BadInput):
                 badrows(rec)
+                continue
+            reason = record_too_long(rec)
+            if reason is not None:
+                badrows(bad(src.label, reason, loc))
                 continue
             if suite_fmt is None:
                 suite_fmt = suites.detect_kind(rec)
