@@ -552,8 +552,16 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
             ]
         )
     )
-    s = run(import_outputs(ws, out, "s", "teacher"))
-    assert (s["matched"], s["imported"], s["unmatched"]) == (2, 2, 1)
+    before = snapshot(ws)
+    with pytest.raises(BadInput) as e:  # a row that matches nothing stops the import without --skip-bad
+        run(import_outputs(ws, out, "s", "teacher"))
+    assert str(e.value) == (
+        f"{out}: item 3: field 'instruction': no item of suite 's' has this prompt"
+        " (1 rows match none; --skip-bad attaches the rest)"
+    )
+    assert snapshot(ws) == before
+    s = run(import_outputs(ws, out, "s", "teacher", skip_bad=True))
+    assert (s["matched"], s["imported"], s["unmatched"], s["skipped_bad"]) == (2, 2, 1, 0)
     assert [json.loads(x)["record"]["prompt"] for x in open(s["report"])] == ["Not in suite"]
     model = ws.db.execute("select kind, spec from models where name = 'teacher'").fetchone()
     assert model[0] == "recorded" and json.loads(model[1]) == {"source": str(out.resolve()), "generator": "gpt-x"}
@@ -562,17 +570,18 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     rows = ws.db.execute(
         "select model, fingerprint, prompt, decoding, cache_key, output, meta from generations order by id"
     ).fetchall()
+    (rows_item,) = ws.db.execute("select id from items where prompt = 'Say hi'").fetchone()
     assert rows[0] == (
         "teacher",
         "recorded:teacher",
         "Say hi",
         "{}",
-        hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}]).encode()).hexdigest(),
+        hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}, rows_item]).encode()).hexdigest(),
         "hi!",
         '{"generator":"gpt-x"}',
     )
     before = snapshot(ws)
-    assert run(import_outputs(ws, out, "s", "teacher"))["imported"] == 0
+    assert run(import_outputs(ws, out, "s", "teacher", skip_bad=True))["imported"] == 0
     assert snapshot(ws) == before
     with pytest.raises(NotFound):
         run(import_outputs(ws, out, "nosuch", "teacher"))
@@ -581,10 +590,43 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     with pytest.raises(BadInput) as e:
         run(import_outputs(ws, out, "other", "someone"))
     assert str(e.value) == (
-        f"{out}: none of its 3 prompts is an item of suite 'other'"
-        " (outputs attach by exact prompt: is it the right suite?)"
+        f"{out}: none of its 3 prompts is an item of suite 'other' (outputs attach by prompt: is it the right suite?)"
     )
     assert snapshot(ws) == before  # no model row either
+
+
+def test_outputs_match_prompts_across_line_endings_blanks_and_unicode_form(ws, tmp_path):
+    suite = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"instruction": "Line one\nline two"}, {"instruction": "Caf\u00e9?"}, {"instruction": "  padded  "}],
+    )
+    run(import_suite(ws, suite, "s"))
+    out = tmp_path / "out.jsonl"  # CRLF line endings, CRLF inside prompts, a trailing blank, NFD
+    out.write_bytes(
+        (
+            json.dumps({"instruction": "Line one\r\nline two", "output": "1"})
+            + "\r\n"
+            + json.dumps({"instruction": "Cafe\u0301?\n", "output": "2"})
+            + "\r\n"
+            + json.dumps({"instruction": "padded", "output": "3"})
+            + "\r\n\r\n"
+        ).encode()
+    )
+    s = run(import_outputs(ws, out, "s", "m"))
+    assert (s["matched"], s["imported"], s["unmatched"]) == (3, 3, 0)
+    stored = ws.db.execute("select prompt, output from generations order by output").fetchall()
+    assert stored == [("Line one\nline two", "1"), ("Caf\u00e9?", "2"), ("  padded  ", "3")]
+    # A second suite with the same prompts gets the same outputs attached to its own items.
+    run(import_suite(ws, suite, "s2"))
+    s = run(import_outputs(ws, out, "s2", "m"))
+    assert (s["matched"], s["imported"], s["already_present"]) == (3, 3, 0)
+    assert {r["name"]: r["outputs"] for r in list_suites(ws)} == {"s": 1, "s2": 1}
+    per_suite = ws.db.execute(
+        "select s.name, count(*) from generations g join items i on i.id = g.item_id"
+        " join suites s on s.id = i.suite_id group by s.name order by s.name"
+    ).fetchall()
+    assert per_suite == [("s", 3), ("s2", 3)]
+    assert run(import_outputs(ws, out, "s2", "m"))["already_present"] == 3
 
 
 def test_a_record_over_16_mb_is_refused_in_outputs_and_suites_too(ws, tmp_path):
