@@ -215,6 +215,7 @@ def _publish_suite(ws, stage: Staging, name, fmt, file_kind, target, target_meta
                 [name, fmt, file_kind, file_meta["name"], dumps(meta), now(), stage.id],
             )
         else:
+            _drop_published_duplicates(ws, stage.id, target["id"], stats, file_meta)
             offset = ws.db.execute(
                 "select coalesce(max(idx) + 1, 0) from items where suite_id = ?", [target["id"]]
             ).fetchone()[0]
@@ -229,3 +230,18 @@ def _publish_suite(ws, stage: Staging, name, fmt, file_kind, target, target_meta
                 [", ".join(f["name"] for f in meta["files"]), dumps(meta), target["id"]],
             )
             ws.db.execute("delete from suites where id = ?", [stage.id])
+
+
+def _drop_published_duplicates(ws, stage_id: int, target_id: int, stats: dict, file_meta: dict) -> None:
+    """Drop staged items the target suite gained while this import ran (another import of the
+    same items published first), index entries first: the parent is still 'importing', so the
+    FTS delete trigger stays quiet."""
+    where = "suite_id = ? and content_hash in (select content_hash from items where suite_id = ?)"
+    ws.db.execute(
+        f"insert into items_fts(items_fts, rowid, prompt) select 'delete', id, prompt from items where {where}",
+        [stage_id, target_id],
+    )
+    n = ws.db.execute(f"delete from items where {where}", [stage_id, target_id]).rowcount
+    stats["imported"] -= n
+    stats["duplicates"] += n
+    file_meta["imported"] -= n
