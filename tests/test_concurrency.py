@@ -102,3 +102,55 @@ def test_three_writers_and_a_reader_never_see_a_locked_database(ws, tmp_path):
     assert ws.db.execute("select count(*) from suites where status = 'importing'").fetchone()[0] == 0
     ws.db.execute("insert into examples_fts(examples_fts, rank) values ('integrity-check', 1)")
     ws.db.execute("insert into items_fts(items_fts, rank) values ('integrity-check', 1)")
+
+
+def _overlapping_imports(ws, start_first, run_second):
+    """Run the first import up to its first written chunk, the second one whole, then the first
+    to its end: both publish into one name, the second first."""
+    from core.runtime import progress
+    from core.store.workspace import Workspace
+
+    first = start_first(ws)
+    next(first)  # a chunk is staged; the name does not exist yet
+    other = Workspace.open(ws.root)
+    second = progress.run(run_second(other))
+    return progress.run(first), second
+
+
+def test_concurrent_appends_into_one_dataset_both_land_duplicates_skipped(ws, tmp_path):
+    from core.data.datasets import iter_examples, list_datasets
+    from core.data.ingest import import_data
+
+    def conv(i):
+        return {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(conv(i)) + "\n" for i in range(0, 2500)))
+    b.write_text("".join(json.dumps(conv(i)) + "\n" for i in range(2000, 3000)))
+    first, second = _overlapping_imports(ws, lambda w: import_data(w, [a], "d"), lambda w: import_data(w, [b], "d"))
+    assert (second["imported"], second["duplicates"]) == (1000, 0)
+    assert (first["imported"], first["duplicates"]) == (2000, 500)
+    texts = [e["user_text"] for e in iter_examples(ws, "d")]
+    assert sorted(texts) == sorted(f"q{i}" for i in range(3000))
+    (d,) = list_datasets(ws)
+    assert d["examples"] == 3000 and d["tokens"] == first["total_tokens"]
+    assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 1
+    from core.data.search import search_examples
+
+    assert [r["user"] for r in search_examples(ws, "d", "q2400")] == ["[q2400]"]
+
+
+def test_concurrent_appends_into_one_suite_both_land_duplicates_skipped(ws, tmp_path):
+    from core.data.datasets import iter_items, list_suites
+    from core.data.ingest import import_suite
+    from core.data.search import search_items
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"question": f"q{i}?", "answer": [str(i)]}) + "\n" for i in range(1500)))
+    b.write_text("".join(json.dumps({"question": f"q{i}?", "answer": [str(i)]}) + "\n" for i in range(1200, 1800)))
+    first, second = _overlapping_imports(ws, lambda w: import_suite(w, a, "s"), lambda w: import_suite(w, b, "s"))
+    assert (second["imported"], first["imported"], first["duplicates"]) == (600, 1200, 300)
+    assert sorted(i["prompt"] for i in iter_items(ws, "s")) == sorted(f"q{i}?" for i in range(1800))
+    assert [r["name"] for r in list_suites(ws)] == ["s"] and first["items"] == 1800
+    ws.db.execute("insert into items_fts(items_fts, rank) values ('integrity-check', 1)")
+    assert [r["prompt"] for r in search_items(ws, "s", "q1300")] == ["[q1300]?"]

@@ -330,6 +330,33 @@ def test_csv_bad_bytes_name_line_and_field(ws, tmp_path):
     assert list_datasets(ws) == []
 
 
+def test_unterminated_csv_quote_names_the_line_and_field_where_it_opens(ws, tmp_path):
+    f = tmp_path / "rows.csv"
+    f.write_text('instruction,output\nok,fine\nnext,"never closed\nmore,rows\nand,more\n')
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [f], "d"))
+    assert str(e.value) == f"{f}:3: field 'output': quoted field never closed"
+    f.write_text('question,answer\n"a ""quoted"", multi\nline",["x"]\n"open,y\n')
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, f, "s"))
+    assert str(e.value) == f"{f}:4: field 'question': quoted field never closed"
+    assert list_datasets(ws) == [] and list_suites(ws) == []
+
+
+def test_truncated_gz_is_a_one_line_error(ws, tmp_path):
+    whole = write_jsonl(
+        tmp_path / "a.jsonl.gz", [sharegpt(f"q{i} " + os.urandom(64).hex(), "a") for i in range(400)], gz=True
+    )
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [cut], "d"))
+    assert str(e.value) == f"{cut}: truncated .gz file (the compressed data ends early)"
+    assert list_datasets(ws) == []
+    r = mirage("import", "suite", cut, "--name", "s", "-w", ws.root)
+    assert (r.returncode, r.stderr) == (1, f"error: {cut}: truncated .gz file (the compressed data ends early)\n")
+
+
 def test_stale_staging_row_from_a_killed_import_is_removed(ws, tmp_path):
     f = write_jsonl(tmp_path / "a.jsonl", [sharegpt(f"q{i}", "a") for i in range(5)])
     gen = import_data(ws, [f], "d")
@@ -485,6 +512,29 @@ def test_bad_suite_rows(ws, tmp_path):
     assert (s["imported"], s["skipped_bad"]) == (1, 1)
 
 
+def test_empty_files_and_all_bad_rows_create_nothing(ws, tmp_path):
+    empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
+    empty.write_bytes(b"")
+    blank.write_text("\n  \n\t\n")
+    for f in (empty, blank):
+        with pytest.raises(BadInput) as e:
+            run(import_suite(ws, f, "s"))
+        assert str(e.value) == f"{f}: no records"
+    bad_data = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}, {"instruction": "y"}])
+    with pytest.raises(BadInput) as e:
+        run(import_data(ws, [bad_data], "d", fmt="alpaca", skip_bad=True))
+    assert str(e.value) == f"{bad_data}: no good records"
+    bad_suite = write_jsonl(tmp_path / "bad-qa.jsonl", [{"question": "q?", "answer": []}, {"question": "r?"}])
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, bad_suite, "s", fmt="qa", skip_bad=True))
+    assert str(e.value) == f"{bad_suite}: no good records"
+    r = mirage("import", "suite", blank, "--name", "s", "-w", ws.root)
+    assert (r.returncode, r.stderr) == (1, f"error: {blank}: no records\n")
+    assert list_datasets(ws) == [] and list_suites(ws) == []
+    assert ws.db.execute("select count(*) from suites").fetchone()[0] == 0
+    assert ws.db.execute("select count(*) from datasets").fetchone()[0] == 0
+
+
 # -- recorded outputs --------------------------------------------------------------------------------------
 def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     run(
@@ -502,8 +552,16 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
             ]
         )
     )
-    s = run(import_outputs(ws, out, "s", "teacher"))
-    assert (s["matched"], s["imported"], s["unmatched"]) == (2, 2, 1)
+    before = snapshot(ws)
+    with pytest.raises(BadInput) as e:  # a row that matches nothing stops the import without --skip-bad
+        run(import_outputs(ws, out, "s", "teacher"))
+    assert str(e.value) == (
+        f"{out}: item 3: field 'instruction': no item of suite 's' has this prompt"
+        " (1 rows match none; --skip-bad attaches the rest)"
+    )
+    assert snapshot(ws) == before
+    s = run(import_outputs(ws, out, "s", "teacher", skip_bad=True))
+    assert (s["matched"], s["imported"], s["unmatched"], s["skipped_bad"]) == (2, 2, 1, 0)
     assert [json.loads(x)["record"]["prompt"] for x in open(s["report"])] == ["Not in suite"]
     model = ws.db.execute("select kind, spec from models where name = 'teacher'").fetchone()
     assert model[0] == "recorded" and json.loads(model[1]) == {"source": str(out.resolve()), "generator": "gpt-x"}
@@ -512,17 +570,18 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     rows = ws.db.execute(
         "select model, fingerprint, prompt, decoding, cache_key, output, meta from generations order by id"
     ).fetchall()
+    (rows_item,) = ws.db.execute("select id from items where prompt = 'Say hi'").fetchone()
     assert rows[0] == (
         "teacher",
         "recorded:teacher",
         "Say hi",
         "{}",
-        hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}]).encode()).hexdigest(),
+        hashlib.sha256(dumps(["recorded:teacher", "Say hi", {}, rows_item]).encode()).hexdigest(),
         "hi!",
         '{"generator":"gpt-x"}',
     )
     before = snapshot(ws)
-    assert run(import_outputs(ws, out, "s", "teacher"))["imported"] == 0
+    assert run(import_outputs(ws, out, "s", "teacher", skip_bad=True))["imported"] == 0
     assert snapshot(ws) == before
     with pytest.raises(NotFound):
         run(import_outputs(ws, out, "nosuch", "teacher"))
@@ -531,10 +590,63 @@ def test_outputs_attach_by_exact_prompt(ws, tmp_path):
     with pytest.raises(BadInput) as e:
         run(import_outputs(ws, out, "other", "someone"))
     assert str(e.value) == (
-        f"{out}: none of its 3 prompts is an item of suite 'other'"
-        " (outputs attach by exact prompt: is it the right suite?)"
+        f"{out}: none of its 3 prompts is an item of suite 'other' (outputs attach by prompt: is it the right suite?)"
     )
     assert snapshot(ws) == before  # no model row either
+
+
+def test_outputs_match_prompts_across_line_endings_blanks_and_unicode_form(ws, tmp_path):
+    suite = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"instruction": "Line one\nline two"}, {"instruction": "Caf\u00e9?"}, {"instruction": "  padded  "}],
+    )
+    run(import_suite(ws, suite, "s"))
+    out = tmp_path / "out.jsonl"  # CRLF line endings, CRLF inside prompts, a trailing blank, NFD
+    out.write_bytes(
+        (
+            json.dumps({"instruction": "Line one\r\nline two", "output": "1"})
+            + "\r\n"
+            + json.dumps({"instruction": "Cafe\u0301?\n", "output": "2"})
+            + "\r\n"
+            + json.dumps({"instruction": "padded", "output": "3"})
+            + "\r\n\r\n"
+        ).encode()
+    )
+    s = run(import_outputs(ws, out, "s", "m"))
+    assert (s["matched"], s["imported"], s["unmatched"]) == (3, 3, 0)
+    stored = ws.db.execute("select prompt, output from generations order by output").fetchall()
+    assert stored == [("Line one\nline two", "1"), ("Caf\u00e9?", "2"), ("  padded  ", "3")]
+    # A second suite with the same prompts gets the same outputs attached to its own items.
+    run(import_suite(ws, suite, "s2"))
+    s = run(import_outputs(ws, out, "s2", "m"))
+    assert (s["matched"], s["imported"], s["already_present"]) == (3, 3, 0)
+    assert {r["name"]: r["outputs"] for r in list_suites(ws)} == {"s": 1, "s2": 1}
+    per_suite = ws.db.execute(
+        "select s.name, count(*) from generations g join items i on i.id = g.item_id"
+        " join suites s on s.id = i.suite_id group by s.name order by s.name"
+    ).fetchall()
+    assert per_suite == [("s", 3), ("s2", 3)]
+    assert run(import_outputs(ws, out, "s2", "m"))["already_present"] == 3
+
+
+def test_a_record_over_16_mb_is_refused_in_outputs_and_suites_too(ws, tmp_path):
+    run(import_suite(ws, write_jsonl(tmp_path / "p.jsonl", [{"instruction": "a"}, {"instruction": "b"}]), "s"))
+    out = tmp_path / "out.json"
+    huge = "x" * (17 * 1024 * 1024)
+    out.write_text(json.dumps([{"instruction": "a", "output": "fine"}, {"instruction": "b", "output": huge}]))
+    before = snapshot(ws)
+    with pytest.raises(BadInput) as e:
+        run(import_outputs(ws, out, "s", "m"))
+    assert str(e.value) == f"{out}: item 2: 17 MB is over the 16 MB limit for one record"
+    assert snapshot(ws) == before
+    s = run(import_outputs(ws, out, "s", "m", skip_bad=True))
+    assert (s["imported"], s["skipped_bad"]) == (1, 1)
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([{"question": "q?", "answer": ["a"]}, {"question": huge, "answer": ["b"]}]))
+    with pytest.raises(BadInput) as e:
+        run(import_suite(ws, items, "big"))
+    assert str(e.value) == f"{items}: item 2: 17 MB is over the 16 MB limit for one record"
+    assert [r["name"] for r in list_suites(ws)] == ["s"]
 
 
 # -- the real shared files --------------------------------------------------------------------------------------

@@ -108,7 +108,11 @@ def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, as_json):
 
 @import_group.command("outputs")
 @click.argument("file")
-@click.option("--suite", required=True, help="Suite whose items the outputs answer (matched by exact prompt).")
+@click.option(
+    "--suite",
+    required=True,
+    help="Suite whose items the outputs answer (matched by prompt, line endings, surrounding blanks and Unicode form aside).",
+)
 @click.option("--model", required=True, help="Model name to record them under (created as 'recorded').")
 @click.option("--skip-bad", is_flag=True, help="Import good rows; write bad ones with reasons to a report file.")
 @json_option

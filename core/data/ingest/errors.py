@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from core.errors import BadInput
 
@@ -29,3 +31,15 @@ def bad(path, reason: str, loc: Loc | None = None, field: str | None = None) -> 
 def too_long(n: int | None = None) -> str:
     limit = f"the {MAX_RECORD_BYTES // (1024 * 1024)} MB limit for one record"
     return f"{n / (1024 * 1024):.0f} MB is over {limit}" if n else f"over {limit}"
+
+
+def record_too_long(rec: Any) -> str | None:
+    """The too_long() reason for a record whose compact JSON is over the limit, else None: the
+    bound on a line of JSONL, applied to records of every kind of file (JSON arrays, Parquet)."""
+    import orjson
+
+    try:
+        n = len(orjson.dumps(rec, default=str, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:  # lone surrogates and the like: the stdlib copes
+        n = len(json.dumps(rec, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return too_long(n) if n > MAX_RECORD_BYTES else None

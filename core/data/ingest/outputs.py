@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import unicodedata
 
 from core.api.suites import PROMPT_FIELDS
-from core.data.ingest.errors import bad
+from core.data.ingest.errors import bad, record_too_long
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows
 from core.errors import BadInput, FieldError, read_str, type_name
@@ -15,9 +16,15 @@ from core.runtime.progress import Progress, Work, check_cancel
 from core.store.workspace import Workspace, dumps, now
 
 
-def _recorded_key(fingerprint: str, prompt: str) -> str:
-    # The same key rule as core.models.generation.cache_key: sha256 of (fingerprint, prompt, decoding).
-    return hashlib.sha256(dumps([fingerprint, prompt, {}]).encode("utf-8", "surrogatepass")).hexdigest()
+def _recorded_key(fingerprint: str, prompt: str, item_id: int) -> str:
+    # core.models.generation.cache_key's rule (sha256 of fingerprint, prompt, decoding) plus the
+    # item: a recorded output answers one item, and two suites may share a prompt.
+    return hashlib.sha256(dumps([fingerprint, prompt, {}, item_id]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def match_key(prompt: str) -> str:
+    """What prompts are matched by: line endings as \\n, no surrounding whitespace, Unicode NFC."""
+    return unicodedata.normalize("NFC", prompt.replace("\r\n", "\n").replace("\r", "\n").strip())
 
 
 def import_outputs(
@@ -30,11 +37,13 @@ def import_outputs(
     cancel: threading.Event | None = None,
 ) -> Work[dict]:
     """Attach another system's outputs (AlpacaEval style: instruction, output, generator) to the
-    suite's items by exact prompt, as generations of model `model` (a 'recorded' model).
+    suite's items by prompt (`match_key`: line endings, surrounding whitespace and Unicode form
+    aside), as generations of model `model` (a 'recorded' model).
 
-    Rows whose prompt is not in the suite are counted (and listed in the report file). The file
-    is validated and matched in full before anything is written; the writes are one transaction
-    (an outputs file has one row per suite item at most, so it is short).
+    A row whose prompt is no item's is an error naming its line; with `skip_bad` the rest attach
+    and such rows are counted and listed in the report file. The file is validated and matched in
+    full before anything is written; the writes are one transaction (an outputs file has one row
+    per suite item at most, so it is short).
     """
     from core.data.datasets import get_suite
 
@@ -43,9 +52,9 @@ def import_outputs(
         raise BadInput("--model", "recorded outputs need a model name")
     src = Source(path)
     kind = src.kind()
-    prompts: dict[str, int] = {}
+    prompts: dict[str, tuple[int, str]] = {}
     for item_id, prompt in ws.db.execute("select id, prompt from items where suite_id = ? order by idx", [s["id"]]):
-        prompts.setdefault(prompt, item_id)
+        prompts.setdefault(match_key(prompt), (item_id, prompt))
     badrows = BadRows(ws, skip_bad, "outputs", f"{suite}-{model}")
     fp = f"recorded:{model}"
     rows: list[tuple] = []
@@ -56,6 +65,10 @@ def import_outputs(
         for loc, rec in read_records(src, kind):
             if isinstance(rec, BadInput):
                 badrows(rec)
+                continue
+            reason = record_too_long(rec)
+            if reason is not None:
+                badrows(bad(src.label, reason, loc))
                 continue
             try:
                 if not isinstance(rec, dict):
@@ -74,10 +87,11 @@ def import_outputs(
             read += 1
             if generator not in generators:
                 generators.append(generator)
-            item_id = prompts.get(prompt)
-            if item_id is None:
-                unmatched.append({"where": f"{loc.unit} {loc.n}", "prompt": prompt[:200]})
+            match = prompts.get(match_key(prompt))
+            if match is None:
+                unmatched.append((loc, {"where": f"{loc.unit} {loc.n}", "prompt": prompt[:200]}))
                 continue
+            item_id, prompt = match  # the generation records the prompt as the suite has it
             rows.append(
                 (
                     model,
@@ -85,7 +99,7 @@ def import_outputs(
                     item_id,
                     prompt,
                     "{}",
-                    _recorded_key(fp, prompt),
+                    _recorded_key(fp, prompt, item_id),
                     output,
                     dumps({"generator": generator}),
                     now(),
@@ -100,7 +114,16 @@ def import_outputs(
             raise BadInput(
                 src.label,
                 f"none of its {read:,} prompts is an item of suite '{suite}'"
-                " (outputs attach by exact prompt: is it the right suite?)",
+                " (outputs attach by prompt: is it the right suite?)",
+            )
+        if unmatched and not skip_bad:
+            loc, _ = unmatched[0]
+            raise bad(
+                src.label,
+                f"no item of suite '{suite}' has this prompt ({len(unmatched):,} rows match none;"
+                " --skip-bad attaches the rest)",
+                loc,
+                "instruction",
             )
         with ws.transaction():
             if not ws.db.execute("select 1 from models where name = ?", [model]).fetchone():
@@ -119,10 +142,8 @@ def import_outputs(
     except BaseException:
         badrows.close()
         raise
-    if unmatched and badrows.path is None:
-        badrows.skip = True  # the report lists unmatched rows even without --skip-bad
-    for u in unmatched:
-        badrows(BadInput(src.label, "no item in the suite has this prompt", field="instruction"), u)
+    for loc, u in unmatched:
+        badrows(bad(src.label, "no item in the suite has this prompt", loc, "instruction"), u)
     badrows.close()
     return {
         "suite": suite,

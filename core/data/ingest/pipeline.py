@@ -134,7 +134,7 @@ def import_data(
                 sink.submit(batch, texts, stats["read"] - len(batch))
             for key, value in sink.finish().items():
                 stats[key] += value
-            if file_fmt is None:
+            if stats["read"] == before["read"]:  # every file adds records: --skip-bad or not
                 raise BadInput(src.label, "no records" if not badrows.n else "no good records")
             formats.append(file_fmt)
             digest = src.digest()
@@ -278,12 +278,14 @@ def _publish_dataset(ws, stage: Staging, name, target, target_meta, files_meta, 
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     new_files = [f for f in files_meta if f not in repeat]
     with ws.transaction():
-        # Queue the rows for the full-text index as they become visible (core.data.search indexes them).
-        ws.db.execute("insert into fts_backlog (example_id) select id from examples where dataset_id = ?", [stage.id])
         # Look again: another import may have created the name meanwhile (then this one appends),
         # or someone deleted the dataset this import meant to append to (then it becomes it).
         rows = list(ws.db.query("select * from datasets where name = ? and status = 'ready'", [name]))
         target, target_meta = (dict(rows[0]), parse_meta(rows[0]["meta"])) if rows else (None, {})
+        if target is not None:
+            _drop_published_duplicates(ws, stage.id, target["id"], stats)
+        # Queue the rows for the full-text index as they become visible (core.data.search indexes them).
+        ws.db.execute("insert into fts_backlog (example_id) select id from examples where dataset_id = ?", [stage.id])
         if target is None:
             meta = {"duplicates": stats["duplicates"], "files": files_meta, "tokenizer": stats["tokenizer"]}
             ws.db.execute(
@@ -316,6 +318,20 @@ def _publish_dataset(ws, stage: Staging, name, target, target_meta, files_meta, 
                 ],
             )
             ws.db.execute("delete from datasets where id = ?", [stage.id])
+
+
+def _drop_published_duplicates(ws, stage_id: int, target_id: int, stats: dict) -> None:
+    """Drop staged rows the target dataset gained while this import ran (another import of the
+    same rows published first): they are duplicates, and moving them would break the dataset's
+    one-row-per-content rule."""
+    where = "dataset_id = ? and content_hash in (select content_hash from examples where dataset_id = ?)"
+    (tokens,) = ws.db.execute(
+        f"select coalesce(sum(n_tokens), 0) from examples where {where}", [stage_id, target_id]
+    ).fetchone()
+    n = ws.db.execute(f"delete from examples where {where}", [stage_id, target_id]).rowcount
+    stats["imported"] -= n
+    stats["duplicates"] += n
+    stats["tokens"] -= tokens
 
 
 def _dataset_totals(ws, name) -> tuple[int, int]:

@@ -6,11 +6,14 @@ file's digest costs no second pass.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
+import itertools
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,7 +117,7 @@ class Source:
         if ext == "txt":
             return "txt"
         # JSON or JSONL: the first non-blank character decides ('[' = one array, '{' = lines).
-        with self.open_binary() as f:
+        with self.open_binary() as f, unreadable_gzip(self):
             head = f.peek(4096)[:4096]
         self._hashing = None
         head = head.lstrip(b"\xef\xbb\xbf").lstrip()
@@ -142,9 +145,26 @@ def _json_reason(raw: bytes, e: Exception) -> str:
     return f"malformed JSON at column {col}" if col else "malformed JSON"
 
 
+@contextlib.contextmanager
+def unreadable_gzip(src: Source):
+    """A truncated or corrupt .gz as BadInput naming the file (gzip's EOFError would otherwise
+    reach click, which takes it for Ctrl-D and aborts)."""
+    try:
+        yield
+    except EOFError:
+        raise BadInput(src.label, "truncated .gz file (the compressed data ends early)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise BadInput(src.label, f"corrupt .gz file ({e})") from None
+
+
 def read_records(src: Source, kind: str) -> Iterator[tuple[Loc, Any]]:
     """Yield (where, record) per record; a record that cannot be read comes as a BadInput value
     (the caller skips or raises it). Errors that leave no way to find the next record raise."""
+    with unreadable_gzip(src):
+        yield from _records(src, kind)
+
+
+def _records(src: Source, kind: str) -> Iterator[tuple[Loc, Any]]:
     if kind == "jsonl":
         yield from _read_jsonl(src)
     elif kind == "json":
@@ -230,17 +250,24 @@ def _read_csv(src: Source):
         # surrogateescape keeps going past bad bytes so the row and field can be named below
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         delim = "\t" if src.path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-        reader = csv.reader(text, delimiter=delim)
+        # strict: an unterminated quote is an error, not a last field that swallows the rest of the file
+        reader = csv.reader(text, delimiter=delim, strict=True)
         header: list[str] | None = None
         while True:
+            start = reader.line_num + 1  # the line the record starts on; line_num is where it ends
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as e:
                 msg = str(e)
-                reason = too_long() if "field larger" in msg else f"malformed CSV ({msg})"
-                raise bad(src.label, reason, Loc("line", reader.line_num)) from None
+                if "field larger" in msg:
+                    raise bad(src.label, too_long(), Loc("line", start)) from None
+                if msg == "unexpected end of data":
+                    i = _open_quote_field(src, start, delim)
+                    field = None if i is None else header[i] if header and i < len(header) else f"column {i + 1}"
+                    raise bad(src.label, "quoted field never closed", Loc("line", start), field) from None
+                raise bad(src.label, f"malformed CSV ({msg})", Loc("line", reader.line_num)) from None
             line = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue
@@ -266,6 +293,30 @@ def _read_csv(src: Source):
                 rec[key] = cell
             else:
                 yield Loc("line", line), rec
+
+
+def _open_quote_field(src: Source, line: int, delim: str) -> int | None:
+    """The index of the field whose quote opens on `line` and never closes (read again: errors only)."""
+    with src.open_binary() as fb:
+        text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        raw = next(itertools.islice(text, line - 1, None), "")
+    field, quoted, at_start, i = 0, None, True, 0
+    while i < len(raw):
+        c = raw[i]
+        if quoted is not None:
+            if c == '"' and raw[i + 1 : i + 2] == '"':
+                i += 1
+            elif c == '"':
+                quoted = None
+        elif c == delim:
+            field, at_start = field + 1, True
+            i += 1
+            continue
+        elif c == '"' and at_start:
+            quoted = field
+        at_start = False
+        i += 1
+    return quoted
 
 
 def _read_parquet(src: Source):

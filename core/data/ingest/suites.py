@@ -9,7 +9,7 @@ from typing import Any
 
 from core.api import suites
 from core.api.registry import SUITE_KIND_NAMES
-from core.data.ingest.errors import bad
+from core.data.ingest.errors import bad, record_too_long
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
 from core.errors import BadInput, FieldError, type_name
@@ -89,6 +89,10 @@ def import_suite(
             if isinstance(rec, BadInput):
                 badrows(rec)
                 continue
+            reason = record_too_long(rec)
+            if reason is not None:
+                badrows(bad(src.label, reason, loc))
+                continue
             if suite_fmt is None:
                 suite_fmt = suites.detect_kind(rec)
                 if suite_fmt is None:
@@ -133,11 +137,10 @@ def import_suite(
                 _flush_items(ws, stage.id, batch, stats, target)
                 yield Progress(src.position(), src.size or 1, f"{stats['imported']:,} items")
         _flush_items(ws, stage.id, batch, stats, target)
-        if suite_fmt is None:
+        if stats["read"] == 0:  # a suite with no items is refused, --skip-bad or not
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
         digest = src.digest()
-        repeat = any(f.get("sha256") == digest for f in target_meta.get("files", []))
-        unchanged = stats["imported"] == 0 and (repeat or stats["read"] > 0)
+        unchanged = stats["imported"] == 0  # every item read is already in the suite
         if unchanged and target is not None:
             stage.discard()
         else:
@@ -212,6 +215,7 @@ def _publish_suite(ws, stage: Staging, name, fmt, file_kind, target, target_meta
                 [name, fmt, file_kind, file_meta["name"], dumps(meta), now(), stage.id],
             )
         else:
+            _drop_published_duplicates(ws, stage.id, target["id"], stats, file_meta)
             offset = ws.db.execute(
                 "select coalesce(max(idx) + 1, 0) from items where suite_id = ?", [target["id"]]
             ).fetchone()[0]
@@ -226,3 +230,18 @@ def _publish_suite(ws, stage: Staging, name, fmt, file_kind, target, target_meta
                 [", ".join(f["name"] for f in meta["files"]), dumps(meta), target["id"]],
             )
             ws.db.execute("delete from suites where id = ?", [stage.id])
+
+
+def _drop_published_duplicates(ws, stage_id: int, target_id: int, stats: dict, file_meta: dict) -> None:
+    """Drop staged items the target suite gained while this import ran (another import of the
+    same items published first), index entries first: the parent is still 'importing', so the
+    FTS delete trigger stays quiet."""
+    where = "suite_id = ? and content_hash in (select content_hash from items where suite_id = ?)"
+    ws.db.execute(
+        f"insert into items_fts(items_fts, rowid, prompt) select 'delete', id, prompt from items where {where}",
+        [stage_id, target_id],
+    )
+    n = ws.db.execute(f"delete from items where {where}", [stage_id, target_id]).rowcount
+    stats["imported"] -= n
+    stats["duplicates"] += n
+    file_meta["imported"] -= n
