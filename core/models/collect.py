@@ -26,6 +26,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, mapped, offset
+from core.runtime.secrets import redact
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -320,7 +321,7 @@ def _finish(ws, dataset_id, name, teacher, stats, t0, **extra) -> dict:
         # The dataset stays 'collecting' (hidden from `ls`) until a rerun completes it; every answer
         # is kept. Not 'importing': the importer deletes stale 'importing' rows.
         raise EndpointError(
-            f"{stats['failed']} requests to '{teacher}' failed ({stats['errors'][0]});"
+            f"{stats['failed']} requests to '{teacher}' failed ({redact(stats['errors'][0])});"
             f" {n_examples} examples are saved in '{name}': rerun to ask the rest"
         )
     ws.db.execute("update datasets set status = 'ready' where id = ?", [dataset_id])

@@ -25,6 +25,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, check_cancel, offset
+from core.runtime.secrets import redact
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -322,7 +323,8 @@ class _RequestFailed(Exception):
 
 
 def _short(e) -> str:
-    msg = getattr(e, "message", None) or str(e)
+    """The first line of an endpoint's error, redacted: error bodies may echo the API key."""
+    msg = redact(getattr(e, "message", None) or str(e))
     return msg.splitlines()[0][:200] if msg else type(e).__name__
 
 
