@@ -229,3 +229,27 @@ def test_collect_job_runs(ws, teacher, tmp_path):
     job = jobs.get_job(ws, jid)
     assert job["status"] == "done", job["error"]
     assert len(examples(ws, "imit")) == 4
+
+
+def chat_reply(content) -> dict:
+    return {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": content}}]}
+
+
+def test_malformed_teacher_replies_are_retried_then_counted_failed(ws, teacher, tmp_path, capsys, monkeypatch):
+    # A number for the text, no choices, a null body: each is retried like any malformed reply.
+    teacher.faults.replies = [chat_reply(42), {"id": "c", "object": "chat.completion"}, None]
+    p = write_prompts(tmp_path, 2)
+    s = progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=1))
+    assert (s["examples"], s["asked"], s["failed"]) == (2, 2, 0)
+    assert teacher.attempts == 2 + 3
+    # A teacher that never answers properly: the request fails, counted, with a one-line error.
+    monkeypatch.setattr(generation, "MAX_ATTEMPTS", 2)
+    teacher.faults.replies = [chat_reply(7), {"choices": []}]
+    other = tmp_path / "other.txt"
+    other.write_text("A prompt never asked before\n")
+    code, out, err = run_cli(
+        capsys, "collect", "--teacher", "teacher", "--prompts", str(other), "--name", "bad", "-w", str(ws.root)
+    )
+    assert code == 1
+    assert err.startswith("error: 1 requests to 'teacher' failed (malformed response (") and "after 2 attempts" in err
+    assert "unexpected" not in err and len(err.strip().splitlines()) == 1

@@ -270,7 +270,8 @@ def _call_endpoint(
                 resp = client.completions.create(prompt=req.prompt, **kwargs)
                 choice = resp.choices[0]
                 text = choice.text
-            if text is None:
+            # The client does not validate replies: a number or null in place of the text is malformed.
+            if not isinstance(text, str):
                 raise ValueError("response has no text")
             usage = resp.usage.model_dump() if getattr(resp, "usage", None) else None
             meta = {
