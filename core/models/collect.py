@@ -220,10 +220,13 @@ def collect(
     concurrency: int | None = None,
     batch_size: int = generation.DEFAULT_BATCH_SIZE,
     limit: int | None = None,
+    timeout: float | None = None,
     command: str | None = None,
     cancel: threading.Event | None = None,
 ) -> Work[dict]:
-    """Collect the teacher's answers into dataset `name`; returns a summary dict."""
+    """Collect the teacher's answers into dataset `name`; returns a summary dict.
+
+    `timeout`: an endpoint teacher's seconds per request (default: the model's `timeout_s`)."""
     sources = [x for x in (prompts_file, suite, synthetic_from) if x]
     if len(sources) != 1:
         raise BadInput("collect", "give exactly one of --prompts FILE, --suite NAME or --synthetic-from SUITE")
@@ -262,6 +265,7 @@ def collect(
                 recipe,
                 concurrency,
                 batch_size,
+                timeout,
                 cancel,
                 t0,
             )
@@ -298,7 +302,7 @@ def collect(
 
     stats = yield from offset(
         generation.run_requests(
-            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel, timeout=timeout
         ),
         len(done_reqs),
         len(reqs),
@@ -350,7 +354,21 @@ def _norm_q(q: str) -> str:
 
 
 def _collect_synthetic(
-    ws, rm: ResolvedModel, name, suite, n, k, seed, fp, decoding_kw, recipe, concurrency, batch_size, cancel, t0
+    ws,
+    rm: ResolvedModel,
+    name,
+    suite,
+    n,
+    k,
+    seed,
+    fp,
+    decoding_kw,
+    recipe,
+    concurrency,
+    batch_size,
+    timeout,
+    cancel,
+    t0,
 ) -> Work[dict]:
     teacher = rm.name
     seeds = [it for it in ds_mod.iter_items(ws, suite) if it.get("gold")]
@@ -426,7 +444,14 @@ def _collect_synthetic(
         # Progress counts new pairs (what --n asks for), not requests answered.
         stats = yield from mapped(
             generation.run_requests(
-                ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+                ws,
+                rm,
+                todo,
+                store=store_fn,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                cancel=cancel,
+                timeout=timeout,
             ),
             lambda p: Progress(min(have(), n), n, f"{have()}/{n} new pairs"),
         )
@@ -468,6 +493,7 @@ COLLECT_OPTIONS = (
     "concurrency",
     "batch_size",
     "limit",
+    "timeout",
     "command",
 )
 

@@ -420,10 +420,13 @@ def generate(
     concurrency: int | None = None,
     task: str | None = None,
     limit: int | None = None,
+    timeout: float | None = None,
     cancel: threading.Event | None = None,
     loaded=None,
 ) -> Work[dict]:
-    """Generate `model`'s outputs on `suite`, cached; returns a summary dict."""
+    """Generate `model`'s outputs on `suite`, cached; returns a summary dict.
+
+    `timeout`: an endpoint's seconds per request (default: the model's `timeout_s`)."""
     t0 = time.monotonic()
     rm = resolve(ws, model)
     ds_mod.get_suite(ws, suite)  # NotFound early, before any model loads
@@ -454,7 +457,15 @@ def generate(
     base_done = len(reqs) - len(todo)
     stats = yield from offset(
         run_requests(
-            ws, rm, todo, store=store, batch_size=batch_size, concurrency=concurrency, cancel=cancel, loaded=loaded
+            ws,
+            rm,
+            todo,
+            store=store,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            cancel=cancel,
+            loaded=loaded,
+            timeout=timeout,
         ),
         base_done,
         len(reqs),
@@ -526,6 +537,7 @@ GENERATE_OPTIONS = (
     "concurrency",
     "task",
     "limit",
+    "timeout",
 )
 
 
