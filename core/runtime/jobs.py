@@ -86,6 +86,21 @@ def get_job(ws: Workspace, job_id: int) -> dict:
     return _row_to_job(rows[0])
 
 
+def find_job(ws: Workspace, ref: str | int) -> dict:
+    """The job whose id is `ref`, else the one job named `ref`; an ambiguous name lists the ids."""
+    ref = str(ref).strip()
+    if ref.isdigit():
+        rows = list(ws.db.query("select id from jobs where id = ?", [int(ref)]))
+        if rows:
+            return get_job(ws, rows[0]["id"])
+    ids = [r["id"] for r in ws.db.query("select id from jobs where name = ? order by id", [ref])]
+    if not ids:
+        raise NotFound(f"no job '{ref}' in {ws.root} (give an id or a name from `mirage jobs`)")
+    if len(ids) > 1:
+        raise JobError(f"{len(ids)} jobs are named '{ref}' (ids {', '.join(map(str, ids))}): give the id")
+    return get_job(ws, ids[0])
+
+
 def events(ws: Workspace, job_id: int, *, after_id: int = 0, limit: int | None = None) -> list[dict]:
     sql = "select * from job_events where job_id = ? and id > ? order by id"
     args: list[Any] = [int(job_id), after_id]
