@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 speaking OpenAI chat/completions JSON, with injectable faults.
 
 Not a mock of the client: the `openai` package talks to it over TCP exactly as to a real API.
-Faults: a storm of 429s, 5xx errors, malformed JSON, hanging, wrong API key (401), and dying
-after a number of answers (the socket closes; later connections are refused).
+Faults: a storm of 429s, 5xx errors, malformed JSON, well-formed JSON of the wrong shape, hanging,
+wrong API key (401), a 400 that echoes the key it was sent (as hosted APIs do), and dying after a
+number of answers (the socket closes; later connections are refused).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Faults:
     malformed: int = 0  # the next N requests get a 200 with a body that is not JSON
     hang: int = 0  # the next N requests hang for `hang_s`
     hang_s: float = 5.0
+    replies: list = field(default_factory=list)  # the next requests get these JSON bodies with a 200
+    echo_key_400: int = 0  # the next N requests get a 400 whose message quotes the Authorization header
     die_after: int | None = None  # answer this many requests, then stop listening
     api_key: str | None = None  # required bearer key, if set
     delay_s: float = 0.0
@@ -101,6 +104,11 @@ class FakeOpenAI:
                     elif f.malformed > 0:
                         f.malformed -= 1
                         kind = "malformed"
+                    elif f.replies:
+                        kind, reply = "reply", f.replies.pop(0)
+                    elif f.echo_key_400 > 0:
+                        f.echo_key_400 -= 1
+                        kind = "echo_key"
                     elif f.hang > 0:
                         f.hang -= 1
                         kind = "hang"
@@ -131,6 +139,15 @@ class FakeOpenAI:
                     return self._send(503, b'{"error": {"message": "overloaded"}}')
                 if kind == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [ this is not json')
+                if kind == "reply":
+                    return self._send(200, json.dumps(reply).encode())
+                if kind == "echo_key":
+                    auth = self.headers.get("Authorization") or ""
+                    key = auth.removeprefix("Bearer ")
+                    msg = f"Incorrect API key provided: {key}. You sent the header 'Authorization: {auth}'."
+                    return self._send(
+                        400, json.dumps({"error": {"message": msg, "type": "invalid_request_error"}}).encode()
+                    )
                 if kind == "hang":
                     time.sleep(f.hang_s)
                     return self._send(200, b"{}")

@@ -229,3 +229,53 @@ def test_collect_job_runs(ws, teacher, tmp_path):
     job = jobs.get_job(ws, jid)
     assert job["status"] == "done", job["error"]
     assert len(examples(ws, "imit")) == 4
+
+
+def chat_reply(content) -> dict:
+    return {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": content}}]}
+
+
+def test_malformed_teacher_replies_are_retried_then_counted_failed(ws, teacher, tmp_path, capsys, monkeypatch):
+    # A number for the text, no choices, a null body: each is retried like any malformed reply.
+    teacher.faults.replies = [chat_reply(42), {"id": "c", "object": "chat.completion"}, None]
+    p = write_prompts(tmp_path, 2)
+    s = progress.run(collect.collect(ws, "teacher", prompts_file=str(p), name="imit", concurrency=1))
+    assert (s["examples"], s["asked"], s["failed"]) == (2, 2, 0)
+    assert teacher.attempts == 2 + 3
+    # A teacher that never answers properly: the request fails, counted, with a one-line error.
+    monkeypatch.setattr(generation, "MAX_ATTEMPTS", 2)
+    teacher.faults.replies = [chat_reply(7), {"choices": []}]
+    other = tmp_path / "other.txt"
+    other.write_text("A prompt never asked before\n")
+    code, out, err = run_cli(
+        capsys, "collect", "--teacher", "teacher", "--prompts", str(other), "--name", "bad", "-w", str(ws.root)
+    )
+    assert code == 1
+    assert err.startswith("error: 1 requests to 'teacher' failed (malformed response (") and "after 2 attempts" in err
+    assert "unexpected" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_timeout_option_ends_a_slow_endpoint_with_one_line(ws, teacher, tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(generation, "MAX_ATTEMPTS", 2)
+    teacher.faults.delay_s = 5.0  # the model's own timeout (120 s) would wait it out
+    qa_suite(ws, n=1)
+    p = write_prompts(tmp_path, 1)
+    for args, failed in [
+        (["generate", "--model", "teacher", "--suite", "qa"], "1 of 1 requests to 'teacher' failed"),
+        (["collect", "--teacher", "teacher", "--prompts", str(p), "--name", "slow"], "1 requests to 'teacher' failed"),
+    ]:
+        t0 = time.monotonic()
+        code, out, err = run_cli(capsys, *args, "--timeout", "0.3", "-w", str(ws.root))
+        assert time.monotonic() - t0 < 4.5
+        assert code == 1 and err.startswith(f"error: {failed} (timed out after 2 attempts)")
+        assert len(err.strip().splitlines()) == 1
+    from core.runtime import jobs
+
+    jid = jobs.submit(ws, "generate", "g", {"model": "teacher", "suite": "qa", "timeout": 0.3}, detach=False)
+    assert "(timed out after 2 attempts)" in jobs.get_job(ws, jid)["error"]
+    code, out, err = run_cli(
+        capsys, "collect", "--teacher", "teacher", "--prompts", str(p), "--name", "x", "--timeout", "0"
+    )
+    assert code == 2 and "--timeout" in err

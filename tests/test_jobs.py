@@ -1,5 +1,6 @@
 """The background job runner: lifecycle, kill -9 then resume, cancel, lanes."""
 
+import json
 import os
 import signal
 import time
@@ -65,3 +66,32 @@ def test_lane_runs_one_at_a_time(ws):
     assert ja["status"] == "done"
     assert jb["started_at"] >= ja["finished_at"]
     assert any("queued behind job" in (e["message"] or "") for e in jobs.events(ws, b))
+
+
+def jobs_cli(ws, capsys, *args):
+    from core.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["jobs", *args, "-w", str(ws.root)])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_cancel_resume_log_take_a_name_or_an_id(ws, capsys):
+    a = jobs.submit(ws, "selftest", "nightly", {"steps": 2, "sleep": 0, "fail": True}, detach=False)
+    code, out, err = jobs_cli(ws, capsys, "log", "nightly")
+    assert code == 0 and "failed: asked to fail" in out
+    code, out, err = jobs_cli(ws, capsys, "resume", "nightly", "--foreground")
+    assert (code, out.strip()) == (0, f"job {a}: failed")
+    long = jobs.submit(ws, "selftest", "long", {"steps": 1000, "sleep": 0.05})
+    wait_for(lambda: jobs.get_job(ws, long)["status"] == "running")
+    code, out, err = jobs_cli(ws, capsys, "cancel", "long", "--json")
+    assert code == 0 and (json.loads(out)["id"], json.loads(out)["status"]) == (long, "cancelled")
+    b = jobs.submit(ws, "selftest", "nightly", {"steps": 1, "sleep": 0}, detach=False)
+    for cmd in ("cancel", "resume", "log"):
+        code, out, err = jobs_cli(ws, capsys, cmd, "nightly")
+        assert code == 1 and err.strip() == f"error: 2 jobs are named 'nightly' (ids {a}, {b}): give the id"
+    code, out, err = jobs_cli(ws, capsys, "log", str(b), "--json")
+    assert code == 0 and json.loads(out)[-1]["message"] == "done"
+    code, out, err = jobs_cli(ws, capsys, "log", "weekly")
+    assert code == 1 and err.startswith("error: no job 'weekly'")

@@ -9,6 +9,7 @@ import sys
 import click
 
 from core.errors import MirageError
+from core.runtime.secrets import redact
 
 # command name -> "module:object"; loaded only when used, so `mirage ls` never imports torch.
 LAZY_COMMANDS = {
@@ -173,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(redact(f"error: {e.format_message()}"), err=True)
         sys.exit(e.exit_code)
     except MirageError as e:
-        click.echo(f"error: {e.message}", err=True)
+        click.echo(redact(f"error: {e.message}"), err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as e:
-        from core.runtime.crash import redact, write_report
+        from core.runtime.crash import write_report
 
         path = write_report(e, context="mirage " + " ".join(sys.argv[1:] if argv is None else argv))
         where = f" (report: {path})" if path else ""

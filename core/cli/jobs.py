@@ -1,4 +1,4 @@
-"""`mirage jobs`: list, cancel and resume background jobs."""
+"""`mirage jobs`: list, cancel and resume background jobs (each named by its id or its name)."""
 
 from __future__ import annotations
 
@@ -31,45 +31,48 @@ def jobs_group(ctx, as_json):
 
 
 @jobs_group.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job", metavar="ID_OR_NAME")
 @json_option
 @workspace_option
 @click.pass_context
-def cancel(ctx, job_id, as_json):
+def cancel(ctx, job, as_json):
     """Stop a running or queued job."""
     from core.runtime import jobs
 
-    job = jobs.public_view(jobs.cancel(open_workspace(ctx), job_id))
-    emit_json(job) if as_json else click.echo(f"job {job_id}: {job['status']}")
+    ws = open_workspace(ctx)
+    job_id = jobs.find_job(ws, job)["id"]
+    view = jobs.public_view(jobs.cancel(ws, job_id))
+    emit_json(view) if as_json else click.echo(f"job {job_id}: {view['status']}")
 
 
 @jobs_group.command("resume")
-@click.argument("job_id", type=int)
+@click.argument("job", metavar="ID_OR_NAME")
 @click.option("--foreground", is_flag=True, help="Run here instead of in the background.")
 @json_option
 @workspace_option
 @click.pass_context
-def resume(ctx, job_id, foreground, as_json):
+def resume(ctx, job, foreground, as_json):
     """Continue an interrupted, failed or cancelled job from its last checkpoint."""
     from core.runtime import jobs
 
-    job = jobs.public_view(jobs.resume(open_workspace(ctx), job_id, detach=not foreground))
-    emit_json(job) if as_json else click.echo(f"job {job_id}: {job['status']}")
+    ws = open_workspace(ctx)
+    job_id = jobs.find_job(ws, job)["id"]
+    view = jobs.public_view(jobs.resume(ws, job_id, detach=not foreground))
+    emit_json(view) if as_json else click.echo(f"job {job_id}: {view['status']}")
 
 
 @jobs_group.command("log")
-@click.argument("job_id", type=int)
+@click.argument("job", metavar="ID_OR_NAME")
 @click.option("--tail", type=int, default=40, show_default=True)
 @json_option
 @workspace_option
 @click.pass_context
-def log(ctx, job_id, tail, as_json):
+def log(ctx, job, tail, as_json):
     """Show a job's recorded events."""
     from core.runtime import jobs
 
     ws = open_workspace(ctx)
-    jobs.get_job(ws, job_id)
-    evs = jobs.events(ws, job_id)[-tail:]
+    evs = jobs.events(ws, jobs.find_job(ws, job)["id"])[-tail:]
     if as_json:
         emit_json(evs)
         return

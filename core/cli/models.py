@@ -210,6 +210,12 @@ def _report(summary: dict, as_json: bool, fields: list[str]) -> None:
 @click.option("--concurrency", type=int, help="Endpoints: concurrent requests.")
 @click.option("--task", help="Only this task of the suite.")
 @click.option("--limit", type=int, help="Only the first N items.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120).",
+)
 @click.option("--detach", is_flag=True, help="Run as a background job (see `mirage jobs`).")
 @json_option
 @workspace_option
@@ -227,6 +233,7 @@ def generate(
     concurrency,
     task,
     limit,
+    timeout,
     detach,
     as_json,
 ):
@@ -248,6 +255,7 @@ def generate(
         "concurrency": concurrency,
         "task": task,
         "limit": limit,
+        "timeout": timeout,
     }
     if detach:
         from core.runtime import jobs
@@ -282,6 +290,12 @@ def generate(
 @click.option("--system", help="A system message for every request.")
 @click.option("--concurrency", type=int, help="Endpoints: concurrent requests.")
 @click.option("--limit", type=int, help="Only the first N prompts.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120).",
+)
 @click.option("--detach", is_flag=True, help="Run as a background job.")
 @json_option
 @workspace_option
@@ -301,6 +315,7 @@ def collect(
     system,
     concurrency,
     limit,
+    timeout,
     detach,
     as_json,
 ):
@@ -326,6 +341,7 @@ def collect(
         "system": system,
         "concurrency": concurrency,
         "limit": limit,
+        "timeout": timeout,
         "command": " ".join(["mirage", *sys.argv[1:]]),
     }
     opts = {k2: v for k2, v in opts.items() if v is not None}

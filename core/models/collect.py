@@ -26,6 +26,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, mapped, offset
+from core.runtime.secrets import redact
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -219,10 +220,13 @@ def collect(
     concurrency: int | None = None,
     batch_size: int = generation.DEFAULT_BATCH_SIZE,
     limit: int | None = None,
+    timeout: float | None = None,
     command: str | None = None,
     cancel: threading.Event | None = None,
 ) -> Work[dict]:
-    """Collect the teacher's answers into dataset `name`; returns a summary dict."""
+    """Collect the teacher's answers into dataset `name`; returns a summary dict.
+
+    `timeout`: an endpoint teacher's seconds per request (default: the model's `timeout_s`)."""
     sources = [x for x in (prompts_file, suite, synthetic_from) if x]
     if len(sources) != 1:
         raise BadInput("collect", "give exactly one of --prompts FILE, --suite NAME or --synthetic-from SUITE")
@@ -261,6 +265,7 @@ def collect(
                 recipe,
                 concurrency,
                 batch_size,
+                timeout,
                 cancel,
                 t0,
             )
@@ -297,7 +302,7 @@ def collect(
 
     stats = yield from offset(
         generation.run_requests(
-            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel, timeout=timeout
         ),
         len(done_reqs),
         len(reqs),
@@ -320,7 +325,7 @@ def _finish(ws, dataset_id, name, teacher, stats, t0, **extra) -> dict:
         # The dataset stays 'collecting' (hidden from `ls`) until a rerun completes it; every answer
         # is kept. Not 'importing': the importer deletes stale 'importing' rows.
         raise EndpointError(
-            f"{stats['failed']} requests to '{teacher}' failed ({stats['errors'][0]});"
+            f"{stats['failed']} requests to '{teacher}' failed ({redact(stats['errors'][0])});"
             f" {n_examples} examples are saved in '{name}': rerun to ask the rest"
         )
     ws.db.execute("update datasets set status = 'ready' where id = ?", [dataset_id])
@@ -349,7 +354,21 @@ def _norm_q(q: str) -> str:
 
 
 def _collect_synthetic(
-    ws, rm: ResolvedModel, name, suite, n, k, seed, fp, decoding_kw, recipe, concurrency, batch_size, cancel, t0
+    ws,
+    rm: ResolvedModel,
+    name,
+    suite,
+    n,
+    k,
+    seed,
+    fp,
+    decoding_kw,
+    recipe,
+    concurrency,
+    batch_size,
+    timeout,
+    cancel,
+    t0,
 ) -> Work[dict]:
     teacher = rm.name
     seeds = [it for it in ds_mod.iter_items(ws, suite) if it.get("gold")]
@@ -425,7 +444,14 @@ def _collect_synthetic(
         # Progress counts new pairs (what --n asks for), not requests answered.
         stats = yield from mapped(
             generation.run_requests(
-                ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel
+                ws,
+                rm,
+                todo,
+                store=store_fn,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                cancel=cancel,
+                timeout=timeout,
             ),
             lambda p: Progress(min(have(), n), n, f"{have()}/{n} new pairs"),
         )
@@ -467,6 +493,7 @@ COLLECT_OPTIONS = (
     "concurrency",
     "batch_size",
     "limit",
+    "timeout",
     "command",
 )
 

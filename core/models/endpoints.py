@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from core.errors import EndpointError
+from core.runtime.secrets import remember
 
 DEFAULT_TIMEOUT_S = 120
 
@@ -20,6 +21,7 @@ def api_key(name: str, spec: dict) -> str:
     value = os.environ.get(env)
     if not value:
         raise EndpointError(f"model '{name}': environment variable {env} is not set (it should hold the API key)")
+    remember(value)  # an endpoint may echo the key in an error body: it is redacted from every message
     return value
 
 

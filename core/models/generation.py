@@ -25,6 +25,7 @@ from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
 from core.runtime.progress import Progress, Work, check_cancel, offset
+from core.runtime.secrets import redact
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -269,7 +270,8 @@ def _call_endpoint(
                 resp = client.completions.create(prompt=req.prompt, **kwargs)
                 choice = resp.choices[0]
                 text = choice.text
-            if text is None:
+            # The client does not validate replies: a number or null in place of the text is malformed.
+            if not isinstance(text, str):
                 raise ValueError("response has no text")
             usage = resp.usage.model_dump() if getattr(resp, "usage", None) else None
             meta = {
@@ -322,7 +324,8 @@ class _RequestFailed(Exception):
 
 
 def _short(e) -> str:
-    msg = getattr(e, "message", None) or str(e)
+    """The first line of an endpoint's error, redacted: error bodies may echo the API key."""
+    msg = redact(getattr(e, "message", None) or str(e))
     return msg.splitlines()[0][:200] if msg else type(e).__name__
 
 
@@ -417,10 +420,13 @@ def generate(
     concurrency: int | None = None,
     task: str | None = None,
     limit: int | None = None,
+    timeout: float | None = None,
     cancel: threading.Event | None = None,
     loaded=None,
 ) -> Work[dict]:
-    """Generate `model`'s outputs on `suite`, cached; returns a summary dict."""
+    """Generate `model`'s outputs on `suite`, cached; returns a summary dict.
+
+    `timeout`: an endpoint's seconds per request (default: the model's `timeout_s`)."""
     t0 = time.monotonic()
     rm = resolve(ws, model)
     ds_mod.get_suite(ws, suite)  # NotFound early, before any model loads
@@ -451,7 +457,15 @@ def generate(
     base_done = len(reqs) - len(todo)
     stats = yield from offset(
         run_requests(
-            ws, rm, todo, store=store, batch_size=batch_size, concurrency=concurrency, cancel=cancel, loaded=loaded
+            ws,
+            rm,
+            todo,
+            store=store,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            cancel=cancel,
+            loaded=loaded,
+            timeout=timeout,
         ),
         base_done,
         len(reqs),
@@ -523,6 +537,7 @@ GENERATE_OPTIONS = (
     "concurrency",
     "task",
     "limit",
+    "timeout",
 )
 
 

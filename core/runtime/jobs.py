@@ -27,6 +27,7 @@ from typing import Any
 from core.errors import Cancelled, JobError, MirageError, NotFound
 from core.runtime import progress
 from core.runtime.processes import process_alive, process_start
+from core.runtime.secrets import redact
 from core.store.workspace import Workspace, dumps, now
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -83,6 +84,21 @@ def get_job(ws: Workspace, job_id: int) -> dict:
     if not rows:
         raise NotFound(f"no job {job_id} in {ws.root}")
     return _row_to_job(rows[0])
+
+
+def find_job(ws: Workspace, ref: str | int) -> dict:
+    """The job whose id is `ref`, else the one job named `ref`; an ambiguous name lists the ids."""
+    ref = str(ref).strip()
+    if ref.isdigit():
+        rows = list(ws.db.query("select id from jobs where id = ?", [int(ref)]))
+        if rows:
+            return get_job(ws, rows[0]["id"])
+    ids = [r["id"] for r in ws.db.query("select id from jobs where name = ? order by id", [ref])]
+    if not ids:
+        raise NotFound(f"no job '{ref}' in {ws.root} (give an id or a name from `mirage jobs`)")
+    if len(ids) > 1:
+        raise JobError(f"{len(ids)} jobs are named '{ref}' (ids {', '.join(map(str, ids))}): give the id")
+    return get_job(ws, ids[0])
 
 
 def events(ws: Workspace, job_id: int, *, after_id: int = 0, limit: int | None = None) -> list[dict]:
@@ -224,6 +240,11 @@ def _event(ws: Workspace, job_id: int, **fields) -> dict:
         for k in ("step", "total_steps", "loss", "lr", "tokens_per_s", "eta_s", "message")
         if k in fields
     }
+    # Messages and extras may carry an endpoint's words; what reaches mirage.db is redacted.
+    if known.get("message"):
+        known["message"] = redact(known["message"])
+    if fields:
+        fields = json.loads(redact(dumps(fields)))
     row = {"job_id": job_id, "time": now(), **known, "data": dumps(fields) if fields else None}
     ws.db.execute(
         f"insert into job_events ({', '.join(row)}) values ({', '.join('?' for _ in row)})",
@@ -343,10 +364,11 @@ def run(ws: Workspace, job_id: int, *, on_event: Callable[[dict], None] | None =
         error = "out of memory: lower the batch size or max length"
     except Exception as e:  # recorded in the job and its log; the job must not show as finished
         error = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    error = redact(error) if error else None
     ws.db.execute(
         "update jobs set status=?, error=?, finished_at=?, updated_at=? where id=?",
         [status, error, now(), now(), job_id],
