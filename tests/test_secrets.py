@@ -117,3 +117,18 @@ def test_a_crash_report_never_holds_a_remembered_key():
         path = write_report(e, context="test")
     assert path is not None and "Incorrect API key provided" in path.read_text()
     assert KEY not in path.read_text()
+
+
+def test_an_event_whose_numbers_equal_a_secret_is_recorded_and_redacted(ws):
+    # Redacting the event's JSON text would turn the number into `<redacted>`: invalid JSON, a failed job.
+    from core.runtime import jobs, secrets
+
+    secrets.remember("123456789")
+    jid = jobs.submit(ws, "selftest", "t", {"steps": 1, "sleep": 0.0}, detach=False)
+    jobs._event(ws, jid, message="key 123456789", tokens=123456789, notes=["123456789", 2])
+    message, row = ws.db.execute(
+        "select message, data from job_events where job_id = ? order by id desc limit 1", [jid]
+    ).fetchone()
+    assert message == "key <redacted>"
+    data = json.loads(row)
+    assert data["tokens"] == 123456789 and data["notes"] == ["<redacted>", 2]

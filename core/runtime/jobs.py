@@ -27,7 +27,7 @@ from typing import Any
 from core.errors import Cancelled, JobError, MirageError, NotFound
 from core.runtime import progress
 from core.runtime.processes import process_alive, process_start
-from core.runtime.secrets import redact
+from core.runtime.secrets import redact, redact_data
 from core.store.workspace import Workspace, dumps, now
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -244,7 +244,7 @@ def _event(ws: Workspace, job_id: int, **fields) -> dict:
     if known.get("message"):
         known["message"] = redact(known["message"])
     if fields:
-        fields = json.loads(redact(dumps(fields)))
+        fields = redact_data(fields)
     row = {"job_id": job_id, "time": now(), **known, "data": dumps(fields) if fields else None}
     ws.db.execute(
         f"insert into job_events ({', '.join(row)}) values ({', '.join('?' for _ in row)})",

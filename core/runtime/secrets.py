@@ -43,3 +43,14 @@ def redact(text: str, environ=None) -> str:
         text = text.replace(value, label)
     text = _KEYLIKE.sub("sk-<redacted>", text)
     return _BEARER.sub(r"\1<redacted>", text)
+
+
+def redact_data(obj):
+    """`obj` (a JSON-like value) with every string in it redacted; numbers and structure untouched."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_data(v) for v in obj]
+    return obj
