@@ -476,6 +476,14 @@ def m070_score_roles(db):
             updated_at text not null
         )"""
     )
+    # A suite scored before this migration against exactly one teacher was scored with that one.
+    conn.execute(
+        "insert into score_roles (suite_id, teacher, updated_at)"
+        " select i.suite_id, min(s.teacher), ? from scores s join generations g on g.id = s.generation_id"
+        " join items i on i.id = g.item_id where s.teacher is not null"
+        " group by i.suite_id having count(distinct s.teacher) = 1",
+        [_dt.datetime.now(_dt.UTC).isoformat()],
+    )
     # Aggregates (bootstrap intervals over thousands of scores) are cached under a hash of their
     # inputs; `score_state.version` moves on every change to `scores`, so that hash includes it.
     conn.execute("create table score_state (id integer primary key check (id = 1), version integer not null)")
