@@ -58,8 +58,7 @@ def recorded_roles(ws: Workspace, suite: str) -> dict:
     ).fetchone()
     if row is None:
         return {}
-    decs = {m: json.loads(d or "{}") for m, d in json.loads(row[2] or "{}").items()}
-    return {"teacher": row[0], "base": row[1], "decodings": decs}
+    return {"teacher": row[0], "base": row[1], "decodings": json.loads(row[2] or "{}")}
 
 
 def record_roles(ws: Workspace, suite: str, *, teacher: str | None, base: str | None, decodings: dict) -> None:
