@@ -27,6 +27,8 @@ LAZY_COMMANDS = {
     "tui": "core.cli.ui:tui",
     "compare": "core.cli.ui:compare",
     "demo": "core.cli.demo:demo",
+    "mark": "core.cli.review:mark_group",
+    "rate": "core.cli.review:rate_group",
 }
 
 
