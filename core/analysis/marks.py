@@ -7,7 +7,7 @@ import getpass
 
 from core.api import registry
 from core.data.datasets import get_suite
-from core.errors import BadInput
+from core.errors import BadInput, NotFound
 from core.store.workspace import Workspace, now
 
 MARKS = ("correct", "incorrect", "unsure")
@@ -36,10 +36,11 @@ def set_mark(ws: Workspace, generation_id: int, mark: str | None, *, rater: str 
     )
 
 
-def marks(ws: Workspace, suite: str, *, rater: str | None = None) -> list[dict]:
+def marks(ws: Workspace, suite: str, *, rater: str | None = None, model: str | None = None) -> list[dict]:
+    """The marks on a suite's outputs (every rater's when `rater` is None), oldest first."""
     s = get_suite(ws, suite)
     sql = (
-        "select m.generation_id, g.model, g.item_id, m.mark, m.rater, m.updated_at from marks m"
+        "select m.generation_id, g.model, g.item_id, i.idx as item, m.mark, m.rater, m.updated_at from marks m"
         " join generations g on g.id = m.generation_id join items i on i.id = g.item_id"
         " where i.suite_id = ?"
     )
@@ -47,7 +48,38 @@ def marks(ws: Workspace, suite: str, *, rater: str | None = None) -> list[dict]:
     if rater is not None:
         sql += " and m.rater = ?"
         args.append(rater)
+    if model is not None:
+        sql += " and g.model = ?"
+        args.append(model)
     return [dict(r) for r in ws.db.query(sql + " order by m.id", args)]
+
+
+def output_generation(ws: Workspace, suite: str, model: str, item: int) -> int:
+    """The generation a mark on (model, item) applies to: the latest one, as Compare shows it.
+
+    `item` is the item's 0-based index in the suite (`idx`, as `mirage mark ls --json` prints it).
+    """
+    s = get_suite(ws, suite)
+    row = ws.db.execute("select id from items where suite_id = ? and idx = ?", [s["id"], item]).fetchone()
+    if row is None:
+        (n,) = ws.db.execute("select count(*) from items where suite_id = ?", [s["id"]]).fetchone()
+        raise BadInput("--item", f"suite '{suite}' has no item {item} (items 0..{n - 1})")
+    gen = ws.db.execute(
+        "select id from generations where item_id = ? and model = ? order by id desc limit 1", [row[0], model]
+    ).fetchone()
+    if gen is None:
+        raise NotFound(f"'{model}' has no output on item {item} of suite '{suite}'")
+    return gen[0]
+
+
+def mark_output(
+    ws: Workspace, suite: str, model: str, item: int, mark: str | None, *, rater: str | None = None
+) -> dict:
+    """Mark (None: unmark) the output Compare shows for (model, item); what `mirage mark` writes."""
+    gid = output_generation(ws, suite, model, item)
+    rater = default_rater() if rater is None else rater
+    set_mark(ws, gid, mark, rater=rater)
+    return {"generation_id": gid, "model": model, "item": item, "mark": mark, "rater": rater}
 
 
 def cohen_kappa(a: list[int], b: list[int]) -> float | None:

@@ -27,6 +27,8 @@ LAZY_COMMANDS = {
     "tui": "core.cli.ui:tui",
     "compare": "core.cli.ui:compare",
     "demo": "core.cli.demo:demo",
+    "mark": "core.cli.review:mark_group",
+    "rate": "core.cli.review:rate_group",
 }
 
 
@@ -167,7 +169,9 @@ def ls(ctx, what, as_json):
     elif not rows:
         click.echo(f"no {what} in {ws.root}")
     else:
-        print_table(rows, columns)
+        # An approximate count reads as one: "~1,234" (the JSON keeps the number, with tokens_approx).
+        shown = [{**r, "tokens": f"~{r['tokens']:,}"} if r.get("tokens_approx") else r for r in rows]
+        print_table(shown, columns)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -193,16 +193,37 @@ def subset_group():
 @click.option("--max-tokens", type=int, default=None, help="Token budget: whole examples until it is reached.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Order when no similarity order applies.")
 @click.option("--embedding-model", metavar="PATH", default=None)
+@click.option(
+    "--base",
+    metavar="MODEL",
+    default=None,
+    help="Count tokens as `mirage finetune --base MODEL` does (its tokenizer over the rendered template);"
+    " without it, the import's approximate counts.",
+)
+@click.option(
+    "--template", type=click.Choice(["auto", "base", "default"]), default=None, help="With --base: as finetune's."
+)
+@click.option("--max-length", type=int, default=None, help="With --base: as finetune's (default 512).")
 @json_option
 @workspace_option
 @click.pass_context
-def create(ctx, name, data, cluster, source, suite, task, threshold, max_tokens, seed, embedding_model, as_json):
+def create(
+    ctx, name, data, cluster, source, suite, task, threshold, max_tokens, seed, embedding_model, base, template,
+    max_length, as_json,
+):  # fmt: skip
     """Save a subset NAME of dataset DATA that `mirage finetune --data NAME` can train on."""
     from core.coverage.subsets import make_subset
 
     if (suite is None) != (task is None):
         raise click.UsageError("--suite and --task go together")
+    if base is None and (template or max_length):
+        raise click.UsageError("--template and --max-length go with --base")
     ws = open_workspace(ctx)
+    counter = None
+    if base is not None:
+        from core.finetune.tokens import exact_counter
+
+        counter = exact_counter(ws, base, template=template, max_length=max_length)
     out = make_subset(
         ws,
         name,
@@ -214,11 +235,19 @@ def create(ctx, name, data, cluster, source, suite, task, threshold, max_tokens,
         seed=seed,
         threshold=threshold,
         embedding_model=embedding_model,
+        token_counter=counter,
     )
     if as_json:
         emit_json(out)
     else:
-        click.echo(f"subset {name}: {out['examples']} examples, {out['tokens']} tokens from {data}")
+        click.echo(f"subset {name}: {out['examples']} examples, {_tokens_text(out)} from {data}")
+
+
+def _tokens_text(row: dict) -> str:
+    """Exact tokens with what counted them, else the import's count marked approximate."""
+    if row.get("tokens_exact") is not None:
+        return f"{row['tokens_exact']:,} tokens ({row['tokenizer']})"
+    return f"~{row['tokens']:,} tokens (approximate; --base MODEL counts what a finetune trains on)"
 
 
 @subset_group.command("ls")
@@ -235,4 +264,8 @@ def ls(ctx, as_json):
     elif not rows:
         click.echo("no subsets")
     else:
-        print_table(rows, ["name", "parent", "examples", "tokens", "filters", "created_at"])
+        shown = [
+            {**r, "tokens": f"{r['tokens_exact']:,}" if r.get("tokens_exact") is not None else f"~{r['tokens']:,}"}
+            for r in rows
+        ]
+        print_table(shown, ["name", "parent", "examples", "tokens", "filters", "created_at"])

@@ -57,9 +57,9 @@ def import_data_cmd(ctx, files, name, fmt, skip_bad, source, as_json):
         )
     else:
         click.echo(
-            f"imported {summary['imported']:,} examples ({summary['tokens']:,} tokens, format"
+            f"imported {summary['imported']:,} examples (~{summary['tokens']:,} tokens, format"
             f" {summary['format']}) into '{name}'; {summary['duplicates']:,} duplicates skipped;"
-            f" dataset now {summary['examples']:,} examples, {summary['total_tokens']:,} tokens"
+            f" dataset now {summary['examples']:,} examples, ~{summary['total_tokens']:,} tokens (approximate)"
         )
         if summary.get("search_index") == "background":
             click.echo("search index: building in the background (searches wait for it to finish)")

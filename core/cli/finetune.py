@@ -107,7 +107,9 @@ def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, 
             _print_event(ev)
 
     if not as_json:
-        for note in runs.budget_notes(ws, data, budgets):
+        for note in runs.budget_notes(
+            ws, data, budgets, base=base, template=overrides.get("template"), max_length=overrides.get("max_length")
+        ):
             click.echo(f"note: {note}", err=True)
     ids = runs.submit(
         ws,

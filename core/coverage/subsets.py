@@ -28,6 +28,7 @@ def make_subset(
     threshold: float | None = None,
     embedding_model: str | None = None,
     whole_conversation: bool = False,
+    token_counter=None,
 ) -> dict:
     """Save a named slice of `data` as a subset dataset a finetune can train on (`--data NAME`).
 
@@ -35,6 +36,11 @@ def make_subset(
     ((suite, task): examples at least `threshold` similar to one of the task's items, most similar
     first) and `max_tokens` (a budget: whole examples in order until the next would overflow; a
     seeded shuffle when no similarity order applies).
+
+    Tokens are the approximate counts stored at import unless `token_counter` is given: an object
+    with `counts(example_ids) -> {id: tokens}` and `name` (`core.finetune.tokens.exact_counter`,
+    the count a finetune of a base trains on), which the budget then uses; examples it counts 0
+    (nothing left to train on within max_length) are left out, as a finetune would skip them.
     """
     if not name or not name.strip():
         raise CoverageError("a subset needs a name")
@@ -91,20 +97,57 @@ def make_subset(
     if order is None:
         order = np.random.default_rng(seed).permutation(len(ex["ids"]))
     chosen = [i for i in order.tolist() if keep[i]]
-    if max_tokens is not None:
-        if max_tokens < 1:
-            raise CoverageError(f"--max-tokens must be positive, got {max_tokens}")
-        spec["max_tokens"] = int(max_tokens)
-        budget, picked = 0, []
-        for i in chosen:
-            if budget + ex["tokens"][i] > max_tokens:
+    if max_tokens is not None and max_tokens < 1:
+        raise CoverageError(f"--max-tokens must be positive, got {max_tokens}")
+    exact: dict[int, int] = {}  # example index -> exact tokens, as far as counted
+    skipped = 0
+    if token_counter is not None:
+        spec["tokenizer"] = token_counter.name
+        picked = []
+        budget = 0
+        # Counted in batches, in the subset's order: a budget stops the counting, so a small
+        # subset of a large dataset tokenizes only what it takes (the rest stays uncounted).
+        for start in range(0, len(chosen), 256):
+            batch = chosen[start : start + 256]
+            counts = token_counter.counts([int(ex["ids"][i]) for i in batch])
+            full = False
+            for i in batch:
+                c = counts.get(int(ex["ids"][i]), 0)
+                if c == 0:
+                    skipped += 1
+                    continue
+                if max_tokens is not None and budget + c > max_tokens:
+                    full = True
+                    break
+                budget += c
+                exact[i] = c
+                picked.append(i)
+            if full:
                 break
-            budget += int(ex["tokens"][i])
-            picked.append(i)
         chosen = picked
+    if max_tokens is not None:
+        spec["max_tokens"] = int(max_tokens)
+        if token_counter is None:
+            budget, picked = 0, []
+            for i in chosen:
+                if budget + ex["tokens"][i] > max_tokens:
+                    break
+                budget += int(ex["tokens"][i])
+                picked.append(i)
+            chosen = picked
     if not chosen:
         raise CoverageError(f"subset '{name}' would be empty: no example of '{data}' matches {dumps(spec)}")
-    meta = {"spec": spec, "parent": data, "examples": len(chosen), "tokens": int(ex["tokens"][chosen].sum())}
+    meta = {
+        "spec": spec,
+        "parent": data,
+        "examples": len(chosen),
+        "tokens": int(ex["tokens"][chosen].sum()),  # the import's approximate count
+        "tokens_approx": True,
+        "tokens_exact": sum(exact.values()) if token_counter is not None else None,
+        "tokenizer": token_counter.name if token_counter is not None else None,
+    }
+    if skipped:
+        meta["skipped_untrainable"] = skipped
     with ws.transaction():
         cur = ws.db.execute(
             "insert into datasets (name, kind, status, format, source, meta, created_at) values (?,?,?,?,?,?,?)",
@@ -134,9 +177,14 @@ def list_subsets(ws: Workspace) -> list[dict]:
                 "parent": meta.get("parent", r["source"]),
                 "examples": n,
                 "tokens": tokens,
+                "tokens_approx": True,  # `tokens`: the import's count; tokens_exact: the base's, if counted
+                "tokens_exact": meta.get("tokens_exact"),
+                "tokenizer": meta.get("tokenizer"),
                 "spec": spec,
                 "filters": ", ".join(
-                    f"{k}={v}" for k, v in spec.items() if k not in ("seed", "clustering_id", "embedding_model")
+                    f"{k}={v}"
+                    for k, v in spec.items()
+                    if k not in ("seed", "clustering_id", "embedding_model", "tokenizer")
                 ),
                 "created_at": r["created_at"],
             }

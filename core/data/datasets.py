@@ -148,6 +148,9 @@ def list_datasets(ws: Workspace) -> list[dict]:
                 "kind": ds["kind"],
                 "examples": n,
                 "tokens": tokens,
+                # The import's count (content only, fast): `mirage finetune --dry-run` or
+                # `subset create --base` count what a base trains on.
+                "tokens_approx": True,
                 "duplicates": ds["meta"].get("duplicates", 0),
                 "format": ds["format"],
                 "source": ds["source"],

@@ -125,14 +125,35 @@ def submit(
     return ids
 
 
-def budget_notes(ws: Workspace, data: str, budgets: list[int | None]) -> list[str]:
-    """Budgets beyond the data, judged cheaply from the token counts stored at import."""
+def budget_notes(
+    ws: Workspace,
+    data: str,
+    budgets: list[int | None],
+    *,
+    base: str | None = None,
+    template: str | None = None,
+    max_length: int | None = None,
+) -> list[str]:
+    """Budgets beyond the data.
+
+    With `base`: by the count the run itself uses (core.finetune.tokens: the base's tokenizer over
+    the rendered template, cached), so the note and the run's own figures agree. Without it, from
+    the import's approximate counts, and said to be approximate.
+    """
     from core.data.datasets import count_examples
 
-    n, tokens = count_examples(ws, data)
+    if all(b is None for b in budgets):
+        return []
+    if base is not None:
+        from core.finetune.tokens import dataset_tokens, exact_counter
+
+        got = dataset_tokens(ws, data, exact_counter(ws, base, template=template, max_length=max_length))
+        n, tokens, how = got["examples"], got["tokens_exact"], f"{got['tokens_exact']:,} tokens by {got['tokenizer']}"
+    else:
+        n, tokens = count_examples(ws, data)
+        how = f"~{tokens:,} tokens, approximate"
     return [
-        f"budget {human_tokens(b)} is larger than '{data}' (~{tokens:,} tokens in {n} examples):"
-        " that run uses all of it"
+        f"budget {human_tokens(b)} is larger than '{data}' ({how}, in {n} examples): that run uses all of it"
         for b in budgets
         if b is not None and b > tokens
     ]

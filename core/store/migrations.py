@@ -458,6 +458,42 @@ def m060_ingest_fts_backlog(db):
 
 
 @migration
+def m073_token_counts(db):
+    # Exact token counts: the base's tokenizer over the rendered training text (core.finetune.tokens),
+    # computed on demand and kept by what they depend on, so a subset's budget and a finetune's
+    # --tokens read the same number. `n_tokens` is the whole rendering; `first_label` the index of
+    # the first trained (assistant) token, or null when there is none, so a count under any
+    # max_length follows without encoding again.
+    # The headless blind-rating flow (`mirage rate next|submit`) shares this migration: a pair is
+    # issued with its sides fixed and an opaque id, so a remote rater never sees the model names.
+    db.executescript(
+        """
+        create table token_counts (
+            content_hash text not null,
+            tokenizer text not null,
+            n_tokens integer not null,
+            first_label integer,
+            primary key (content_hash, tokenizer)
+        ) without rowid;
+        create table rating_pairs (
+            id text primary key,
+            item_id integer not null references items(id) on delete cascade,
+            model text not null,
+            teacher text not null,
+            generation_id integer not null references generations(id) on delete cascade,
+            teacher_generation_id integer not null references generations(id) on delete cascade,
+            a_is_teacher integer not null,
+            seed integer not null,
+            rater text not null default '',
+            status text not null default 'open' check (status in ('open', 'rated', 'skipped')),
+            created_at text not null,
+            unique (generation_id, teacher_generation_id, rater)
+        );
+        """
+    )
+
+
+@migration
 def m070_score_roles(db):
     # A style score is measured against one teacher's output: the teacher goes with the row, so
     # reads can ask for the teacher in use and a report never mixes two (rows from before this

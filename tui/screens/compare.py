@@ -434,11 +434,6 @@ class CompareScreen(MirageScreen):
 
         def figures(ws):
             rows = marks.agreement(ws, view.suite, rater=view.rater)
-            pw = [
-                ratings.pairwise_result(ws, view.suite, m, teacher=teacher, rater=view.rater)
-                for m in view.models
-                if teacher and m != teacher
-            ]
-            return rows, pw
+            return rows, ratings.results(ws, view.suite, view.models, teacher=teacher, rater=view.rater)
 
         self.run_core(figures, on_result=lambda r: self.app.push_screen(AgreementModal(*r)), group="compare-agreement")

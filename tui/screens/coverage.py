@@ -451,7 +451,7 @@ class CoverageScreen(MirageScreen):
 
     def _cov_subset_made(self, out: dict) -> None:
         self.notify(
-            f"subset {out['name']}: {out['examples']} examples, {out['tokens']} tokens "
+            f"subset {out['name']}: {out['examples']} examples, ~{out['tokens']:,} tokens "
             f"(finetune with --data {out['name']})"
         )
         self.choices["data"] = sorted({*self.choices["data"], out["name"]})

@@ -253,5 +253,5 @@ class DataScreen(MirageScreen):
                 f"{src['tasks']} task" + ("s" if src["tasks"] != 1 else ""),
             ]
         else:
-            parts += [f"dataset {src['name']}", f"{src['examples']:,} examples", f"{human(src['tokens'])} tokens"]
+            parts += [f"dataset {src['name']}", f"{src['examples']:,} examples", f"~{human(src['tokens'])} tokens"]
         status.update(" · ".join(parts))

@@ -187,6 +187,7 @@ def import_data(
         "report": str(badrows.path) if badrows.path else None,
         "tokens": stats["tokens"],
         "tokenizer": counter.name,
+        "tokens_approx": True,  # content only, not the rendered training text (core.finetune.tokens)
         "unchanged": unchanged,
         "examples": n,
         "total_tokens": tokens,

@@ -105,7 +105,7 @@ class DetailPane(VerticalScroll, can_focus=True):
         else:
             conv = record.get("conversation") or []
             meta = (
-                f"{record['dataset']} · example {record['idx'] + 1} · {record['n_tokens']:,} tokens"
+                f"{record['dataset']} · example {record['idx'] + 1} · ~{record['n_tokens']:,} tokens"
                 f" · {len(conv)} turns" + (f" · {record['source']}" if record.get("source") else "")
             )
             for t in conv:

@@ -49,7 +49,8 @@ def _tokens(n) -> str:
 
 DATASET_COLUMNS = [
     Column("#", lambda r: str(r["idx"] + 1), width=7, align="right"),
-    Column("tokens", lambda r: _tokens(r["n_tokens"]), width=7, align="right"),
+    # "~": the import's approximate count (content only); a finetune counts the rendered template.
+    Column("~tokens", lambda r: _tokens(r["n_tokens"]), width=7, align="right"),
     Column("turns", lambda r: str(r["turns"] or ""), width=5, align="right"),
     Column("user", lambda r: _one_line(r["user"]), share=3),
     Column("assistant", lambda r: _one_line(r["assistant"]), share=3),

@@ -39,7 +39,7 @@ class SourceList(OptionList):
         for d in datasets:
             oid = option_id("dataset", d["name"])
             self.sources[oid] = {**d, "_kind": "dataset"}
-            sub = f"{d['examples']:,} ex · {human(d['tokens'])} tok" + (" · subset" if d["kind"] == "subset" else "")
+            sub = f"{d['examples']:,} ex · ~{human(d['tokens'])} tok" + (" · subset" if d["kind"] == "subset" else "")
             options.append(Option(Text.assemble((d["name"], "bold"), "\n  ", (sub, "dim")), id=oid))
         if suites:
             options.append(Option(Text("SUITES", style="bold dim"), disabled=True, id="-suites"))
