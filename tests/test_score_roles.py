@@ -227,3 +227,21 @@ def test_vectorised_intervals_equal_the_plain_bootstrap():
     lo, hi = np.percentile(stats._pearson_rows(x[idx], y[idx]), [2.5, 97.5])
     iv = stats.pearson_ci(x, y, n_boot=400)
     assert (iv.low, iv.high) == (pytest.approx(lo, abs=1e-9), pytest.approx(hi, abs=1e-9))
+
+
+def test_compare_view_and_ratings_read_one_teacher_and_one_decoding(qa_ws):
+    from core.analysis import ratings
+    from core.analysis.compare import CompareView
+
+    progress.run(scoring.score_suite(qa_ws, "qa", teacher="teacher"))
+    progress.run(scoring.score_suite(qa_ws, "qa", teacher="other"))  # the suite's teacher is now "other"
+    view = CompareView(qa_ws, "qa", ["base", "imit", "other"])
+    assert view.teacher == "other" and view.role("other") == "teacher"
+    got = view.metrics["unigram_overlap"][1]
+    assert list(got) == pytest.approx([unigram_overlap(s, t) for s, t in zip(IMIT, OTHER)])
+    # a newer decoding of imit on two items: the view and the blind rating queue show only it
+    _add_decoded(qa_ws, "imit", ["sampled one", "sampled two"], {"temperature": 0.7, "seed": 0})
+    view = CompareView(qa_ws, "qa", ["base", "imit", "other"])
+    assert [o for o in view.outputs[1] if o is not None] == ["sampled one", "sampled two"]
+    queue = ratings.pairwise_queue(qa_ws, "qa", "imit", seed=1, rater="r")
+    assert {t.teacher for t in queue} == {"other"} and len(queue) == 2
