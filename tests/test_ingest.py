@@ -620,7 +620,7 @@ def test_outputs_match_prompts_across_line_endings_blanks_and_unicode_form(ws, t
     run(import_suite(ws, suite, "s2"))
     s = run(import_outputs(ws, out, "s2", "m"))
     assert (s["matched"], s["imported"], s["already_present"]) == (3, 3, 0)
-    assert {r["name"]: r["outputs"] for r in list_suites(ws)} == {"s": 1, "s2": 1}
+    assert {r["name"]: (r["outputs"], r["model_count"]) for r in list_suites(ws)} == {"s": (3, 1), "s2": (3, 1)}
     per_suite = ws.db.execute(
         "select s.name, count(*) from generations g join items i on i.id = g.item_id"
         " join suites s on s.id = i.suite_id group by s.name order by s.name"
@@ -666,7 +666,8 @@ def test_real_files(ws, shared_data):
     assert (s["kind"], s["imported"], s["tasks"]) == ("prompts", 805, 5)
     s = run(import_outputs(ws, ae / "vicuna-13b.json", "alpacaeval", "vicuna-13b"))
     assert (s["matched"], s["unmatched"]) == (805, 0)
-    assert {r["name"]: r["outputs"] for r in list_suites(ws)}["alpacaeval"] == 1
+    suites = {r["name"]: r for r in list_suites(ws)}
+    assert (suites["alpacaeval"]["outputs"], suites["alpacaeval"]["model_count"]) == (805, 1)
     assert fts_ok(ws)
 
 

@@ -22,6 +22,8 @@ from core.api.suites import CORRECT, UNSCORED, WRONG, suite_kind
 from core.coverage import compute as coverage
 from core.data.datasets import get_suite, models_with_outputs
 from core.errors import BadInput, NotFound
+from core.scores import decodings
+from core.scores.outputs import recorded_roles, teacher_clause
 from core.store.db import select_in
 from core.store.workspace import Workspace
 
@@ -150,6 +152,12 @@ class CompareView:
         if len(self.models) > 4:
             raise BadInput("--models", f"at most 4 models side by side, got {len(self.models)}")
         self.roles = roles_of(ws)
+        # The teacher the suite's style scores were measured against (as `report` reads them): the
+        # one it was last scored with, else the configured one. Only its scores are shown.
+        self.teacher = recorded_roles(ws, suite).get("teacher") or ws.config.roles.teacher or None
+        if self.teacher and self.roles.get(self.teacher) != "teacher":
+            self.roles = {m: r for m, r in self.roles.items() if r != "teacher"}
+            self.roles[self.teacher] = "teacher"
         self.rater = rater or default_rater()
         self.data = data
         self._load_items()
@@ -184,17 +192,19 @@ class CompareView:
         m = len(self.models)
         self.gen_ids = np.full((m, self.n), -1, dtype=np.int64)
         self.outputs: list[list[str | None]] = [[None] * self.n for _ in range(m)]
-        for k, model in enumerate(self.models):
-            # Several decodings may exist per item; the latest generation is the one shown.
-            for item_id, gid, out in self.ws.db.execute(
-                "select g.item_id, g.id, g.output from generations g join items i on i.id = g.item_id"
-                " where i.suite_id = ? and g.model = ? order by g.id",
-                [self.suite_row["id"], model],
-            ):
-                p = self.pos_of_item.get(item_id)
-                if p is not None:
-                    self.gen_ids[k, p] = gid
-                    self.outputs[k][p] = out
+        # One decoding per model (core.scores.decodings), its latest output per item: what the
+        # scores are about, never a mix of two decodings.
+        ids, self.decodings = decodings.select(self.ws, self.suite_row["id"], self.models)
+        row_of = {m: k for k, m in enumerate(self.models)}
+        for gid, model, item_id, out in select_in(
+            self.ws.db,
+            "select g.id, g.model, g.item_id, g.output from generations g where g.id in ({in})",
+            ids,
+        ):
+            k, p = row_of[model], self.pos_of_item.get(item_id)
+            if p is not None:
+                self.gen_ids[k, p] = gid
+                self.outputs[k][p] = out
 
     def _load_scores(self, verdict_metric: str | None) -> None:
         m = len(self.models)
@@ -204,11 +214,12 @@ class CompareView:
                 gid_pos[int(self.gen_ids[k, p])] = (k, int(p))
         values: dict[str, np.ndarray] = {}
         placeholders = ",".join("?" * m)
+        cond, params = teacher_clause(self.teacher, "s.teacher")
         for gid, metric, value in self.ws.db.execute(
             f"select s.generation_id, s.metric, s.value from scores s"
             f" join generations g on g.id = s.generation_id join items i on i.id = g.item_id"
-            f" where i.suite_id = ? and g.model in ({placeholders}) order by s.id",
-            [self.suite_row["id"], *self.models],
+            f" where i.suite_id = ? and g.model in ({placeholders}) and {cond} order by s.id",
+            [self.suite_row["id"], *self.models, *params],
         ):
             kp = gid_pos.get(gid)
             if kp is None:

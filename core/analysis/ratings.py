@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from core.analysis.marks import default_rater
 from core.data.datasets import get_suite
 from core.errors import BadInput, NotFound
+from core.scores import decodings
+from core.scores.outputs import recorded_roles
+from core.store.db import select_in
 from core.store.workspace import Workspace, now
 
 
@@ -39,11 +42,12 @@ class PairTask:
 
 
 def _latest_generations(ws: Workspace, suite_id: int, model: str) -> dict[int, tuple[int, str]]:
+    """item_id -> (generation id, output): the model's latest output per item under one decoding
+    (core.scores.decodings), as its scores read them; never a mix of two decodings."""
+    ids, _ = decodings.select(ws, suite_id, [model])
     out = {}
-    for item_id, gid, text in ws.db.execute(
-        "select g.item_id, g.id, g.output from generations g join items i on i.id = g.item_id"
-        " where i.suite_id = ? and g.model = ? order by g.id",
-        [suite_id, model],
+    for gid, item_id, text in select_in(
+        ws.db, "select id, item_id, output from generations where id in ({in}) order by id", ids
     ):
         out[item_id] = (gid, text)
     return out
@@ -58,7 +62,7 @@ def pairwise_queue(
     reproducible; each rating records its side, so the result never depends on re-deriving it.
     """
     rater = default_rater() if rater is None else rater
-    teacher = teacher or ws.config.roles.teacher
+    teacher = teacher or recorded_roles(ws, suite).get("teacher") or ws.config.roles.teacher
     if model == teacher:
         raise BadInput("--model", f"'{model}' is the teacher; pick another model to rate against it")
     s = get_suite(ws, suite)
@@ -125,7 +129,7 @@ def pairwise_result(
     ws: Workspace, suite: str, model: str, *, teacher: str | None = None, rater: str | None = None
 ) -> dict:
     """Share of the model's outputs rated equal to or better than the teacher's, with a Wilson 95%."""
-    teacher = teacher or ws.config.roles.teacher
+    teacher = teacher or recorded_roles(ws, suite).get("teacher") or ws.config.roles.teacher
     s = get_suite(ws, suite)
     sql = (
         "select r.outcome, count(*) from pairwise_ratings r join items i on i.id = r.item_id"

@@ -15,8 +15,9 @@ from core.data.datasets import get_suite
 from core.errors import NotFound
 from core.models import registry as model_registry
 from core.scores import analyses
+from core.scores import decodings as D
 from core.scores.aggregate import aggregate
-from core.scores.outputs import resolve_roles
+from core.scores.outputs import recorded_roles, resolve_base, resolve_roles
 from core.store.workspace import Workspace, now
 
 
@@ -29,15 +30,21 @@ def build(
     base: str | None = None,
     imitation: list[str] | None = None,
     data: str | None = None,
+    decoding: dict | str | None = None,
 ) -> dict:
-    """Every number of the report, from stored scores (run `score_suite` first)."""
+    """Every number of the report, from stored scores (run `score_suite` first).
+
+    The teacher and base are the ones named, else those the suite was last scored with, else the
+    configured roles; every style number is measured against that one teacher.
+    """
     s = get_suite(ws, suite)
     models, teacher = resolve_roles(ws, suite, models, teacher)
-    records = aggregate(ws, suite, models=models, teacher=teacher)
+    records = aggregate(ws, suite, models=models, teacher=teacher, decoding=decoding)
     if not records:
         raise NotFound(f"no scores on suite '{suite}': run `mirage score --suite {suite}` first")
     roles = ws.config.roles
-    base = base or (roles.base if roles.base in models else None)
+    base = resolve_base(ws, suite, models, base)
+    _, decs = D.select(ws, s["id"], models, decoding)
     imitation = imitation or [m for m in roles.imitation if m in models]
     if not imitation and base:
         imitation = [
@@ -45,6 +52,7 @@ def build(
         ]
     metrics_present = {r["metric"] for r in records}
     table1, table2 = registry.table_metrics(1), registry.table_metrics(2)
+    left_out = _all_zero_style(records, table2)
     out = {
         "suite": suite,
         "kind": s["kind"],
@@ -54,9 +62,12 @@ def build(
         "base": base,
         "imitation": imitation,
         "table1": [r for r in records if r["metric"] in table1],
-        "table2": [r for r in records if r["metric"] in table2 and r["task"] == "all"],
+        "table2": [r for r in records if r["metric"] in table2 and r["task"] == "all" and r["metric"] not in left_out],
         "table1_metrics": [m for m in table1 if m in metrics_present],
-        "table2_metrics": [m for m in table2 if m in metrics_present],
+        "table2_metrics": [m for m in table2 if m in metrics_present and m not in left_out],
+        "table2_left_out": left_out,
+        "decodings": {m: json.loads(d or "{}") for m, d in decs.items()},
+        "scored_with": recorded_roles(ws, suite),
         "gap_closed": [],
         "gap_vs_support": [],
         "comparisons": [],
@@ -110,15 +121,39 @@ def build(
     return out
 
 
+def _all_zero_style(records: list[dict], table2) -> list[str]:
+    """Table 2 columns that are 0 for every model that has them, the teacher included (lists and
+    summaries on a short-answer suite): noise in that suite's table, so left out and named."""
+    values: dict[str, list[float | None]] = {}
+    for r in records:
+        if r["metric"] in table2 and r["task"] == "all":
+            values.setdefault(r["metric"], []).append(r["value"])
+    return [m for m in table2 if m in values and all(v == 0 for v in values[m])]
+
+
 # -- formatting -----------------------------------------------------------------------------------
-def fmt(metric: str, value, low=None, high=None) -> str:
+def _scale(metric: str) -> tuple[int, int]:
+    scale = 100 if registry.is_percent(metric) else 1
+    return scale, 1 if scale == 100 else 2
+
+
+def fmt_ci(metric: str, low, high) -> str:
+    """An interval as text: `[low, high]`, or `[n/a]` when there is none (a single value)."""
+    if low is None or high is None:
+        return "[n/a]"
+    scale, digits = _scale(metric)
+    return f"[{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+
+def fmt(metric: str, value, low=None, high=None, *, n: int | None = None) -> str:
+    """A value (percent for rates) and its interval when given; with `n`, an interval that is
+    missing shows as `[n/a]` rather than vanishing."""
     if value is None:
         return "n/a"
-    scale = 100 if registry.is_percent(metric) else 1
-    digits = 1 if scale == 100 else 2
+    scale, digits = _scale(metric)
     s = f"{value * scale:.{digits}f}"
-    if low is not None and high is not None:
-        s += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    if (low is not None and high is not None) or n is not None:
+        s += " " + fmt_ci(metric, low, high)
     return s
 
 
@@ -129,7 +164,7 @@ def _pivot(records: list[dict], metrics: list[str], *, by_task: bool) -> tuple[l
         k = (r["model"], r["task"]) if by_task else (r["model"],)
         if k not in keys:
             keys.append(k)
-        cells[(k, r["metric"])] = fmt(r["metric"], r["value"], r["ci_low"], r["ci_high"]) + f" (n={r['n']})"
+        cells[(k, r["metric"])] = fmt(r["metric"], r["value"], r["ci_low"], r["ci_high"], n=r["n"]) + f" (n={r['n']})"
     head = (["model", "task"] if by_task else ["model"]) + metrics
     keys.sort(key=lambda k: (k[1] != "all", k[1], k[0]) if by_task else k)
     rows = [list(k) + [cells.get((k, m), "") for m in metrics] for k in keys]
@@ -140,7 +175,13 @@ def _gap_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     head = ["imitation", "task", "metric", "base", "imitation score", "teacher", "gap closed", "support", "n"]
     rows = []
     for g in rep["gap_closed"]:
-        gc = fmt("ratio", g["value"], g["ci_low"], g["ci_high"]) if g["value"] is not None else f"n/a ({g['reason']})"
+        if g["value"] is not None:
+            gc = fmt("ratio", g["value"], g["ci_low"], g["ci_high"])
+        elif g.get("teacher_below_base"):
+            change = fmt(g["metric"], g["imitation_minus_base"])
+            gc = f"n/a ({g['reason']}; imitation − base = {change})"
+        else:
+            gc = f"n/a ({g['reason']})"
         rows.append(
             [
                 g["imitation_model"],
@@ -172,7 +213,12 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
             f"Table 2 — style against the teacher ({rep['teacher'] or 'none'})",
             "list/summary: share of items where the teacher did it and the model did too; unigram overlap: "
             "unigram-multiset F1 with the teacher's output; length correlation: Pearson r of output lengths "
-            "(words) over items.",
+            "(words) over items."
+            + (
+                f" Left out, 0 for every model: {', '.join(rep['table2_left_out'])}."
+                if rep.get("table2_left_out")
+                else ""
+            ),
             _pivot(rep["table2"], rep["table2_metrics"], by_task=False) if rep["table2"] else None,
         )
     )
@@ -186,7 +232,8 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
         secs.append(
             (
                 "Gap closed — (imitation − base) / (teacher − base)",
-                "n/a where the teacher − base interval includes 0. " + " ".join(notes),
+                "n/a where the teacher − base interval includes 0, or where the teacher is below the base"
+                " (then imitation can only move toward a weaker teacher). " + " ".join(notes),
                 _gap_rows(rep),
             )
         )
@@ -231,6 +278,11 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
     return secs
 
 
+def decodings_line(rep: dict) -> str:
+    """`model: decoding; ...`, one decoding per model (scores never mix two)."""
+    return "; ".join(f"{m}: {D.label(d)}" for m, d in rep.get("decodings", {}).items())
+
+
 def render_md(rep: dict, *, level: int = 1) -> str:
     """Markdown; `level` is the heading level of the title (sections go one deeper)."""
     h = "#" * level
@@ -241,6 +293,8 @@ def render_md(rep: dict, *, level: int = 1) -> str:
         f"Imitation: {', '.join(rep['imitation']) or '—'}. Generated {rep['generated_at']}.",
         "",
     ]
+    if rep.get("decodings"):
+        lines += [f"Decodings: {decodings_line(rep)}.", ""]
     for title, note, table in sections(rep):
         lines += [f"{h}# {title}", "", note, ""]
         if table is None:
@@ -341,6 +395,8 @@ def render_html(rep: dict) -> str:
         f"Base: {e(rep['base'] or '—')}. Imitation: {e(', '.join(rep['imitation']) or '—')}. "
         f"Generated {e(rep['generated_at'])}.</p>",
     ]
+    if rep.get("decodings"):
+        parts.append(f'<p class="note">Decodings: {e(decodings_line(rep))}.</p>')
     charts = _charts(rep)
     for title, note, table in sections(rep):
         parts.append(f'<h2>{e(title)}</h2><p class="note">{e(note)}</p>')

@@ -119,7 +119,7 @@ def view_data(rep: dict, view: str):
     """The JSON of one Analysis view (the same records `mirage report --format json` holds)."""
     keys = {
         "table1": ["table1"],
-        "table2": ["table2"],
+        "table2": ["table2", "table2_left_out"],
         "gap": ["gap_closed", "gap_vs_support"],
         "sweep": ["sweep"],
         "human": ["human"],

@@ -95,13 +95,16 @@ def emit_json(obj) -> None:
 
 def print_table(rows: list[dict], columns: list[str], *, title: str | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_edge=False, header_style="bold")
+    # Cells are data (model names, prompts, "[0.1, 0.3]" intervals), never Rich markup: escaped, or
+    # a "[n/a]" would vanish as an unknown tag and a "[bold]" in a name would style the table.
+    table = Table(title=None if title is None else escape(title), show_edge=False, header_style="bold")
     for c in columns:
-        table.add_column(c, overflow="fold")
+        table.add_column(escape(c), overflow="fold")
     for r in rows:
-        table.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in columns])
+        table.add_row(*["" if r.get(c) is None else escape(str(r.get(c))) for c in columns])
     Console().print(table)
 
 
@@ -138,7 +141,10 @@ def init(ctx, directory):
 
 LISTERS = {
     "datasets": ("core.data.datasets:list_datasets", ["name", "kind", "examples", "tokens", "duplicates", "source"]),
-    "suites": ("core.data.datasets:list_suites", ["name", "kind", "items", "tasks", "outputs", "source"]),
+    "suites": (
+        "core.data.datasets:list_suites",
+        ["name", "kind", "items", "tasks", "model_count", "outputs", "source"],
+    ),
     "models": ("core.models.registry:list_models", ["name", "kind", "size", "chat_template", "location"]),
     "runs": (
         "core.finetune.runs:list_runs",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from core.cli import emit_json, json_option, open_workspace, print_table, workspace_option
+from core.cli import emit_json, json_option, open_workspace, workspace_option
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -16,7 +16,18 @@ def _names(value: str | None) -> list[str] | None:
 @click.command("score")
 @click.option("--suite", required=True, help="Suite whose stored outputs to score.")
 @click.option("--models", help="Comma-separated models (default: every model with outputs on the suite).")
-@click.option("--teacher", help="Teacher for the style metrics (default: roles.teacher if it has outputs).")
+@click.option(
+    "--teacher",
+    help="Teacher for the style metrics (default: the one the suite was last scored with, else roles.teacher).",
+)
+@click.option(
+    "--base", help="Base model, recorded for the report's gap closed (default: as last scored, else roles.base)."
+)
+@click.option(
+    "--decoding",
+    help="Which outputs to score when a model has several decodings: key=value[,...] (e.g. temperature=0.7)"
+    " or a decoding id; default: each model's latest decoding. Decodings are never mixed.",
+)
 @click.option("--judge", help="Endpoint model to use as LLM judge (default: roles.judge; none if empty).")
 @click.option("--no-judge", is_flag=True, help="Skip the judge even if roles.judge is set.")
 @click.option("--embed", is_flag=True, help="Also embedding similarity to the teacher (all-MiniLM-L6-v2).")
@@ -25,47 +36,99 @@ def _names(value: str | None) -> list[str] | None:
 @json_option
 @workspace_option
 @click.pass_context
-def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, as_json):
+def score(ctx, suite, models, teacher, base, decoding, judge, no_judge, embed, loglik, workers, as_json):
     """Score every output on a suite (cached), then print per model × task × metric aggregates."""
     from core.runtime.progress import drive
-    from core.scores import scoring
+    from core.scores import decodings, scoring
     from core.scores.aggregate import aggregate
 
     ws = open_workspace(ctx)
     judge = None if no_judge else (judge or ws.config.roles.judge or None)
+    selector = decodings.parse_selector(decoding)
     counts = drive(
         scoring.score_suite(
-            ws, suite, models=_names(models), teacher=teacher, judge=judge, embed=embed, loglik=loglik, workers=workers
+            ws,
+            suite,
+            models=_names(models),
+            teacher=teacher,
+            base=base,
+            decoding=selector,
+            judge=judge,
+            embed=embed,
+            loglik=loglik,
+            workers=workers,
         ),
         f"scoring {suite}",
         quiet=as_json,
     )
-    records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"])
+    records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"], decoding=selector)
     if as_json:
         emit_json(records)
         return
-    from core.analysis.report import fmt
-    from core.api import registry
-
     click.echo(
         f"{counts['outputs']} outputs: {counts['computed']} scores computed, {counts['cached']} cached"
-        f"; teacher: {counts['teacher'] or 'none'}",
+        f"; teacher: {counts['teacher'] or 'none'}; base: {counts['base'] or 'none'}",
         err=True,
     )
-    # One table per task: a row per metric, a column per model, "value [95% CI] n" in each cell
-    # (percent for rates); the JSON has the same numbers unscaled.
-    models = [m for m in counts["models"] if any(r["model"] == m for r in records)]
-    tasks = sorted({r["task"] for r in records}, key=lambda t: (t != "all", t))
-    for task in tasks:
-        cells: dict[str, dict] = {}
-        for r in records:
-            if r["task"] == task:
-                cells.setdefault(r["metric"], {"metric": r["metric"]})[r["model"]] = (
-                    f"{fmt(r['metric'], r['value'], r['ci_low'], r['ci_high'])} n={r['n']}"
-                )
-        order = [m for m in registry.names(registry.metrics()) if m in cells]  # the report's column order
-        order += sorted(set(cells) - set(order))
-        print_table([cells[m] for m in order], ["metric", *models], title=f"task: {task}")
+    for model, dec in counts["decodings"].items():
+        click.echo(f"  {model}: decoding {decodings.label(dec)}", err=True)
+    print_long(records)
+
+
+def long_rows(records: list[dict]) -> list[dict]:
+    """The aggregates in long form, a row per model × task × metric (percent for rates), tasks in
+    order ("all" first), metrics in the report's column order; the JSON has them unscaled."""
+    from core.analysis.report import fmt, fmt_ci
+    from core.api import registry
+
+    order = {m: k for k, m in enumerate(registry.names(registry.metrics()))}
+    models = list(dict.fromkeys(r["model"] for r in records))
+    rows = sorted(
+        records,
+        key=lambda r: (
+            r["task"] != "all",
+            r["task"],
+            models.index(r["model"]),
+            order.get(r["metric"], 999),
+            r["metric"],
+        ),
+    )
+    return [
+        {
+            "model": r["model"],
+            "task": r["task"],
+            "metric": r["metric"],
+            "value": fmt(r["metric"], r["value"]),
+            "95% CI": fmt_ci(r["metric"], r["ci_low"], r["ci_high"]),
+            "n": r["n"],
+        }
+        for r in rows
+    ]
+
+
+def print_long(records: list[dict]) -> None:
+    """One table per task; each model a heading row, then its metrics one a row. A column per
+    model squeezed 18 models to one character each at 80 columns; this reads at 80 whatever the
+    number of models (the widest cell is a metric name)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    rows = long_rows(records)
+    for task in dict.fromkeys(r["task"] for r in rows):
+        table = Table(title=escape(f"task: {task}"), show_edge=False, header_style="bold")
+        for c, justify in (("model / metric", "left"), ("value", "right"), ("95% CI", "left"), ("n", "right")):
+            table.add_column(c, justify=justify, no_wrap=True)
+        model = None
+        for r in (r for r in rows if r["task"] == task):
+            if r["model"] != model:
+                if model is not None:
+                    table.add_section()
+                model = r["model"]
+                table.add_row(f"[bold]{escape(model)}[/bold]", "", "", "")
+            table.add_row("  " + escape(r["metric"]), escape(r["value"]), escape(r["95% CI"]), str(r["n"]))
+        console.print(table)
 
 
 @click.command("report")
@@ -77,15 +140,24 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
 @click.option("--base", help="Base model for gap closed (default: roles.base).")
 @click.option("--imitation", help="Comma-separated imitation models (default: roles.imitation).")
 @click.option("--data", help="Imitation dataset whose coverage to set against gap closed (default: adapter lineage).")
+@click.option("--decoding", help="Which outputs when a model has several decodings (as for `score`).")
 @workspace_option
 @click.pass_context
-def report(ctx, suite, fmt_name, out, models, teacher, base, imitation, data):
+def report(ctx, suite, fmt_name, out, models, teacher, base, imitation, data, decoding):
     """Table 1 (factuality), Table 2 (style vs teacher), gap closed vs coverage, sweeps; md, json or html."""
     from core.analysis import report as rep_mod
+    from core.scores.decodings import parse_selector
 
     ws = open_workspace(ctx)
     rep = rep_mod.build(
-        ws, suite, models=_names(models), teacher=teacher, base=base, imitation=_names(imitation), data=data
+        ws,
+        suite,
+        models=_names(models),
+        teacher=teacher,
+        base=base,
+        imitation=_names(imitation),
+        data=data,
+        decoding=parse_selector(decoding),
     )
     text = rep_mod.render(rep, fmt_name)
     if out:

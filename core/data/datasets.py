@@ -193,13 +193,17 @@ def list_suites(ws: Workspace) -> list[dict]:
         n = ws.db.execute("select count(*) from items where suite_id = ?", [s["id"]]).fetchone()[0]
         t = ws.db.execute("select count(distinct task) from items where suite_id = ?", [s["id"]]).fetchone()[0]
         outputs = _models_with_outputs(ws, s["id"])
+        n_outputs = ws.db.execute(
+            "select count(*) from generations g join items i on i.id = g.item_id where i.suite_id = ?", [s["id"]]
+        ).fetchone()[0]
         out.append(
             {
                 "name": s["name"],
                 "kind": s["kind"],
                 "items": n,
                 "tasks": t,
-                "outputs": len(outputs),
+                "outputs": n_outputs,  # stored outputs (generations) on the suite's items
+                "model_count": len(outputs),
                 "models": outputs,
                 "format": s["format"],
                 "source": s["source"],

@@ -1,11 +1,24 @@
-"""Stored scores as per model × task × metric means with bootstrap 95% intervals (`aggregate`)."""
+"""Stored scores as per model × task × metric means with bootstrap 95% intervals (`aggregate`).
+
+The records are cached in the workspace (core.scores.cache) under a hash of their inputs: the
+generations read, the teacher, the items, the bootstrap size and the scores' version, so a
+rescore that changes nothing reads them back instead of resampling thousands of scores again.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from core.api import registry
-from core.scores import stats
-from core.scores.outputs import resolve_roles, score_rows, score_table
+from core.data.datasets import get_suite
+from core.scores import cache, stats
+from core.scores import decodings as D
+from core.scores.outputs import resolve_roles, teacher_clause
+from core.store.db import select_in
 from core.store.workspace import Workspace
+
+# Bump when what `aggregate` computes from the same scores changes (it is part of the cache key).
+AGGREGATE_VERSION = "2"
 
 
 def aggregate(
@@ -14,32 +27,70 @@ def aggregate(
     *,
     models: list[str] | None = None,
     teacher: str | None = None,
+    decoding: dict | str | None = None,
     n_boot: int = stats.N_BOOT,
+    use_cache: bool = True,
 ) -> list[dict]:
     """Records {model, task, metric, value, ci_low, ci_high, n}, task "all" for the whole suite.
 
     Means of per-output scores with bootstrap 95% intervals (nulls left out: not applicable or
-    not computable); `length_correlation` is Pearson's r over items between the model's and the
+    not computable; no interval from one value); style scores only those measured against
+    `teacher`; `length_correlation` is Pearson's r over items between the model's and the
     teacher's output lengths in words, with a bootstrap interval over items.
     """
     models, teacher = resolve_roles(ws, suite, models, teacher)
-    gens, values = score_rows(ws, suite, models)
-    task_of = {g["item_id"]: g["task"] for g in gens}
+    s = get_suite(ws, suite)
+    ids, _ = D.select(ws, s["id"], models, decoding)
+    k = cache.key(
+        "aggregate",
+        AGGREGATE_VERSION,
+        registry.VERSIONS,
+        ids,
+        models,
+        teacher,
+        n_boot,
+        cache.items_digest(ws, s["id"]),
+        cache.scores_version(ws),
+    )
+    if use_cache:
+        hit = cache.get(ws, k)
+        if hit is not None:
+            return hit
+    records = _compute(ws, ids, models, teacher, n_boot)
+    cache.put(ws, s["id"], k, records)
+    return records
+
+
+def _compute(ws: Workspace, ids: list[int], models: list[str], teacher: str | None, n_boot: int) -> list[dict]:
+    rows = select_in(
+        ws.db,
+        "select g.id, g.model, g.item_id, i.task from generations g join items i on i.id = g.item_id"
+        " where g.id in ({in})",
+        ids,
+    )
+    gen = {gid: (model, item_id) for gid, model, item_id, _ in rows}
+    task_of = {item_id: task for _, _, item_id, task in rows}
+    table: dict[str, dict[str, dict[int, float | None]]] = defaultdict(lambda: defaultdict(dict))
+    cond, params = teacher_clause(teacher)
+    sql = f"select generation_id, metric, value from scores where {cond} and generation_id in ({{in}})"
+    for gid, metric, value in select_in(ws.db, sql, ids, before=params):
+        model, item_id = gen[gid]
+        table[model][metric][item_id] = value
     tasks = sorted(set(task_of.values()))
     groups = [("all", None)] + [(t, t) for t in tasks if t != "all"]
-    table = score_table(gens, values)
-    records = []
+    # Every column first, then all their intervals in one vectorised pass (stats.mean_cis).
+    keys: list[tuple[str, str, str]] = []
+    columns: list[list] = []
+    corr_keys: list[tuple[str, str]] = []
+    corr_pairs: list[tuple[list, list]] = []
     for model in models:
         for metric in sorted(table[model]):
             if model == teacher and registry.is_registered(metric) and registry.metric(metric).needs_teacher:
                 continue
             col = table[model][metric]
             for name, task in groups:
-                vals = [v for iid, v in col.items() if task is None or task_of[iid] == task]
-                iv = stats.mean_ci(vals, n_boot=n_boot)
-                if iv.n == 0:
-                    continue
-                records.append(_rec(model, name, metric, iv))
+                keys.append((model, name, metric))
+                columns.append([v for iid, v in col.items() if task is None or task_of[iid] == task])
         if teacher and model != teacher and "length_words" in table[model]:
             mine, theirs = table[model]["length_words"], table[teacher].get("length_words", {})
             for name, task in groups:
@@ -51,9 +102,18 @@ def aggregate(
                     and theirs[i] is not None
                     and (task is None or task_of[i] == task)
                 ]
-                iv = stats.pearson_ci([mine[i] for i in common], [theirs[i] for i in common], n_boot=n_boot)
-                if iv.value is not None:
-                    records.append(_rec(model, name, "length_correlation", iv))
+                corr_keys.append((model, name))
+                corr_pairs.append(([mine[i] for i in common], [theirs[i] for i in common]))
+    means = dict(zip(keys, stats.mean_cis(columns, n_boot=n_boot)))
+    corrs = dict(zip(corr_keys, stats.pearson_cis(corr_pairs, n_boot=n_boot)))
+    records = []
+    for model in models:  # the order records always had: model, its metrics, then length_correlation
+        for (m, name, metric), iv in means.items():
+            if m == model and iv.n:
+                records.append(_rec(model, name, metric, iv))
+        for (m, name), iv in corrs.items():
+            if m == model and iv.value is not None:
+                records.append(_rec(model, name, "length_correlation", iv))
     return records
 
 

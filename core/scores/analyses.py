@@ -54,8 +54,9 @@ def gap_closed(
     n_boot: int = stats.N_BOOT,
 ) -> list[dict]:
     """Per task (and "all"): (imitation − base) / (teacher − base) on items all three answered,
-    with a paired bootstrap interval; value None (n/a) where teacher − base's interval includes 0."""
-    gens, values = score_rows(ws, suite, [base, imitation, teacher])
+    with a paired bootstrap interval; value None (n/a, with its `reason`) where teacher − base's
+    interval includes 0, or where the teacher is below the base (`teacher_below_base`)."""
+    gens, values = score_rows(ws, suite, [base, imitation, teacher], teacher=teacher)
     table = score_table(gens, values)
     metric = metric or _verdict_metric(ws, suite, table, [base, imitation, teacher])[1]
     if metric is None:
@@ -104,7 +105,7 @@ def convincing_but_wrong(
     """Outputs whose style is close to the teacher's while their answer is wrong by the suite's
     primary metric (`SuiteKind.convincing_but_wrong` says what that means), overlap highest first."""
     models, teacher = resolve_roles(ws, suite, models, teacher)
-    gens, values = score_rows(ws, suite, models)
+    gens, values = score_rows(ws, suite, models, teacher=teacher)
     table = score_table(gens, values)
     kind, metric = _verdict_metric(ws, suite, table, models)
     if metric is None or teacher is None:

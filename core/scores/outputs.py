@@ -1,6 +1,9 @@
 """The outputs a suite's scores are about, and their stored scores read back.
 
-Which output of a model on an item: its latest generation (highest id), whatever the decoding.
+Which output of a model on an item: the latest generation under the one decoding the model's
+scores read (core.scores.decodings: never a mix of two). Which teacher: style scores are stored
+with the teacher they were measured against, and read back for the teacher in use only; the roles
+a suite was last scored with are recorded (`score_roles`), so a later report shows the same ones.
 """
 
 from __future__ import annotations
@@ -11,41 +14,68 @@ from collections.abc import Iterable
 
 from core.data.datasets import get_suite, models_with_outputs
 from core.errors import NotFound
+from core.scores import decodings as D
 from core.store.db import select_in
-from core.store.workspace import Workspace
+from core.store.workspace import Workspace, dumps, now
 
 
-def latest_generations(ws: Workspace, suite: str, models: Iterable[str]) -> list[dict]:
-    """The latest generation of each model on each item of the suite, with the item's fields."""
+def latest_generations(
+    ws: Workspace, suite: str, models: Iterable[str], *, decoding: dict | str | None = None
+) -> list[dict]:
+    """The latest generation of each model on each item of the suite under one decoding per model
+    (`decodings.select`), with the item's fields and the generation's `decoding`."""
     s = get_suite(ws, suite)
-    models = list(models)
-    if not models:
+    ids, _ = D.select(ws, s["id"], models, decoding)
+    if not ids:
         return []
-    ph = ",".join("?" * len(models))
-    rows = ws.db.query(
-        f"""select g.id as generation_id, g.model, g.output, g.item_id, i.idx, i.task, i.prompt as item_prompt,
-                   i.gold, i.choices, i.tests, i.entry_point, i.meta as item_meta
-            from generations g join items i on i.id = g.item_id
-            where g.id in (select max(g2.id) from generations g2 join items i2 on i2.id = g2.item_id
-                           where i2.suite_id = ? and g2.model in ({ph}) group by g2.item_id, g2.model)
-            order by i.idx, g.model""",
-        [s["id"], *models],
+    rows = select_in(
+        ws.db,
+        """select g.id as generation_id, g.model, g.output, g.item_id, i.idx, i.task, i.prompt as item_prompt,
+                  i.gold, i.choices, i.tests, i.entry_point, i.meta as item_meta, g.decoding
+           from generations g join items i on i.id = g.item_id where g.id in ({in})""",
+        ids,
     )
+    keys = ["generation_id", "model", "output", "item_id", "idx", "task", "item_prompt", "gold", "choices"]
+    keys += ["tests", "entry_point", "item_meta", "decoding"]
     out = []
-    for r in rows:
-        r = dict(r)
+    for row in rows:
+        r = dict(zip(keys, row))
         r["gold"] = json.loads(r["gold"] or "[]")
         r["choices"] = json.loads(r["choices"]) if r["choices"] else None
         r["item_meta"] = json.loads(r["item_meta"] or "{}")
+        r["decoding"] = json.loads(r["decoding"] or "{}")
         out.append(r)
+    out.sort(key=lambda r: (r["idx"], r["model"]))
     return out
+
+
+# -- the roles a suite was scored with -------------------------------------------------------------
+def recorded_roles(ws: Workspace, suite: str) -> dict:
+    """{teacher, base, decodings: {model: decoding}} the suite was last scored with ({} if never)."""
+    row = ws.db.execute(
+        "select r.teacher, r.base, r.decodings from score_roles r join suites s on s.id = r.suite_id where s.name = ?",
+        [suite],
+    ).fetchone()
+    if row is None:
+        return {}
+    return {"teacher": row[0], "base": row[1], "decodings": json.loads(row[2] or "{}")}
+
+
+def record_roles(ws: Workspace, suite: str, *, teacher: str | None, base: str | None, decodings: dict) -> None:
+    s = get_suite(ws, suite)
+    with ws.transaction():
+        ws.db.execute(
+            "insert or replace into score_roles (suite_id, teacher, base, decodings, updated_at) values (?, ?, ?, ?, ?)",
+            [s["id"], teacher, base, dumps(decodings), now()],
+        )
 
 
 def resolve_roles(
     ws: Workspace, suite: str, models: list[str] | None = None, teacher: str | None = None
 ) -> tuple[list[str], str | None]:
-    """(models to score, teacher): explicit names, else every model with outputs on the suite and
-    the configured teacher role if it has outputs there."""
+    """(models to score, teacher): explicit names, else every model with outputs on the suite; the
+    teacher is the one named, else the one the suite was last scored with, else the configured
+    teacher role, each only if it has outputs there."""
     have = models_with_outputs(ws, suite)
     if not have:
         raise NotFound(
@@ -62,7 +92,10 @@ def resolve_roles(
     else:
         models = list(have)
     if teacher is None:
-        teacher = ws.config.roles.teacher if ws.config.roles.teacher in have else None
+        for candidate in (recorded_roles(ws, suite).get("teacher"), ws.config.roles.teacher):
+            if candidate and candidate in have:
+                teacher = candidate
+                break
     elif teacher not in have:
         raise NotFound(f"no outputs of teacher '{teacher}' on suite '{suite}' (have: {', '.join(have) or 'none'})")
     if teacher and teacher not in models:
@@ -70,24 +103,55 @@ def resolve_roles(
     return models, teacher
 
 
+def resolve_base(ws: Workspace, suite: str, models: list[str], base: str | None = None) -> str | None:
+    """The base model: the one named, else the one the suite was last scored with, else roles.base."""
+    if base:
+        if base not in models_with_outputs(ws, suite):
+            raise NotFound(f"no outputs of base '{base}' on suite '{suite}'")
+        return base
+    for candidate in (recorded_roles(ws, suite).get("base"), ws.config.roles.base):
+        if candidate and candidate in models:
+            return candidate
+    return None
+
+
 # -- stored scores ------------------------------------------------------------------------------
-def score_rows(ws: Workspace, suite: str, models: list[str]) -> tuple[list[dict], dict]:
-    """The latest generations of `models` and {generation_id: {metric: value}} of their scores."""
-    gens = latest_generations(ws, suite, models)
+def teacher_clause(teacher: str | None, column: str = "teacher") -> tuple[str, list]:
+    """SQL keeping the scores that belong with `teacher`: those measured against it, and those
+    measured against no teacher (factuality, the output's own style)."""
+    if teacher is None:
+        return f"{column} is null", []
+    return f"({column} is null or {column} = ?)", [teacher]
+
+
+def score_rows(
+    ws: Workspace,
+    suite: str,
+    models: list[str],
+    *,
+    teacher: str | None = None,
+    decoding: dict | str | None = None,
+) -> tuple[list[dict], dict]:
+    """The latest generations of `models` and {generation_id: {metric: value}} of their scores
+    (style scores only those measured against `teacher`)."""
+    gens = latest_generations(ws, suite, models, decoding=decoding)
     by_gid = {g["generation_id"]: g for g in gens}
     values: dict[int, dict[str, float | None]] = defaultdict(dict)
-    sql = "select generation_id, metric, value from scores where generation_id in ({in})"
-    for gid, metric, value in select_in(ws.db, sql, list(by_gid)):
+    cond, params = teacher_clause(teacher)
+    sql = f"select generation_id, metric, value from scores where {cond} and generation_id in ({{in}})"
+    for gid, metric, value in select_in(ws.db, sql, list(by_gid), before=params):
         values[gid][metric] = value
     return gens, values
 
 
 def item_scores(
-    ws: Workspace, suite: str, models: list[str] | None = None
+    ws: Workspace, suite: str, models: list[str] | None = None, *, teacher: str | None = None
 ) -> dict[int, dict[str, dict[str, float | None]]]:
     """{item_id: {model: {metric: value}}} for the latest output of each model (stored scores only)."""
     models = models or models_with_outputs(ws, suite)
-    gens, values = score_rows(ws, suite, models)
+    if teacher is None:
+        teacher = recorded_roles(ws, suite).get("teacher")
+    gens, values = score_rows(ws, suite, models, teacher=teacher)
     out: dict[int, dict] = defaultdict(dict)
     for g in gens:
         out[g["item_id"]][g["model"]] = dict(values.get(g["generation_id"], {}))

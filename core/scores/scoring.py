@@ -9,6 +9,7 @@ registry (core.api.registry); reading scores back is core.scores.outputs, aggreg
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 
@@ -19,8 +20,10 @@ from core.api.suites import LETTERS, MCKind, suite_kind
 from core.data.datasets import get_suite
 from core.errors import BadInput, NotFound
 from core.runtime.progress import Progress, Work, check_cancel
+from core.scores import cache
+from core.scores import decodings as D
 from core.scores.keys import inputs_hash
-from core.scores.outputs import latest_generations, resolve_roles
+from core.scores.outputs import latest_generations, record_roles, resolve_base, resolve_roles, teacher_clause
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -61,28 +64,35 @@ def _teacher_style(out: str, teacher_out: str, teacher: str) -> dict:
 
 
 # -- scoring ----------------------------------------------------------------------------------------
-def _stored(ws: Workspace, gen_ids: list[int]) -> dict[tuple[int, str], tuple[str, bool]]:
-    """(generation_id, metric) -> (inputs_hash, is_error) of the rows already stored."""
+def _stored(ws: Workspace, gen_ids: list[int], teacher: str | None) -> dict[tuple[int, str], tuple[str, bool]]:
+    """(generation_id, metric) -> (inputs_hash, is_error) of the rows already stored (for `teacher`)."""
     out = {}
-    sql = "select generation_id, metric, inputs_hash, value, meta from scores where generation_id in ({in})"
-    for gid, metric, h, value, meta in select_in(ws.db, sql, gen_ids):
+    cond, params = teacher_clause(teacher)
+    sql = (
+        f"select generation_id, metric, inputs_hash, value, meta from scores where {cond} and generation_id in ({{in}})"
+    )
+    for gid, metric, h, value, meta in select_in(ws.db, sql, gen_ids, before=params):
         out[(gid, metric)] = (h, value is None and '"error"' in (meta or ""))
     return out
 
 
-def _write(ws: Workspace, rows: list[tuple]) -> None:
-    """Store (generation_id, metric, inputs_hash, value, meta) rows, replacing stale ones."""
+def _write(ws: Workspace, rows: list[tuple], teacher: str | None = None) -> None:
+    """Store (generation_id, metric, inputs_hash, value, meta) rows, replacing stale ones; a metric
+    measured against the teacher is stored with it (rows against another teacher stay)."""
     if not rows:
         return
     t = now()
+    whom = [teacher if R.is_registered(r[1]) and R.metric(r[1]).needs_teacher else None for r in rows]
     with ws.transaction():
         ws.db.conn.executemany(
-            "delete from scores where generation_id = ? and metric = ?", [(r[0], r[1]) for r in rows]
+            "delete from scores where generation_id = ? and metric = ? and teacher is ?",
+            [(r[0], r[1], w) for r, w in zip(rows, whom)],
         )
+        # "or replace": another teacher's row with the same inputs (equal outputs) gives way.
         ws.db.conn.executemany(
-            "insert into scores (generation_id, metric, version, inputs_hash, value, meta, created_at)"
-            " values (?, ?, ?, ?, ?, ?, ?)",
-            [(gid, m, VERSIONS[m], h, v, dumps(meta), t) for gid, m, h, v, meta in rows],
+            "insert or replace into scores (generation_id, metric, version, inputs_hash, value, meta, created_at,"
+            " teacher) values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(gid, m, VERSIONS[m], h, v, dumps(meta), t, w) for (gid, m, h, v, meta), w in zip(rows, whom)],
         )
 
 
@@ -92,6 +102,8 @@ def score_suite(
     *,
     models: list[str] | None = None,
     teacher: str | None = None,
+    base: str | None = None,
+    decoding: dict | str | None = None,
     judge: str | None = None,
     embed: bool = False,
     loglik: bool = False,
@@ -102,14 +114,35 @@ def score_suite(
     """Compute and store every missing or stale score of the suite's outputs; return counts.
 
     Yields Progress. Cheap text metrics are computed inline; code runs in the sandbox (`workers`
-    in parallel); the judge and embeddings only when asked.
+    in parallel); the judge and embeddings only when asked. Each model's outputs are read under one
+    decoding (`decoding` selects it, core.scores.decodings); the teacher, base and decodings used
+    are recorded for the suite (core.scores.outputs.recorded_roles).
     """
-    kind = suite_kind(get_suite(ws, suite)["kind"])
+    s = get_suite(ws, suite)
+    kind = suite_kind(s["kind"])
     models, teacher = resolve_roles(ws, suite, models, teacher)
-    gens = latest_generations(ws, suite, models)
+    base = resolve_base(ws, suite, models, base)
+    ids, decs = D.select(ws, s["id"], models, decoding)
+    D.require(decs, models, decoding, suite)
+    decs = {m: json.loads(d or "{}") for m, d in decs.items()}
+    counts = {"computed": 0, "cached": 0, "outputs": len(ids), "models": models, "teacher": teacher}
+    counts.update(base=base, decodings=decs)
+    # Everything the stored scores of this selection depend on: when it and the scores are as the
+    # last complete run left them, every score is fresh and nothing needs reading or hashing.
+    done_key = None
+    if not judge and not loglik:
+        spec = ws.config.defaults.embedding_model if embed else None
+        done_key = cache.key("scored", s["kind"], ids, teacher, VERSIONS, spec, cache.items_digest(ws, s["id"]))
+        done = cache.get(ws, done_key)
+        if done and done["version"] == cache.scores_version(ws):
+            record_roles(ws, suite, teacher=teacher, base=base, decodings=decs)
+            counts["cached"] = done["cached"]
+            yield Progress(len(ids), len(ids), "done")
+            return counts
+    gens = latest_generations(ws, suite, models, decoding=decoding)
     teacher_out = {g["item_id"]: g["output"] for g in gens if g["model"] == teacher}
-    stored = _stored(ws, [g["generation_id"] for g in gens])
-    counts = {"computed": 0, "cached": 0, "outputs": len(gens), "models": models, "teacher": teacher}
+    stored = _stored(ws, [g["generation_id"] for g in gens], teacher)
+    failed = []
     pending: list[tuple] = []
     total = len(gens)
 
@@ -123,6 +156,8 @@ def score_suite(
     def add(g, metric, h, value, meta):
         pending.append((g["generation_id"], metric, h, value, meta))
         counts["computed"] += 1
+        if value is None and "error" in (meta or {}):
+            failed.append(metric)  # retried next run: the selection is not fully scored
 
     factuality = kind.inline_factuality
     tested = kind.metrics(requires=R.SANDBOX)
@@ -158,20 +193,20 @@ def score_suite(
         if n % 500 == 0:
             check_cancel(cancel)
             yield Progress(n, total, "text metrics")
-    _write(ws, pending)
+    _write(ws, pending, teacher)
     pending.clear()
 
     if code_jobs:
         yield from _score_code(ws, code_jobs, add, workers=workers, timeout=code_timeout, cancel=cancel)
-        _write(ws, pending)
+        _write(ws, pending, teacher)
         pending.clear()
     if embed and teacher:
         yield from _score_embeddings(ws, gens, teacher, teacher_out, fresh, add)
-        _write(ws, pending)
+        _write(ws, pending, teacher)
         pending.clear()
     if loglik and kind.metrics(requires=R.LOGLIK):
         yield from _score_loglik(ws, gens, fresh, add, cancel=cancel)
-        _write(ws, pending)
+        _write(ws, pending, teacher)
         pending.clear()
     if judge:
         from core.scores import judge as J
@@ -185,11 +220,19 @@ def score_suite(
             teacher_out,
             fresh,
             add,
-            lambda: (_write(ws, pending), pending.clear()),
+            lambda: (_write(ws, pending, teacher), pending.clear()),
             cancel=cancel,
         )
-        _write(ws, pending)
+        _write(ws, pending, teacher)
         pending.clear()
+    record_roles(ws, suite, teacher=teacher, base=base, decodings=decs)
+    if done_key and not failed:
+        cache.put(
+            ws,
+            s["id"],
+            done_key,
+            {"version": cache.scores_version(ws), "cached": counts["computed"] + counts["cached"]},
+        )
     yield Progress(total, total, "done")
     return counts
 
@@ -311,6 +354,8 @@ def run_job(ctx) -> dict:
         cfg["suite"],
         models=cfg.get("models") or None,
         teacher=cfg.get("teacher"),
+        base=cfg.get("base"),
+        decoding=cfg.get("decoding"),
         judge=cfg.get("judge"),
         embed=bool(cfg.get("embed")),
         loglik=bool(cfg.get("loglik")),

@@ -53,17 +53,53 @@ def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float | None, float
     return float(lo), float(hi)
 
 
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How many times each item is drawn in each resample: (k, n) multiplicities of a (k, n)
+    matrix of indices, so that a resampled mean of every column of X at once is counts @ X / n."""
+    k = idx.shape[0]
+    flat = (np.arange(k, dtype=np.int64)[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=k * n).reshape(k, n).astype(float)
+
+
+def _boot_moments(n: int, cols: list[np.ndarray], *, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Resampled means (n_boot, k) of each (n, k) matrix in `cols`, all under the same resamples."""
+    parts: list[list[np.ndarray]] = [[] for _ in cols]
+    for idx in _index_chunks(n, n_boot, seed):
+        c = _counts(idx, n)
+        for p, X in zip(parts, cols):
+            p.append(c @ X)
+    return [np.concatenate(p) / n for p in parts]
+
+
+def mean_cis(columns, *, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = SEED) -> list[Interval]:
+    """`mean_ci` of many columns at once: columns of the same size share their resamples (the same
+    seeded index matrix `mean_ci` draws for that size), and one matrix product gives them all."""
+    xs = [np.asarray([v for v in col if v is not None], dtype=float) for col in columns]
+    out: list[Interval | None] = [None] * len(xs)
+    by_n: dict[int, list[int]] = {}
+    for j, x in enumerate(xs):
+        n = x.size
+        if n == 0:
+            out[j] = Interval(None, None, None, 0)
+        elif n == 1:
+            out[j] = Interval(float(x[0]), None, None, 1)  # no interval from one value
+        elif np.all(x == x[0]):
+            out[j] = Interval(float(x[0]), float(x[0]), float(x[0]), n)
+        else:
+            by_n.setdefault(n, []).append(j)
+    for n, js in by_n.items():
+        (boot,) = _boot_moments(n, [np.stack([xs[j] for j in js], axis=1)], n_boot=n_boot, seed=seed)
+        # Resampled means are always finite: every column's percentiles in one call.
+        lows, highs = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+        for c, j in enumerate(js):
+            out[j] = Interval(float(xs[j].mean()), float(lows[c]), float(highs[c]), n)
+    return out  # type: ignore[return-value]
+
+
 def mean_ci(values, *, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = SEED) -> Interval:
-    """Mean with a percentile-bootstrap (1 - alpha) interval; None values are left out."""
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    n = x.size
-    if n == 0:
-        return Interval(None, None, None, 0)
-    if n == 1 or np.all(x == x[0]):
-        return Interval(float(x.mean()), float(x[0]), float(x[0]), n)
-    boot = bootstrap(lambda idx: x[idx].mean(axis=1), n, n_boot=n_boot, seed=seed)
-    lo, hi = _percentiles(boot, alpha)
-    return Interval(float(x.mean()), lo, hi, n)
+    """Mean with a percentile-bootstrap (1 - alpha) interval; None values are left out; no interval
+    (low and high None) from a single value."""
+    return mean_cis([values], n_boot=n_boot, alpha=alpha, seed=seed)[0]
 
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -80,17 +116,40 @@ def pearson(x, y) -> float | None:
     return None if math.isnan(r) else r
 
 
+def pearson_cis(pairs, *, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = SEED) -> list[Interval]:
+    """`pearson_ci` of many (x, y) pairs at once: the resampled correlations come from resampled
+    moments (counts @ x, counts @ x², counts @ xy ...) of centred values, pairs of one size together."""
+    out: list[Interval | None] = [None] * len(pairs)
+    by_n: dict[int, list[int]] = {}
+    arrays = []
+    for j, (x, y) in enumerate(pairs):
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        arrays.append((x - x.mean() if x.size else x, y - y.mean() if y.size else y))
+        r = pearson(x, y) if x.size >= 3 else None
+        if r is None:
+            out[j] = Interval(None, None, None, x.size)
+        else:
+            out[j] = Interval(r, None, None, x.size)
+            by_n.setdefault(x.size, []).append(j)
+    for n, js in by_n.items():
+        X = np.stack([arrays[j][0] for j in js], axis=1)
+        Y = np.stack([arrays[j][1] for j in js], axis=1)
+        mx, my, mxx, myy, mxy = _boot_moments(n, [X, Y, X * X, Y * Y, X * Y], n_boot=n_boot, seed=seed)
+        vx, vy = mxx - mx * mx, myy - my * my
+        # A resample of equal values has variance 0 (up to rounding): no correlation, as in pearson().
+        eps = 1e-12 * np.maximum((X * X).mean(axis=0), (Y * Y).mean(axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where((vx > eps) & (vy > eps), (mxy - mx * my) / np.sqrt(vx * vy), np.nan)
+        for c, j in enumerate(js):
+            lo, hi = _percentiles(r[:, c], alpha)
+            out[j] = Interval(out[j].value, lo, hi, n)
+    return out  # type: ignore[return-value]
+
+
 def pearson_ci(x, y, *, n_boot: int = N_BOOT, alpha: float = 0.05, seed: int = SEED) -> Interval:
     """Pearson correlation of paired values with a bootstrap interval over pairs."""
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    n = x.size
-    r = pearson(x, y) if n >= 3 else None
-    if r is None:
-        return Interval(None, None, None, n)
-    boot = bootstrap(lambda idx: _pearson_rows(x[idx], y[idx]), n, n_boot=n_boot, seed=seed)
-    lo, hi = _percentiles(boot, alpha)
-    return Interval(r, lo, hi, n)
+    return pearson_cis([(x, y)], n_boot=n_boot, alpha=alpha, seed=seed)[0]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -168,7 +227,10 @@ def gap_closed(base, imitation, teacher, *, n_boot: int = N_BOOT, alpha: float =
     """(imitation − base) / (teacher − base) on the same items, with a paired bootstrap interval.
 
     n/a (value None, `reason`) when the denominator's own interval includes 0: the teacher is not
-    measurably better than the base on this task, so any ratio would be noise.
+    measurably better than the base on this task, so any ratio would be noise. Also n/a when the
+    teacher is measurably *below* the base: there is no gap to close, and a positive ratio would
+    read as progress when imitation moved toward a weaker teacher (`teacher_below_base`, and
+    `imitation_minus_base`: negative when imitation lost ground toward it).
     """
     b = np.asarray(base, float)
     i = np.asarray(imitation, float)
@@ -203,6 +265,12 @@ def gap_closed(base, imitation, teacher, *, n_boot: int = N_BOOT, alpha: float =
         out["reason"] = "teacher − base interval includes 0"
         return out
     den = t.mean() - b.mean()
+    if dhi < 0:
+        out["teacher_below_base"] = True
+        out["imitation_minus_base"] = float(i.mean() - b.mean())
+        moved = "moved toward" if i.mean() < b.mean() else "did not follow"
+        out["reason"] = f"teacher below base: imitation {moved} a weaker teacher"
+        return out
     out["value"] = float((i.mean() - b.mean()) / den)
     out["ci_low"], out["ci_high"] = _percentiles(np.concatenate(ratio_samples), alpha)
     return out

@@ -491,3 +491,50 @@ def m073_token_counts(db):
         );
         """
     )
+
+
+@migration
+def m070_score_roles(db):
+    # A style score is measured against one teacher's output: the teacher goes with the row, so
+    # reads can ask for the teacher in use and a report never mixes two (rows from before this
+    # column carry it in their meta). `score_roles` records the roles and decodings a suite was
+    # last scored with, so a later `report` shows them without being told again.
+    conn = db.conn
+    conn.execute("alter table scores add column teacher text")
+    conn.execute("update scores set teacher = json_extract(meta, '$.teacher') where json_valid(meta)")
+    conn.execute("create index scores_generation_teacher on scores(generation_id, teacher)")
+    conn.execute(
+        """create table score_roles (
+            suite_id integer primary key references suites(id) on delete cascade,
+            teacher text,
+            base text,
+            decodings text not null default '{}',   -- json: model -> the decoding its scores read
+            updated_at text not null
+        )"""
+    )
+    # A suite scored before this migration against exactly one teacher was scored with that one.
+    conn.execute(
+        "insert into score_roles (suite_id, teacher, updated_at)"
+        " select i.suite_id, min(s.teacher), ? from scores s join generations g on g.id = s.generation_id"
+        " join items i on i.id = g.item_id where s.teacher is not null"
+        " group by i.suite_id having count(distinct s.teacher) = 1",
+        [_dt.datetime.now(_dt.UTC).isoformat()],
+    )
+    # Aggregates (bootstrap intervals over thousands of scores) are cached under a hash of their
+    # inputs; `score_state.version` moves on every change to `scores`, so that hash includes it.
+    conn.execute("create table score_state (id integer primary key check (id = 1), version integer not null)")
+    conn.execute("insert into score_state (id, version) values (1, 0)")
+    for event in ("insert", "delete", "update"):
+        conn.execute(
+            f"create trigger scores_state_{event} after {event} on scores begin"
+            " update score_state set version = version + 1 where id = 1; end"
+        )
+    conn.execute(
+        """create table aggregate_cache (
+            key text primary key,
+            suite_id integer not null references suites(id) on delete cascade,
+            value text not null,
+            created_at text not null
+        )"""
+    )
+    conn.execute("create index aggregate_cache_suite on aggregate_cache(suite_id, created_at)")

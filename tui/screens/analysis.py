@@ -27,7 +27,7 @@ def _table(title: str, note: str, head: list[str], rows: list[list[str]]) -> Tab
     for n, h in enumerate(head):
         t.add_column(h, justify="left" if n < 2 else "right", overflow="fold")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*[Text(c) for c in r])  # data, not markup: a "[n/a]" interval must not vanish as a tag
     return t
 
 
