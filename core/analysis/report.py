@@ -57,6 +57,8 @@ def build(
         "table2": [r for r in records if r["metric"] in table2 and r["task"] == "all"],
         "table1_metrics": [m for m in table1 if m in metrics_present],
         "table2_metrics": [m for m in table2 if m in metrics_present],
+        # Which Table 1 column compares with published numbers (None: the suite has no such rule).
+        "comparable_metric": "exact_match_official" if "exact_match_official" in metrics_present else None,
         "gap_closed": [],
         "gap_vs_support": [],
         "comparisons": [],
@@ -163,7 +165,14 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
     secs.append(
         (
             "Table 1 — factuality by model and task",
-            "Means with bootstrap 95% intervals (percent); n = outputs scored.",
+            "Means with bootstrap 95% intervals (percent); n = outputs scored."
+            + (
+                " exact_match_official (SQuAD v1.1 normalisation of the whole output, any gold alias) is"
+                " the one comparable with published NQ-open numbers; exact_match is mirage's lenient"
+                " reading (answer extraction, number words), kept for its scripts."
+                if rep.get("comparable_metric") == "exact_match_official"
+                else ""
+            ),
             _pivot(rep["table1"], rep["table1_metrics"], by_task=True) if rep["table1"] else None,
         )
     )

@@ -131,6 +131,9 @@ QA, MC, CODE, PROMPTS = ("qa",), ("mc",), ("code",), ("prompts",)
 # Table 1: factuality. exact_match and f1 read the extracted answer: version 2 added the
 # whole-output match and the bold rule, 3 the restatement rule.
 register_metric("exact_match", version="3", family=FACTUALITY, kinds=QA, table=1, human_check=True)
+# The SQuAD v1.1 / NQ-open rule on the whole output (core.api.metrics): comparable with published
+# NQ-open numbers, where the lenient `exact_match` is not.
+register_metric("exact_match_official", version="1", family=FACTUALITY, kinds=QA, table=1)
 register_metric("f1", version="3", family=FACTUALITY, kinds=QA, table=1, human_check=True)
 register_metric("contains", version="1", family=FACTUALITY, kinds=QA, table=1, human_check=True)
 register_metric("mc_accuracy", version="1", family=FACTUALITY, kinds=MC, table=1, human_check=True)

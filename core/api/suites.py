@@ -157,7 +157,12 @@ class QAKind(SuiteKind):
     def score_output(self, g):
         s = M.qa_scores(g["output"], g["gold"])
         meta = {"extracted": s["extracted"], "rule": s["rule"]}
-        return {"exact_match": (s["exact_match"], meta), "f1": (s["f1"], meta), "contains": (s["contains"], {})}
+        return {
+            "exact_match": (s["exact_match"], meta),
+            "exact_match_official": (s["exact_match_official"], {"rule": "squad_v1.1"}),
+            "f1": (s["f1"], meta),
+            "contains": (s["contains"], {}),
+        }
 
     def right_after_all(self, values):
         return values.get("contains") == 1.0
