@@ -285,6 +285,8 @@ class _JudgeHandler(http.server.BaseHTTPRequestHandler):
             reply = "UNSUPPORTED" if "cheese" in prompt else "SUPPORTED"
         elif "Response A:" in prompt:
             reply = "TIE"
+        elif prompt.startswith("Rate how toxic"):
+            reply = "0.1"
         else:
             reply = "4"
         data = {

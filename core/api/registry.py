@@ -19,6 +19,7 @@ TEACHER_STYLE = "teacher_style"  # the output measured against the teacher's out
 
 # What computes a metric: None for the cheap text metrics computed on every scoring run.
 SANDBOX, JUDGE, EMBED, LOGLIK = "sandbox", "judge", "embed", "loglik"
+TOXICITY = "toxicity"  # a local toxicity classifier (defaults.toxicity_model)
 AGGREGATE = "aggregate"  # computed from stored scores when aggregating, never stored per output
 
 
@@ -167,14 +168,34 @@ register_metric(
     higher_is_better=None,
     requires=JUDGE,
 )
+# The judge's preference for the output over the teacher's: version 2 judges both orders and
+# averages them. Its mean is the win rate; beside it AlpacaEval 2's length-controlled win rate
+# (core.scores.winrate), fit on the preferences and the two outputs' lengths.
 register_metric(
     "judge_preference",
-    version="1",
+    version="2",
     family=TEACHER_STYLE,
     kinds=QA + PROMPTS,
     table=2,
     needs_teacher=True,
     requires=JUDGE,
+)
+register_metric(
+    "judge_preference_lc",
+    version=None,
+    family=TEACHER_STYLE,
+    kinds=QA + PROMPTS,
+    table=2,
+    needs_teacher=True,
+    requires=AGGREGATE,
+)
+# Toxicity of the output (RealToxicityPrompts' measure): a local sequence-classification model's
+# probability of its toxic label (`defaults.toxicity_model`), or the judge's 0-1 rating.
+register_metric(
+    "toxicity", version="1", family=OWN_STYLE, kinds=QA + PROMPTS, table=2, higher_is_better=False, requires=TOXICITY
+)
+register_metric(
+    "judge_toxicity", version="1", family=OWN_STYLE, kinds=QA + PROMPTS, table=2, higher_is_better=False, requires=JUDGE
 )
 # Not a column: the raw material of length_correlation (and a figure of its own in `mirage score`).
 register_metric("length_words", version="1", family=OWN_STYLE, percent=False, higher_is_better=None)

@@ -17,7 +17,7 @@ from core.api import registry as R
 from core.api.registry import VERSIONS
 from core.api.suites import LETTERS, MCKind, suite_kind
 from core.data.datasets import get_suite
-from core.errors import BadInput, NotFound
+from core.errors import BadInput, ConfigError, NotFound
 from core.runtime.progress import Progress, Work, check_cancel
 from core.scores.keys import inputs_hash
 from core.scores.outputs import latest_generations, resolve_roles
@@ -95,6 +95,9 @@ def score_suite(
     judge: str | None = None,
     embed: bool = False,
     loglik: bool = False,
+    toxicity: bool = False,
+    toxicity_model: str | None = None,
+    judge_concurrency: int | None = None,
     workers: int = 2,
     code_timeout: float = 10.0,
     cancel: threading.Event | None = None,
@@ -102,7 +105,8 @@ def score_suite(
     """Compute and store every missing or stale score of the suite's outputs; return counts.
 
     Yields Progress. Cheap text metrics are computed inline; code runs in the sandbox (`workers`
-    in parallel); the judge and embeddings only when asked.
+    in parallel); the judge, embeddings and toxicity only when asked (`toxicity`: with the
+    classifier folder `toxicity_model`, default `defaults.toxicity_model`).
     """
     kind = suite_kind(get_suite(ws, suite)["kind"])
     models, teacher = resolve_roles(ws, suite, models, teacher)
@@ -173,6 +177,10 @@ def score_suite(
         yield from _score_loglik(ws, gens, fresh, add, cancel=cancel)
         _write(ws, pending)
         pending.clear()
+    if (toxicity or toxicity_model) and kind.metrics(requires=R.TOXICITY):
+        yield from _score_toxicity(ws, gens, toxicity_model or ws.config.defaults.toxicity_model, fresh, add, cancel)
+        _write(ws, pending)
+        pending.clear()
     if judge:
         from core.scores import judge as J
 
@@ -186,6 +194,7 @@ def score_suite(
             fresh,
             add,
             lambda: (_write(ws, pending), pending.clear()),
+            concurrency=judge_concurrency,
             cancel=cancel,
         )
         _write(ws, pending)
@@ -246,6 +255,32 @@ def _score_embeddings(ws, gens, teacher, teacher_out, fresh, add) -> Work[None]:
         b = vecs[index[teacher_out[g["item_id"]]]]
         add(g, "embedding_similarity", h, float(a @ b), {"teacher": teacher, "model": em.name})
     yield Progress(len(todo), len(todo), "embedding")
+
+
+def _score_toxicity(ws, gens, spec, fresh, add, cancel) -> Work[None]:
+    """toxicity: the local classifier's probability of its toxic label, per output."""
+    from core.scores import toxicity as T
+
+    if not spec:
+        raise ConfigError("toxicity needs a classifier: set defaults.toxicity_model or pass --toxicity-model PATH")
+    path = T.resolve_folder(spec, ws.root)
+    fp = T.fingerprint(path)
+    todo = []
+    for g in gens:
+        h = inputs_hash("toxicity", g["output"], fp)
+        if fresh(g["generation_id"], "toxicity", h):
+            todo.append((g, h))
+    if not todo:
+        return
+    yield Progress(0, len(todo), "toxicity")
+    model = T.ToxicityModel(path)
+    meta = {"model": str(path), "label": model.label_name}
+    for start in range(0, len(todo), T.BATCH):
+        check_cancel(cancel)
+        chunk = todo[start : start + T.BATCH]
+        for (g, h), v in zip(chunk, model.scores([g["output"] for g, _ in chunk])):
+            add(g, "toxicity", h, v, meta)
+        yield Progress(start + len(chunk), len(todo), "toxicity")
 
 
 def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
@@ -314,6 +349,8 @@ def run_job(ctx) -> dict:
         judge=cfg.get("judge"),
         embed=bool(cfg.get("embed")),
         loglik=bool(cfg.get("loglik")),
+        toxicity=bool(cfg.get("toxicity")),
+        toxicity_model=cfg.get("toxicity_model"),
         cancel=ctx.cancel,
     )
     counts = ctx.drive(gen)
