@@ -93,6 +93,8 @@ def test_report_tables_and_formatting_come_from_the_registry():
         "mc_accuracy",
         "mc_accuracy_loglik",
         "pass@1",
+        "pass@5",
+        "pass@10",
         "judge_correct",
         "judge_claims",
     )

@@ -218,6 +218,21 @@ def qa_scores(raw: str, golds: list[str]) -> dict:
     }
 
 
+# -- code -------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one problem from n samples of which c pass (Chen et al. 2021, the
+    Codex paper): 1 - C(n-c, k) / C(n, k), as the product form the paper gives, which stays exact
+    where the binomials overflow floats."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@{k} needs 0 < k <= n and 0 <= c <= n (n={n}, c={c})")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
 # -- answer extraction ----------------------------------------------------------------------------
 _ANSWER_IS = re.compile(
     r"\b(?:the\s+)?(?:final\s+|correct\s+|short\s+)?answer\s+(?:is|would\s+be|should\s+be)\s*:?\s*(.+)",

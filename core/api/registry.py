@@ -141,6 +141,9 @@ register_metric("mc_accuracy", version="1", family=FACTUALITY, kinds=MC, table=1
 # The choice with the highest log-likelihood: scores the model, not the output a human reads.
 register_metric("mc_accuracy_loglik", version="1", family=FACTUALITY, kinds=MC, table=1, requires=LOGLIK)
 register_metric("pass@1", version="1", family=FACTUALITY, kinds=CODE, table=1, requires=SANDBOX, human_check=True)
+# From several samples per item (`generate --samples N`, N >= k): the unbiased estimator.
+for _k in (5, 10):
+    register_metric(f"pass@{_k}", version=None, family=FACTUALITY, kinds=CODE, table=1, requires=AGGREGATE)
 register_metric("judge_correct", version="1", family=FACTUALITY, kinds=QA, table=1, requires=JUDGE)
 register_metric("judge_claims", version="1", family=FACTUALITY, kinds=PROMPTS, table=1, requires=JUDGE, correct_at=1.0)
 # Table 2: style, against the teacher first, then the output's own habits.
@@ -199,4 +202,4 @@ register_metric(
 )
 # Not a column: the raw material of length_correlation (and a figure of its own in `mirage score`).
 register_metric("length_words", version="1", family=OWN_STYLE, percent=False, higher_is_better=None)
-del _name
+del _name, _k

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+from core.api import metrics as M
 from core.api import registry
 from core.scores import stats, winrate
-from core.scores.outputs import resolve_roles, score_rows, score_table
+from core.scores.outputs import resolve_roles, sample_generations, score_rows, score_table
+from core.store.db import select_in
 from core.store.workspace import Workspace
 
 
@@ -78,7 +82,38 @@ def aggregate(
                     records.append(
                         _rec(model, name, "judge_preference_lc", stats.Interval(lc, None, None, len(common)))
                     )
+    if any(r["metric"] == "pass@1" for r in records):
+        records.extend(_pass_at_k(ws, suite, models, task_of, groups, n_boot))
     return records
+
+
+PASS_K = (5, 10)
+
+
+def _pass_at_k(ws, suite, models, task_of, groups, n_boot) -> list[dict]:
+    """pass@k per model × task from every sample's pass@1 (items with at least k samples)."""
+    samples = sample_generations(ws, suite, models)
+    sql = "select generation_id, value from scores where metric = 'pass@1' and generation_id in ({in})"
+    passed = {gid: v for gid, v in select_in(ws.db, sql, [g["generation_id"] for g in samples]) if v is not None}
+    counts: dict = defaultdict(lambda: [0, 0])  # (model, item) -> [n, c]
+    for g in samples:
+        if g["generation_id"] in passed:
+            nc = counts[(g["model"], g["item_id"])]
+            nc[0] += 1
+            nc[1] += int(passed[g["generation_id"]] >= 1.0)
+    out = []
+    for model in models:
+        for k in PASS_K:
+            for name, task in groups:
+                vals = [
+                    M.pass_at_k(n, c, k)
+                    for (m, i), (n, c) in counts.items()
+                    if m == model and n >= k and (task is None or task_of.get(i) == task)
+                ]
+                iv = stats.mean_ci(vals, n_boot=n_boot)
+                if iv.n:
+                    out.append(_rec(model, name, f"pass@{k}", iv))
+    return out
 
 
 def _rec(model, task, metric, iv: stats.Interval) -> dict:

@@ -1,4 +1,4 @@
-"""An LLM judge through the `openai` client: graded answers, claim checks, pairwise preference, tone.
+"""An LLM judge through the `openai` client: graded answers, claim checks, pairwise preference, tone, toxicity.
 
 Every judged score stores the judge model and a hash of the prompt template it was asked with
 (`meta.judge`, `meta.prompt_hash`); both are part of the score's inputs hash, so changing the

@@ -20,7 +20,7 @@ from core.data.datasets import get_suite
 from core.errors import BadInput, ConfigError, NotFound
 from core.runtime.progress import Progress, Work, check_cancel
 from core.scores.keys import inputs_hash
-from core.scores.outputs import latest_generations, resolve_roles
+from core.scores.outputs import latest_generations, resolve_roles, sample_generations
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -112,7 +112,10 @@ def score_suite(
     models, teacher = resolve_roles(ws, suite, models, teacher)
     gens = latest_generations(ws, suite, models)
     teacher_out = {g["item_id"]: g["output"] for g in gens if g["model"] == teacher}
-    stored = _stored(ws, [g["generation_id"] for g in gens])
+    tested = kind.metrics(requires=R.SANDBOX)
+    # Code runs on every sample of an output (`generate --samples N`), for pass@k.
+    sampled = sample_generations(ws, suite, models) if tested else []
+    stored = _stored(ws, sorted({g["generation_id"] for g in gens} | {g["generation_id"] for g in sampled}))
     counts = {"computed": 0, "cached": 0, "outputs": len(gens), "models": models, "teacher": teacher}
     pending: list[tuple] = []
     total = len(gens)
@@ -129,7 +132,6 @@ def score_suite(
         counts["computed"] += 1
 
     factuality = kind.inline_factuality
-    tested = kind.metrics(requires=R.SANDBOX)
     code_jobs = []
     for n, g in enumerate(gens):
         gid, out = g["generation_id"], g["output"]
@@ -155,16 +157,17 @@ def score_suite(
             for m, h in todo.items():
                 value, meta = computed[m]
                 add(g, m, h, value, meta)
-        for m in tested:
-            h = inputs_hash(m, *kind.score_inputs(g))
-            if fresh(gid, m, h):
-                code_jobs.append((g, m, h))
         if n % 500 == 0:
             check_cancel(cancel)
             yield Progress(n, total, "text metrics")
     _write(ws, pending)
     pending.clear()
 
+    for g in sampled:
+        for m in tested:
+            h = inputs_hash(m, *kind.score_inputs(g))
+            if fresh(g["generation_id"], m, h):
+                code_jobs.append((g, m, h))
     if code_jobs:
         yield from _score_code(ws, code_jobs, add, workers=workers, timeout=code_timeout, cancel=cancel)
         _write(ws, pending)
