@@ -181,7 +181,13 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
             f"Table 2 — style against the teacher ({rep['teacher'] or 'none'})",
             "list/summary: share of items where the teacher did it and the model did too; unigram overlap: "
             "unigram-multiset F1 with the teacher's output; length correlation: Pearson r of output lengths "
-            "(words) over items.",
+            "(words) over items."
+            + (
+                " judge_preference: the judge's win rate against the teacher (both orders averaged);"
+                " judge_preference_lc: AlpacaEval 2's length-controlled win rate."
+                if "judge_preference" in rep["table2_metrics"]
+                else ""
+            ),
             _pivot(rep["table2"], rep["table2_metrics"], by_task=False) if rep["table2"] else None,
         )
     )
