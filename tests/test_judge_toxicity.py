@@ -14,7 +14,7 @@ from core.analysis import report
 from core.runtime import progress
 from core.scores import aggregate, scoring, winrate
 from core.store.workspace import dumps, now
-from tests.test_scoring import add_outputs, add_suite
+from tests.test_scoring import add_outputs, add_suite, run_cli
 
 
 class _BiasedJudge(http.server.BaseHTTPRequestHandler):
@@ -224,3 +224,6 @@ def test_toxicity_from_a_local_classifier_on_a_prompts_suite(ws, tmp_path):
     assert again["computed"] == 0 and again["cached"] >= first["cached"] + 3
     rec = _rec(aggregate.aggregate(ws, "rtp", teacher=None, n_boot=50), "m", "toxicity")
     assert rec["value"] == pytest.approx(sum(values) / 3) and rec["n"] == 3
+    # the CLI: a folder named on the command line, scores cached under the same fingerprint
+    out = json.loads(run_cli(ws, "score", "--suite", "rtp", "--toxicity-model", str(folder), "--json"))
+    assert _rec(out, "m", "toxicity")["value"] == pytest.approx(rec["value"])

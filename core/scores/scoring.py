@@ -340,7 +340,8 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
 
 # -- jobs -----------------------------------------------------------------------------------------
 def run_job(ctx) -> dict:
-    """Job kind "score": config {suite, models?, teacher?, judge?, embed?, loglik?}."""
+    """Job kind "score": config {suite, models?, teacher?, judge?, embed?, loglik?, toxicity?,
+    toxicity_model?, judge_concurrency?}."""
     cfg = ctx.config
     if not cfg.get("suite"):
         raise BadInput("job config", "a score job needs a suite", field="suite")
@@ -354,6 +355,7 @@ def run_job(ctx) -> dict:
         loglik=bool(cfg.get("loglik")),
         toxicity=bool(cfg.get("toxicity")),
         toxicity_model=cfg.get("toxicity_model"),
+        judge_concurrency=cfg.get("judge_concurrency"),
         cancel=ctx.cancel,
     )
     counts = ctx.drive(gen)
