@@ -178,8 +178,8 @@ def _tiny_toxicity_classifier(folder):
     texts = ["you idiot", "idiot", "stupid idiot", "idiot you", "hello friend", "nice day", "hello you", "friend"]
     labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
     enc = tok(texts, padding=True, return_tensors="pt")
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(60):
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    for _ in range(15):
         loss = model(**enc, labels=labels).loss
         opt.zero_grad()
         loss.backward()
