@@ -50,6 +50,9 @@ def test_length_controlled_winrate_removes_the_length_advantage():
     flat = length_controlled_winrate(list(pref), [100] * len(pref), [100] * len(pref))
     assert flat == pytest.approx(raw, abs=0.02)
     assert length_controlled_winrate([1.0, 0.0], [1, 2], [2, 1]) is None  # too few items for 5 folds
+    lengths = [10, 20, 30, 40, 50, 60]
+    for constant in (0.0, 0.5, 1.0):  # every item lost / tied / won
+        assert length_controlled_winrate([constant] * 6, lengths, [15] * 6) == constant
 
 
 def test_matches_alpaca_eval_on_the_same_annotations(tmp_path, monkeypatch):

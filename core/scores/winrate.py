@@ -46,6 +46,10 @@ def length_controlled_winrate(
     pref = np.asarray(preferences, dtype=float)
     if len(pref) < MIN_ITEMS:
         return None
+    if np.all(pref == pref[0]):
+        # Nothing for length to explain: the fit's intercept is the preference itself (and
+        # liblinear, given a class with no weight, would return 0.5 for an all-loss record).
+        return float(pref[0])
     delta = np.asarray(baseline_lengths, dtype=float) - np.asarray(model_lengths, dtype=float)
     sd = delta.std(ddof=1)
     std_delta = delta / sd if sd > 0 else np.zeros_like(delta)
