@@ -87,11 +87,14 @@ def test_verdicts_and_convincing_but_wrong():
 def test_report_tables_and_formatting_come_from_the_registry():
     assert R.table_metrics(1) == (
         "exact_match",
+        "exact_match_official",
         "f1",
         "contains",
         "mc_accuracy",
         "mc_accuracy_loglik",
         "pass@1",
+        "pass@5",
+        "pass@10",
         "judge_correct",
         "judge_claims",
     )

@@ -168,14 +168,11 @@ def test_scores_are_cached_and_recomputed_only_when_inputs_change(qa_ws, monkeyp
     }
     assert versions == {bumped}
     # the superseded teacher output keeps its own (old) scores: they describe that generation
-    assert (
-        qa_ws.db.execute(
-            "select count(*) from generations g join scores s on s.generation_id = g.id"
-            " where g.item_id = ? and g.model = 'teacher'",
-            [item],
-        ).fetchone()[0]
-        == 2 * 8
-    )
+    assert qa_ws.db.execute(
+        "select count(*) from generations g join scores s on s.generation_id = g.id"
+        " where g.item_id = ? and g.model = 'teacher'",
+        [item],
+    ).fetchone()[0] == 2 * (len(suite_kind("qa").inline_factuality) + len(scoring.OWN_STYLE))
 
 
 def test_table2_on_hand_made_pairs(ws):
@@ -288,6 +285,8 @@ class _JudgeHandler(http.server.BaseHTTPRequestHandler):
             reply = "UNSUPPORTED" if "cheese" in prompt else "SUPPORTED"
         elif "Response A:" in prompt:
             reply = "TIE"
+        elif prompt.startswith("Rate how toxic"):
+            reply = "0.1"
         else:
             reply = "4"
         data = {

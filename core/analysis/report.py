@@ -68,6 +68,8 @@ def build(
         "table2_left_out": left_out,
         "decodings": {m: json.loads(d or "{}") for m, d in decs.items()},
         "scored_with": recorded_roles(ws, suite),
+        # Which Table 1 column compares with published numbers (None: the suite has no such rule).
+        "comparable_metric": "exact_match_official" if "exact_match_official" in metrics_present else None,
         "gap_closed": [],
         "gap_vs_support": [],
         "comparisons": [],
@@ -204,7 +206,14 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
     secs.append(
         (
             "Table 1 — factuality by model and task",
-            "Means with bootstrap 95% intervals (percent); n = outputs scored.",
+            "Means with bootstrap 95% intervals (percent); n = outputs scored."
+            + (
+                " exact_match_official (SQuAD v1.1 normalisation of the whole output, any gold alias) is"
+                " the one comparable with published NQ-open numbers; exact_match is mirage's lenient"
+                " reading (answer extraction, number words), kept for its scripts."
+                if rep.get("comparable_metric") == "exact_match_official"
+                else ""
+            ),
             _pivot(rep["table1"], rep["table1_metrics"], by_task=True) if rep["table1"] else None,
         )
     )
@@ -214,6 +223,12 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
             "list/summary: share of items where the teacher did it and the model did too; unigram overlap: "
             "unigram-multiset F1 with the teacher's output; length correlation: Pearson r of output lengths "
             "(words) over items."
+            + (
+                " judge_preference: the judge's win rate against the teacher (both orders averaged);"
+                " judge_preference_lc: AlpacaEval 2's length-controlled win rate."
+                if "judge_preference" in rep["table2_metrics"]
+                else ""
+            )
             + (
                 f" Left out, 0 for every model: {', '.join(rep['table2_left_out'])}."
                 if rep.get("table2_left_out")

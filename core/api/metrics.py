@@ -127,6 +127,60 @@ def contains(output: str, golds: list[str]) -> float:
     return float(any(_contains_tokens(p, normalize_tokens(g)) for g in golds))
 
 
+# -- the official rules ---------------------------------------------------------------------------
+# `exact_match` above is mirage's lenient reading (answer extraction, Unicode and number-word
+# folding): it credits "The capital of France is Paris." for gold "Paris". Published NQ-open
+# numbers are not computed that way, so `exact_match_official` is reported beside it.
+#
+# exact_match_official: the SQuAD v1.1 evaluation script (evaluate-v1.1.py, `normalize_answer`,
+# `exact_match_score`, `metric_max_over_ground_truths`) on the whole output: lower case, ASCII
+# punctuation (string.punctuation) removed, the words a/an/the removed, whitespace collapsed;
+# 1 when the output equals any gold alias so normalised. No extraction, no Unicode or number
+# folding. This is the rule NQ-open papers (ORQA, DPR, FiD, the paper mirage reproduces) report.
+# The script is not a package (HF `evaluate` loads it from the hub at run time), so its five
+# lines are restated here; tests/test_metrics_official.py checks them against torchmetrics'
+# independent copy on every NQ-open dev alias.
+#
+# lm-evaluation-harness's nq_open task (lm_eval/tasks/nq_open/nq_open.yaml) differs, and is
+# given as `exact_match_lm_eval_nq_open` for comparison only: generation stops at the first
+# "\n", "." or ","; the `remove_whitespace` filter strips leading spaces and `take_first` keeps
+# one output; its `exact_match` (exact_match_hf_evaluate) first deletes the regex
+# `\ban|a|the\b` *before* lower-casing (an alternation without a group: it deletes every
+# lower-case letter "a", a word-initial "an" and a word-final "the", not the articles), then
+# lower-cases and deletes string.punctuation, and never collapses whitespace; any gold alias
+# matching counts. The two agree on most short answers and disagree on articles and spacing
+# ("the Beatles" vs "Beatles": SQuAD 1, lm-eval 0).
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_SQUAD_PUNCT = frozenset(string.punctuation)
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD v1.1's `normalize_answer`, unchanged."""
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCT)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def exact_match_official(prediction: str, golds: list[str]) -> float:
+    """SQuAD / NQ-open exact match: the normalised output equals a normalised gold alias."""
+    p = squad_normalize(prediction)
+    return float(any(p == squad_normalize(str(g)) for g in golds))
+
+
+_LM_EVAL_IGNORE = re.compile(r"\ban|a|the\b")
+_LM_EVAL_UNTIL = re.compile(r"[\n.,]")
+
+
+def exact_match_lm_eval_nq_open(output: str, golds: list[str]) -> float:
+    """lm-evaluation-harness nq_open's exact match, stop sequences included (see above)."""
+    pred = _LM_EVAL_UNTIL.split(output, maxsplit=1)[0].lstrip()
+
+    def norm(s: str) -> str:
+        return _LM_EVAL_IGNORE.sub("", s).lower().translate(_ASCII_DROP)
+
+    p = norm(pred)
+    return float(any(p == norm(str(g)) for g in golds))
+
+
 def qa_scores(raw: str, golds: list[str]) -> dict:
     """EM and F1 on the extracted answer, containment on the raw output; which rule extracted it.
 
@@ -154,7 +208,29 @@ def qa_scores(raw: str, golds: list[str]) -> dict:
         f = max(f, _f1_tokens(p, gt))
         if c == 0.0 and _contains_tokens(r, gt):
             c = 1.0
-    return {"exact_match": em, "f1": f, "contains": c, "extracted": extracted, "rule": rule}
+    return {
+        "exact_match": em,
+        "exact_match_official": exact_match_official(raw, golds),
+        "f1": f,
+        "contains": c,
+        "extracted": extracted,
+        "rule": rule,
+    }
+
+
+# -- code -------------------------------------------------------------------------------------------
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one problem from n samples of which c pass (Chen et al. 2021, the
+    Codex paper): 1 - C(n-c, k) / C(n, k), as the product form the paper gives, which stays exact
+    where the binomials overflow floats."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@{k} needs 0 < k <= n and 0 <= c <= n (n={n}, c={c})")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
 
 
 # -- answer extraction ----------------------------------------------------------------------------

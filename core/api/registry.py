@@ -19,6 +19,7 @@ TEACHER_STYLE = "teacher_style"  # the output measured against the teacher's out
 
 # What computes a metric: None for the cheap text metrics computed on every scoring run.
 SANDBOX, JUDGE, EMBED, LOGLIK = "sandbox", "judge", "embed", "loglik"
+TOXICITY = "toxicity"  # a local toxicity classifier (defaults.toxicity_model)
 AGGREGATE = "aggregate"  # computed from stored scores when aggregating, never stored per output
 
 
@@ -131,12 +132,18 @@ QA, MC, CODE, PROMPTS = ("qa",), ("mc",), ("code",), ("prompts",)
 # Table 1: factuality. exact_match and f1 read the extracted answer: version 2 added the
 # whole-output match and the bold rule, 3 the restatement rule.
 register_metric("exact_match", version="3", family=FACTUALITY, kinds=QA, table=1, human_check=True)
+# The SQuAD v1.1 / NQ-open rule on the whole output (core.api.metrics): comparable with published
+# NQ-open numbers, where the lenient `exact_match` is not.
+register_metric("exact_match_official", version="1", family=FACTUALITY, kinds=QA, table=1)
 register_metric("f1", version="3", family=FACTUALITY, kinds=QA, table=1, human_check=True)
 register_metric("contains", version="1", family=FACTUALITY, kinds=QA, table=1, human_check=True)
 register_metric("mc_accuracy", version="1", family=FACTUALITY, kinds=MC, table=1, human_check=True)
 # The choice with the highest log-likelihood: scores the model, not the output a human reads.
 register_metric("mc_accuracy_loglik", version="1", family=FACTUALITY, kinds=MC, table=1, requires=LOGLIK)
 register_metric("pass@1", version="1", family=FACTUALITY, kinds=CODE, table=1, requires=SANDBOX, human_check=True)
+# From several samples per item (`generate --samples N`, N >= k): the unbiased estimator.
+for _k in (5, 10):
+    register_metric(f"pass@{_k}", version=None, family=FACTUALITY, kinds=CODE, table=1, requires=AGGREGATE)
 register_metric("judge_correct", version="1", family=FACTUALITY, kinds=QA, table=1, requires=JUDGE)
 register_metric("judge_claims", version="1", family=FACTUALITY, kinds=PROMPTS, table=1, requires=JUDGE, correct_at=1.0)
 # Table 2: style, against the teacher first, then the output's own habits.
@@ -164,15 +171,35 @@ register_metric(
     higher_is_better=None,
     requires=JUDGE,
 )
+# The judge's preference for the output over the teacher's: version 2 judges both orders and
+# averages them. Its mean is the win rate; beside it AlpacaEval 2's length-controlled win rate
+# (core.scores.winrate), fit on the preferences and the two outputs' lengths.
 register_metric(
     "judge_preference",
-    version="1",
+    version="2",
     family=TEACHER_STYLE,
     kinds=QA + PROMPTS,
     table=2,
     needs_teacher=True,
     requires=JUDGE,
 )
+register_metric(
+    "judge_preference_lc",
+    version=None,
+    family=TEACHER_STYLE,
+    kinds=QA + PROMPTS,
+    table=2,
+    needs_teacher=True,
+    requires=AGGREGATE,
+)
+# Toxicity of the output (RealToxicityPrompts' measure): a local sequence-classification model's
+# probability of its toxic label (`defaults.toxicity_model`), or the judge's 0-1 rating.
+register_metric(
+    "toxicity", version="1", family=OWN_STYLE, kinds=QA + PROMPTS, table=2, higher_is_better=False, requires=TOXICITY
+)
+register_metric(
+    "judge_toxicity", version="1", family=OWN_STYLE, kinds=QA + PROMPTS, table=2, higher_is_better=False, requires=JUDGE
+)
 # Not a column: the raw material of length_correlation (and a figure of its own in `mirage score`).
 register_metric("length_words", version="1", family=OWN_STYLE, percent=False, higher_is_better=None)
-del _name
+del _name, _k

@@ -11,6 +11,7 @@ by its primary metric. `suite_kind(name)` returns the kind of a suite row's `kin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,19 @@ CONVINCING_OVERLAP = 0.3
 
 def _known(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+_GSM8K_FINAL = re.compile(r"(?:^|\n)\s*####\s*([^\n]+?)\s*$")
+_SENTENCE_THEN_WORD = re.compile(r"[.!?]\s+[A-Z][a-z]")
+
+
+def is_prose(gold: str) -> bool:
+    """A gold answer longer than a sentence: more than 20 words, several lines, or two sentences
+    of more than 8 words in all. NQ-open's longest alias has 6 words; "Portugal. The Man" and
+    "R. H. Thomson" stay answers."""
+    text = gold.strip()
+    n = len(text.split())
+    return n > 20 or "\n" in text or (n > 8 and _SENTENCE_THEN_WORD.search(text) is not None)
 
 
 def first_gold(item: Mapping) -> str:
@@ -126,7 +140,17 @@ class QAKind(SuiteKind):
 
     def read_item(self, rec: dict) -> dict:
         key = "answer" if "answer" in rec else "answers"
-        return {"prompt": read_str(rec, "question"), "gold": self.validate_gold(rec.get(key), key)}
+        gold, meta = rec.get(key), {}
+        if isinstance(gold, str):
+            m = _GSM8K_FINAL.search(gold)
+            if m:
+                # GSM8K: the rationale ends in "#### 42"; the gold is the number, the rationale
+                # stays with the item as a reference answer.
+                gold, meta["reference"] = m.group(1).strip(), gold
+        item = {"prompt": read_str(rec, "question"), "gold": self.validate_gold(gold, key)}
+        if meta:
+            item["meta"] = meta
+        return item
 
     @staticmethod
     def validate_gold(gold: Any, key: str = "answer") -> list[str]:
@@ -142,6 +166,14 @@ class QAKind(SuiteKind):
                 if isinstance(gold, list)
                 else f"expected a list of answers, got {type_name(gold)}",
             )
+        for g in gold:
+            if isinstance(g, str) and is_prose(g):
+                raise FieldError(
+                    key,
+                    f"is prose ({len(g.split())} words), not a short answer: exact match against it means"
+                    " nothing; pass --answer-field FIELD to read the short answer from another field, or"
+                    " --format prompts to import the questions without gold",
+                )
         return [str(g) for g in gold]
 
     def completion_prompt(self, item, shots):
@@ -157,7 +189,12 @@ class QAKind(SuiteKind):
     def score_output(self, g):
         s = M.qa_scores(g["output"], g["gold"])
         meta = {"extracted": s["extracted"], "rule": s["rule"]}
-        return {"exact_match": (s["exact_match"], meta), "f1": (s["f1"], meta), "contains": (s["contains"], {})}
+        return {
+            "exact_match": (s["exact_match"], meta),
+            "exact_match_official": (s["exact_match_official"], {"rule": "squad_v1.1"}),
+            "f1": (s["f1"], meta),
+            "contains": (s["contains"], {}),
+        }
 
     def right_after_all(self, values):
         return values.get("contains") == 1.0
@@ -268,16 +305,24 @@ class PromptsKind(SuiteKind):
         return any(f in rec for f in PROMPT_FIELDS)
 
     def read_item(self, rec: dict) -> dict:
+        meta = {}
         for f in PROMPT_FIELDS:
             if f in rec:
-                prompt = read_str(rec, f)
+                if isinstance(rec[f], dict) and "text" in rec[f]:
+                    # RealToxicityPrompts: {"prompt": {"text": ..., "toxicity": ...}, "continuation": ...}
+                    prompt = read_str(rec[f], "text", field=f"{f}.text")
+                    scores = {k: v for k, v in rec[f].items() if k != "text" and isinstance(v, (int, float))}
+                    if scores:
+                        meta["prompt_scores"] = scores
+                else:
+                    prompt = read_str(rec, f)
                 break
         else:
             raise FieldError("instruction", "missing (expected instruction, prompt or question)")
         extra = rec.get("input")
         if isinstance(extra, str) and extra.strip():
             prompt += f"\n\n{extra}"
-        return {"prompt": prompt}
+        return {"prompt": prompt, "meta": meta}
 
 
 # Detection order: the most specific format first (a code record may also hold a "prompt").

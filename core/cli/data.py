@@ -82,16 +82,22 @@ def import_data_cmd(ctx, files, name, fmt, skip_bad, source, as_json):
     help="Task label for every item (default: a task/category/subject field, else the suite name).",
 )
 @click.option("--skip-bad", is_flag=True, help="Import good rows; write bad ones with reasons to a report file.")
+@click.option(
+    "--answer-field", metavar="FIELD", help="QA: the field holding the short gold answer(s) (default: answer)."
+)
 @json_option
 @workspace_option
 @click.pass_context
-def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, as_json):
+def import_suite_cmd(ctx, file, name, fmt, task, skip_bad, answer_field, as_json):
     """Import an evaluation suite: QA (NQ-open), multiple choice (MMLU CSV), code (HumanEval), prompts."""
     from core.data.ingest import import_suite
     from core.runtime.progress import drive
 
     ws = open_workspace(ctx)
-    summary = drive(import_suite(ws, file, name, fmt=fmt, task=task, skip_bad=skip_bad), f"importing {name}")
+    summary = drive(
+        import_suite(ws, file, name, fmt=fmt, task=task, skip_bad=skip_bad, answer_field=answer_field),
+        f"importing {name}",
+    )
     _report_lines(summary)
     if as_json:
         emit_json(summary)

@@ -216,6 +216,11 @@ def _report(summary: dict, as_json: bool, fields: list[str]) -> None:
     metavar="SECONDS",
     help="Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120).",
 )
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    help="Outputs per item, seeds --seed, --seed+1, ... (needs --temperature > 0); for pass@k on code suites.",
+)
 @click.option("--detach", is_flag=True, help="Run as a background job (see `mirage jobs`).")
 @json_option
 @workspace_option
@@ -234,6 +239,7 @@ def generate(
     task,
     limit,
     timeout,
+    samples,
     detach,
     as_json,
 ):
@@ -256,6 +262,7 @@ def generate(
         "task": task,
         "limit": limit,
         "timeout": timeout,
+        "samples": samples,
     }
     if detach:
         from core.runtime import jobs

@@ -33,10 +33,29 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--embed", is_flag=True, help="Also embedding similarity to the teacher (all-MiniLM-L6-v2).")
 @click.option("--loglik", is_flag=True, help="Multiple choice: also accuracy by choice log-likelihood (local models).")
 @click.option("--workers", default=2, show_default=True, help="Parallel sandboxes for code tests.")
+@click.option("--toxicity", is_flag=True, help="Also toxicity by the local classifier in defaults.toxicity_model.")
+@click.option("--toxicity-model", metavar="PATH", help="A local sequence-classification folder for --toxicity.")
+@click.option("--judge-concurrency", type=int, help="Judge requests in flight (default: defaults.judge_concurrency).")
 @json_option
 @workspace_option
 @click.pass_context
-def score(ctx, suite, models, teacher, base, decoding, judge, no_judge, embed, loglik, workers, as_json):
+def score(
+    ctx,
+    suite,
+    models,
+    teacher,
+    base,
+    decoding,
+    judge,
+    no_judge,
+    embed,
+    loglik,
+    workers,
+    toxicity,
+    toxicity_model,
+    judge_concurrency,
+    as_json,
+):
     """Score every output on a suite (cached), then print per model × task × metric aggregates."""
     from core.runtime.progress import drive
     from core.scores import decodings, scoring
@@ -56,6 +75,9 @@ def score(ctx, suite, models, teacher, base, decoding, judge, no_judge, embed, l
             judge=judge,
             embed=embed,
             loglik=loglik,
+            toxicity=toxicity,
+            toxicity_model=toxicity_model,
+            judge_concurrency=judge_concurrency,
             workers=workers,
         ),
         f"scoring {suite}",

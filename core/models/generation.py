@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.api.suites import SuiteKind, suite_kind
@@ -421,12 +421,15 @@ def generate(
     task: str | None = None,
     limit: int | None = None,
     timeout: float | None = None,
+    samples: int = 1,
     cancel: threading.Event | None = None,
     loaded=None,
 ) -> Work[dict]:
     """Generate `model`'s outputs on `suite`, cached; returns a summary dict.
 
-    `timeout`: an endpoint's seconds per request (default: the model's `timeout_s`)."""
+    `timeout`: an endpoint's seconds per request (default: the model's `timeout_s`). `samples`:
+    outputs per item, sampled with seeds seed, seed + 1, ... (needs temperature > 0): the
+    several samples pass@k is estimated from."""
     t0 = time.monotonic()
     rm = resolve(ws, model)
     ds_mod.get_suite(ws, suite)  # NotFound early, before any model loads
@@ -437,14 +440,22 @@ def generate(
     max_new_tokens = int(max_new_tokens or cfg.max_new_tokens)
     kshot = cfg.kshot if kshot is None else int(kshot)
     fp = rm.fingerprint
+    samples = int(samples)
+    if samples < 1 or (samples > 1 and temperature <= 0):
+        raise ModelError("--samples N needs N >= 1, and --temperature > 0 when N > 1 (greedy samples are all alike)")
     tokenizer = None
     if style == "chat" and not rm.kind.endpoint:
         tokenizer = loaded[1] if loaded is not None else rm.tokenizer
         if not has_chat_template(tokenizer):
             raise ModelError(f"model '{model}' has no chat template: use --prompt-style completion")
     reqs = build_requests(ws, model, suite, style=style, kshot=kshot, tokenizer=tokenizer, task=task, limit=limit)
-    for r in reqs:
-        r.decoding = decoding_for(r, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, kshot=kshot)
+    n_items = len(reqs)
+    if samples > 1:
+        first = 0 if seed is None else int(seed)
+        reqs = [replace(r, decoding={}) for r in reqs for _ in range(samples)]
+    for n, r in enumerate(reqs):
+        s_seed = seed if samples == 1 else first + n % samples
+        r.decoding = decoding_for(r, max_new_tokens=max_new_tokens, temperature=temperature, seed=s_seed, kshot=kshot)
         r.key = cache_key(fp, r.prompt, r.decoding)
     cached = _cached_keys(ws, "generations", [r.key for r in reqs])
     todo = [r for r in reqs if r.key not in cached]
@@ -473,7 +484,9 @@ def generate(
     summary = {
         "model": model,
         "suite": suite,
-        "items": len(reqs),
+        "items": n_items,
+        "samples": samples,
+        "outputs": len(reqs),
         "cached": base_done,
         "generated": stats["generated"],
         "failed": stats["failed"],
@@ -538,6 +551,7 @@ GENERATE_OPTIONS = (
     "task",
     "limit",
     "timeout",
+    "samples",
 )
 
 

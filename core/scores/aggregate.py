@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from core.api import metrics as M
 from core.api import registry
 from core.data.datasets import get_suite
-from core.scores import cache, stats
+from core.scores import cache, stats, winrate
 from core.scores import decodings as D
-from core.scores.outputs import resolve_roles, teacher_clause
+from core.scores.outputs import resolve_roles, sample_generations, teacher_clause
 from core.store.db import select_in
 from core.store.workspace import Workspace
 
 # Bump when what `aggregate` computes from the same scores changes (it is part of the cache key).
-AGGREGATE_VERSION = "2"
+AGGREGATE_VERSION = "3"
 
 
 def aggregate(
@@ -36,7 +37,9 @@ def aggregate(
     Means of per-output scores with bootstrap 95% intervals (nulls left out: not applicable or
     not computable; no interval from one value); style scores only those measured against
     `teacher`; `length_correlation` is Pearson's r over items between the model's and the
-    teacher's output lengths in words, with a bootstrap interval over items.
+    teacher's output lengths in words, with a bootstrap interval over items; `judge_preference_lc`
+    is AlpacaEval 2's length-controlled win rate over the items the judge compared (at least 5);
+    `pass@k` (k in PASS_K) by the unbiased estimator where items have at least k samples.
     """
     models, teacher = resolve_roles(ws, suite, models, teacher)
     s = get_suite(ws, suite)
@@ -57,6 +60,11 @@ def aggregate(
         if hit is not None:
             return hit
     records = _compute(ws, ids, models, teacher, n_boot)
+    if any(r["metric"] == "pass@1" for r in records):
+        task_of = {r[0]: r[1] for r in ws.db.execute("select id, task from items where suite_id = ?", [s["id"]])}
+        tasks = sorted(set(task_of.values()))
+        groups = [("all", None)] + [(t, t) for t in tasks if t != "all"]
+        records.extend(_pass_at_k(ws, suite, models, decoding, task_of, groups, n_boot))
     cache.put(ws, s["id"], k, records)
     return records
 
@@ -64,12 +72,13 @@ def aggregate(
 def _compute(ws: Workspace, ids: list[int], models: list[str], teacher: str | None, n_boot: int) -> list[dict]:
     rows = select_in(
         ws.db,
-        "select g.id, g.model, g.item_id, i.task from generations g join items i on i.id = g.item_id"
-        " where g.id in ({in})",
+        "select g.id, g.model, g.item_id, i.task, length(coalesce(g.output, '')) from generations g"
+        " join items i on i.id = g.item_id where g.id in ({in})",
         ids,
     )
-    gen = {gid: (model, item_id) for gid, model, item_id, _ in rows}
-    task_of = {item_id: task for _, _, item_id, task in rows}
+    gen = {gid: (model, item_id) for gid, model, item_id, _, _ in rows}
+    task_of = {item_id: task for _, _, item_id, task, _ in rows}
+    chars = {(model, item_id): n for _, model, item_id, _, n in rows}
     table: dict[str, dict[str, dict[int, float | None]]] = defaultdict(lambda: defaultdict(dict))
     cond, params = teacher_clause(teacher)
     sql = f"select generation_id, metric, value from scores where {cond} and generation_id in ({{in}})"
@@ -114,7 +123,58 @@ def _compute(ws: Workspace, ids: list[int], models: list[str], teacher: str | No
         for (m, name), iv in corrs.items():
             if m == model and iv.value is not None:
                 records.append(_rec(model, name, "length_correlation", iv))
+        if teacher and model != teacher and "judge_preference" in table[model]:
+            prefs = table[model]["judge_preference"]
+            for name, task in groups:
+                common = [
+                    i
+                    for i, v in prefs.items()
+                    if v is not None
+                    and (model, i) in chars
+                    and (teacher, i) in chars
+                    and (task is None or task_of[i] == task)
+                ]
+                lc = winrate.length_controlled_winrate(
+                    [prefs[i] for i in common],
+                    [chars[(model, i)] for i in common],
+                    [chars[(teacher, i)] for i in common],
+                )
+                if lc is not None:
+                    # No interval: the GLM's predictions at zero length difference are one number
+                    # (AlpacaEval's own standard error of them is 0 for this formula).
+                    records.append(
+                        _rec(model, name, "judge_preference_lc", stats.Interval(lc, None, None, len(common)))
+                    )
     return records
+
+
+PASS_K = (5, 10)
+
+
+def _pass_at_k(ws, suite, models, decoding, task_of, groups, n_boot) -> list[dict]:
+    """pass@k per model × task from every sample's pass@1 (items with at least k samples)."""
+    samples = sample_generations(ws, suite, models, decoding=decoding)
+    sql = "select generation_id, value from scores where metric = 'pass@1' and generation_id in ({in})"
+    passed = {gid: v for gid, v in select_in(ws.db, sql, [g["generation_id"] for g in samples]) if v is not None}
+    counts: dict = defaultdict(lambda: [0, 0])  # (model, item) -> [n, c]
+    for g in samples:
+        if g["generation_id"] in passed:
+            nc = counts[(g["model"], g["item_id"])]
+            nc[0] += 1
+            nc[1] += int(passed[g["generation_id"]] >= 1.0)
+    out = []
+    for model in models:
+        for k in PASS_K:
+            for name, task in groups:
+                vals = [
+                    M.pass_at_k(n, c, k)
+                    for (m, i), (n, c) in counts.items()
+                    if m == model and n >= k and (task is None or task_of.get(i) == task)
+                ]
+                iv = stats.mean_ci(vals, n_boot=n_boot)
+                if iv.n:
+                    out.append(_rec(model, name, f"pass@{k}", iv))
+    return out
 
 
 def _rec(model, task, metric, iv: stats.Interval) -> dict:

@@ -70,6 +70,40 @@ def record_roles(ws: Workspace, suite: str, *, teacher: str | None, base: str | 
         )
 
 
+def sample_generations(
+    ws: Workspace, suite: str, models: Iterable[str], *, decoding: dict | str | None = None
+) -> list[dict]:
+    """Every sample behind each latest generation: the generations of the same model on the same
+    item with the same fingerprint, prompt and decoding but for the sampling seed (`mirage
+    generate --samples N`). A greedy output is its own only sample. Rows as latest_generations'."""
+    latest = latest_generations(ws, suite, models, decoding=decoding)
+    if not latest:
+        return []
+    by_id = {g["generation_id"]: g for g in latest}
+    sql = (
+        "select g.id, g.model, g.item_id, g.fingerprint, g.prompt, g.decoding, g.output from generations g"
+        " where g.item_id in ({in})"
+    )
+    rows = list(select_in(ws.db, sql, sorted({g["item_id"] for g in latest})))
+    info = {r[0]: r for r in rows}
+
+    def family(gid):
+        _, model, item_id, fp, prompt, decoding, _ = info[gid]
+        d = json.loads(decoding or "{}")
+        d.pop("seed", None)
+        return model, item_id, fp, prompt, json.dumps(d, sort_keys=True)
+
+    latest_of = {family(gid): by_id[gid] for gid in by_id if gid in info}
+    out = []
+    for r in rows:
+        g = latest_of.get(family(r[0]))
+        if g is None:
+            continue
+        out.append(g if r[0] == g["generation_id"] else {**g, "generation_id": r[0], "output": r[6]})
+    out.sort(key=lambda g: (g["idx"], g["model"], g["generation_id"]))
+    return out
+
+
 def resolve_roles(
     ws: Workspace, suite: str, models: list[str] | None = None, teacher: str | None = None
 ) -> tuple[list[str], str | None]:

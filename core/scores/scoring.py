@@ -18,12 +18,19 @@ from core.api import registry as R
 from core.api.registry import VERSIONS
 from core.api.suites import LETTERS, MCKind, suite_kind
 from core.data.datasets import get_suite
-from core.errors import BadInput, NotFound
+from core.errors import BadInput, ConfigError, NotFound
 from core.runtime.progress import Progress, Work, check_cancel
 from core.scores import cache
 from core.scores import decodings as D
 from core.scores.keys import inputs_hash
-from core.scores.outputs import latest_generations, record_roles, resolve_base, resolve_roles, teacher_clause
+from core.scores.outputs import (
+    latest_generations,
+    record_roles,
+    resolve_base,
+    resolve_roles,
+    sample_generations,
+    teacher_clause,
+)
 from core.store.db import select_in
 from core.store.workspace import Workspace, dumps, now
 
@@ -107,6 +114,9 @@ def score_suite(
     judge: str | None = None,
     embed: bool = False,
     loglik: bool = False,
+    toxicity: bool = False,
+    toxicity_model: str | None = None,
+    judge_concurrency: int | None = None,
     workers: int = 2,
     code_timeout: float = 10.0,
     cancel: threading.Event | None = None,
@@ -114,9 +124,10 @@ def score_suite(
     """Compute and store every missing or stale score of the suite's outputs; return counts.
 
     Yields Progress. Cheap text metrics are computed inline; code runs in the sandbox (`workers`
-    in parallel); the judge and embeddings only when asked. Each model's outputs are read under one
-    decoding (`decoding` selects it, core.scores.decodings); the teacher, base and decodings used
-    are recorded for the suite (core.scores.outputs.recorded_roles).
+    in parallel); the judge, embeddings and toxicity only when asked (`toxicity`: with the
+    classifier folder `toxicity_model`, default `defaults.toxicity_model`). Each model's outputs
+    are read under one decoding (`decoding` selects it, core.scores.decodings); the teacher, base
+    and decodings used are recorded for the suite (core.scores.outputs.recorded_roles).
     """
     s = get_suite(ws, suite)
     kind = suite_kind(s["kind"])
@@ -130,7 +141,7 @@ def score_suite(
     # Everything the stored scores of this selection depend on: when it and the scores are as the
     # last complete run left them, every score is fresh and nothing needs reading or hashing.
     done_key = None
-    if not judge and not loglik:
+    if not judge and not loglik and not (toxicity or toxicity_model):
         spec = ws.config.defaults.embedding_model if embed else None
         done_key = cache.key("scored", s["kind"], ids, teacher, VERSIONS, spec, cache.items_digest(ws, s["id"]))
         done = cache.get(ws, done_key)
@@ -141,7 +152,10 @@ def score_suite(
             return counts
     gens = latest_generations(ws, suite, models, decoding=decoding)
     teacher_out = {g["item_id"]: g["output"] for g in gens if g["model"] == teacher}
-    stored = _stored(ws, [g["generation_id"] for g in gens], teacher)
+    tested = kind.metrics(requires=R.SANDBOX)
+    # Code runs on every sample of an output (`generate --samples N`), for pass@k.
+    sampled = sample_generations(ws, suite, models, decoding=decoding) if tested else []
+    stored = _stored(ws, sorted({g["generation_id"] for g in gens} | {g["generation_id"] for g in sampled}), teacher)
     failed = []
     pending: list[tuple] = []
     total = len(gens)
@@ -160,7 +174,6 @@ def score_suite(
             failed.append(metric)  # retried next run: the selection is not fully scored
 
     factuality = kind.inline_factuality
-    tested = kind.metrics(requires=R.SANDBOX)
     code_jobs = []
     for n, g in enumerate(gens):
         gid, out = g["generation_id"], g["output"]
@@ -186,16 +199,17 @@ def score_suite(
             for m, h in todo.items():
                 value, meta = computed[m]
                 add(g, m, h, value, meta)
-        for m in tested:
-            h = inputs_hash(m, *kind.score_inputs(g))
-            if fresh(gid, m, h):
-                code_jobs.append((g, m, h))
         if n % 500 == 0:
             check_cancel(cancel)
             yield Progress(n, total, "text metrics")
     _write(ws, pending, teacher)
     pending.clear()
 
+    for g in sampled:
+        for m in tested:
+            h = inputs_hash(m, *kind.score_inputs(g))
+            if fresh(g["generation_id"], m, h):
+                code_jobs.append((g, m, h))
     if code_jobs:
         yield from _score_code(ws, code_jobs, add, workers=workers, timeout=code_timeout, cancel=cancel)
         _write(ws, pending, teacher)
@@ -206,6 +220,10 @@ def score_suite(
         pending.clear()
     if loglik and kind.metrics(requires=R.LOGLIK):
         yield from _score_loglik(ws, gens, fresh, add, cancel=cancel)
+        _write(ws, pending, teacher)
+        pending.clear()
+    if (toxicity or toxicity_model) and kind.metrics(requires=R.TOXICITY):
+        yield from _score_toxicity(ws, gens, toxicity_model or ws.config.defaults.toxicity_model, fresh, add, cancel)
         _write(ws, pending, teacher)
         pending.clear()
     if judge:
@@ -221,6 +239,7 @@ def score_suite(
             fresh,
             add,
             lambda: (_write(ws, pending, teacher), pending.clear()),
+            concurrency=judge_concurrency,
             cancel=cancel,
         )
         _write(ws, pending, teacher)
@@ -291,6 +310,32 @@ def _score_embeddings(ws, gens, teacher, teacher_out, fresh, add) -> Work[None]:
     yield Progress(len(todo), len(todo), "embedding")
 
 
+def _score_toxicity(ws, gens, spec, fresh, add, cancel) -> Work[None]:
+    """toxicity: the local classifier's probability of its toxic label, per output."""
+    from core.scores import toxicity as T
+
+    if not spec:
+        raise ConfigError("toxicity needs a classifier: set defaults.toxicity_model or pass --toxicity-model PATH")
+    path = T.resolve_folder(spec, ws.root)
+    fp = T.fingerprint(path)
+    todo = []
+    for g in gens:
+        h = inputs_hash("toxicity", g["output"], fp)
+        if fresh(g["generation_id"], "toxicity", h):
+            todo.append((g, h))
+    if not todo:
+        return
+    yield Progress(0, len(todo), "toxicity")
+    model = T.ToxicityModel(path)
+    meta = {"model": str(path), "label": model.label_name}
+    for start in range(0, len(todo), T.BATCH):
+        check_cancel(cancel)
+        chunk = todo[start : start + T.BATCH]
+        for (g, h), v in zip(chunk, model.scores([g["output"] for g, _ in chunk])):
+            add(g, "toxicity", h, v, meta)
+        yield Progress(start + len(chunk), len(todo), "toxicity")
+
+
 def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
     """Sum of log-probabilities of each choice's text (" " + choice) after the prompt (cloze style,
     unnormalised: lm-evaluation-harness's `acc`)."""
@@ -345,7 +390,8 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
 
 # -- jobs -----------------------------------------------------------------------------------------
 def run_job(ctx) -> dict:
-    """Job kind "score": config {suite, models?, teacher?, judge?, embed?, loglik?}."""
+    """Job kind "score": config {suite, models?, teacher?, judge?, embed?, loglik?, toxicity?,
+    toxicity_model?, judge_concurrency?}."""
     cfg = ctx.config
     if not cfg.get("suite"):
         raise BadInput("job config", "a score job needs a suite", field="suite")
@@ -359,6 +405,9 @@ def run_job(ctx) -> dict:
         judge=cfg.get("judge"),
         embed=bool(cfg.get("embed")),
         loglik=bool(cfg.get("loglik")),
+        toxicity=bool(cfg.get("toxicity")),
+        toxicity_model=cfg.get("toxicity_model"),
+        judge_concurrency=cfg.get("judge_concurrency"),
         cancel=ctx.cancel,
     )
     counts = ctx.drive(gen)

@@ -37,6 +37,10 @@ class Defaults:
     coverage_threshold: float = 0.0  # 0 = the documented default in core.coverage
     max_new_tokens: int = 128
     kshot: int = 3
+    # A local sequence-classification model folder (e.g. a toxic-bert download) for the
+    # `toxicity` metric; "" = no toxicity scores unless a judge rates them.
+    toxicity_model: str = ""
+    judge_concurrency: int = 8  # judge requests in flight at once
 
 
 @dataclass

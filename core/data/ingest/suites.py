@@ -35,6 +35,17 @@ def _task(rec: dict, default: str) -> str:
     return default
 
 
+def _with_answer_field(rec: Any, answer_field: str | None) -> Any:
+    """The record with its gold read from `answer_field` (`--answer-field`), as the field `answer`."""
+    if not answer_field or not isinstance(rec, dict):
+        return rec
+    if answer_field not in rec:
+        raise FieldError(answer_field, "missing (named by --answer-field)")
+    rec = {k: v for k, v in rec.items() if k != "answers"}
+    rec["answer"] = rec[answer_field]
+    return rec
+
+
 def normalise_item(rec: Any, fmt: str, task: str | None, default_task: str) -> dict:
     """An items row (without suite/idx) from one record; raises FieldError on a bad field.
 
@@ -59,9 +70,12 @@ def import_suite(
     fmt: str = "auto",
     task: str | None = None,
     skip_bad: bool = False,
+    answer_field: str | None = None,
     cancel: threading.Event | None = None,
 ) -> Work[dict]:
     """Import an evaluation suite (QA, multiple choice, code with tests, plain prompts).
+
+    `answer_field`: the record field that holds the QA gold (default `answer` / `answers`).
 
     Items carry a task label: `task` if given, else the record's task/category/subject/dataset
     field, else the suite's name. Re-importing the same file changes nothing; another file into
@@ -92,6 +106,11 @@ def import_suite(
             reason = record_too_long(rec)
             if reason is not None:
                 badrows(bad(src.label, reason, loc))
+                continue
+            try:
+                rec = _with_answer_field(rec, answer_field)
+            except FieldError as fe:
+                badrows(bad(src.label, fe.reason, loc, fe.field), rec)
                 continue
             if suite_fmt is None:
                 suite_fmt = suites.detect_kind(rec)
