@@ -45,6 +45,12 @@ def normalise_item(rec: Any, fmt: str, task: str | None, default_task: str) -> d
     return {"key": _upstream_key(rec), "task": task or _task(rec, default_task), **fields}
 
 
+def item_hash(item: dict) -> str:
+    """What an item is deduplicated by within its suite: prompt, gold, choices, tests and task."""
+    key = dumps([item["prompt"], item["gold"], item["choices"], item["tests"], item["task"]])
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 _ITEM_INSERT = (
     "insert or ignore into items (suite_id, idx, key, prompt, task, gold, choices, tests, entry_point,"
     " content_hash, meta) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -112,11 +118,7 @@ def import_suite(
                 continue
             stats["read"] += 1
             gold, choices = dumps(item["gold"]), dumps(item["choices"]) if item["choices"] is not None else None
-            content_hash = hashlib.sha256(
-                dumps([item["prompt"], item["gold"], item["choices"], item["tests"], item["task"]]).encode(
-                    "utf-8", "surrogatepass"
-                )
-            ).hexdigest()
+            content_hash = item_hash(item)
             batch.append(
                 (
                     stage.id,
