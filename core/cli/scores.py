@@ -41,8 +41,11 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
         quiet=as_json,
     )
     records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"])
+    from core.analysis.imported import compare_imported
+
+    imported = compare_imported(ws, suite, models=counts["models"])  # other tools' figures, beside mirage's
     if as_json:
-        emit_json(records)
+        emit_json(records + imported)
         return
     from core.analysis.report import fmt
     from core.api import registry
@@ -66,6 +69,28 @@ def score(ctx, suite, models, teacher, judge, no_judge, embed, loglik, workers, 
         order = [m for m in registry.names(registry.metrics()) if m in cells]  # the report's column order
         order += sorted(set(cells) - set(order))
         print_table([cells[m] for m in order], ["metric", *models], title=f"task: {task}")
+    if imported:
+        _print_imported(imported)
+
+
+def _print_imported(imported: list[dict]) -> None:
+    from core.analysis.report import fmt
+
+    rows = [
+        {
+            "model": r["model"],
+            "task": r["task"],
+            "tool metric": r["metric"],
+            "tool": f"{fmt('exact_match', r['value'], r['ci_low'], r['ci_high'])} n={r['n']}",
+            "mirage metric": r["compared_with"] or "—",
+            "mirage": "—" if r["mirage_value"] is None else fmt("exact_match", r["mirage_value"]),
+            "agreement": "—" if r["agreement"] is None else f"{r['agreement']:.1%} of {r['n_both']}",
+            "kappa": "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}",
+        }
+        for r in imported
+    ]
+    cols = ["model", "task", "tool metric", "tool", "mirage metric", "mirage", "agreement", "kappa"]
+    print_table(rows, cols, title="imported tool scores beside mirage's (same outputs)")
 
 
 @click.command("report")

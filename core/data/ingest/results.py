@@ -737,7 +737,15 @@ def _alpaca_samples(label: str, loc: Loc, rec: Any) -> list[tuple[str, Sample]]:
     if not _text(prompt):
         raise FieldError("instruction", "missing or empty")
     task = _text(rec.get("dataset")) or "alpaca_eval"
-    common = {"file": label, "loc": loc, "task": task, "kind": "prompts", "record": {"prompt": prompt}}
+    # One suite, AlpacaEval's, its subsets (helpful_base, oasst, ...) as tasks.
+    common = {
+        "file": label,
+        "loc": loc,
+        "task": task,
+        "kind": "prompts",
+        "record": {"prompt": prompt},
+        "suite": "alpaca_eval",
+    }
     if "output_1" in rec or "output_2" in rec:
         out = []
         for side in ("1", "2"):
@@ -971,16 +979,33 @@ def import_results(
                     "task": s.task,
                     **{k: v for k, v in s.meta.items() if not k.startswith("_")},
                 }
-                cur = ws.db.execute(
-                    "insert or ignore into generations (model, fingerprint, item_id, prompt, decoding, cache_key,"
-                    " output, meta, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [mname, fp, item_id, rendered, dumps(s.decoding), key, s.output, dumps(gmeta), now()],
-                )
-                if cur.rowcount:
-                    summary["outputs_new"] += 1
-                else:
+                # The same output of the same model on the item (another file of the same run:
+                # AlpacaEval's outputs and its annotations) is one generation: it gets the scores.
+                same = ws.db.execute(
+                    "select id from generations where model = ? and item_id = ? and output = ? and decoding = ?"
+                    " order by id desc limit 1",
+                    [mname, item_id, s.output, dumps(s.decoding)],
+                ).fetchone()
+                if same is not None:
                     summary["outputs_already"] += 1
-                (gid,) = ws.db.execute("select id from generations where cache_key = ?", [key]).fetchone()
+                    gid = same[0]
+                else:
+                    gid = None
+                cur = (
+                    None
+                    if same is not None
+                    else ws.db.execute(
+                        "insert or ignore into generations (model, fingerprint, item_id, prompt, decoding, cache_key,"
+                        " output, meta, created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [mname, fp, item_id, rendered, dumps(s.decoding), key, s.output, dumps(gmeta), now()],
+                    )
+                )
+                if cur is not None:
+                    if cur.rowcount:
+                        summary["outputs_new"] += 1
+                    else:
+                        summary["outputs_already"] += 1
+                    (gid,) = ws.db.execute("select id from generations where cache_key = ?", [key]).fetchone()
                 for metric, value in s.scores.items():
                     meta = {"file": Path(s.file).name, "sample_id": s.sample_id, **(s.score_meta.get(metric) or {})}
                     ws.db.execute(
@@ -1021,7 +1046,7 @@ def _write_suite(ws: Workspace, name: str, p: dict, runs: list[Run]) -> tuple[in
         sid, start = cur.lastrowid, 0
     else:
         sid = existing["id"]
-        meta = json.loads(existing["meta"] or "{}")
+        meta = existing["meta"] if isinstance(existing["meta"], dict) else json.loads(existing["meta"] or "{}")
         known = {f.get("sha256") for f in meta.get("files", [])}
         meta["files"] = list(meta.get("files", [])) + [f for f in files if f["sha256"] not in known]
         ws.db.execute(
