@@ -121,3 +121,37 @@ def report(ctx, suite, fmt_name, out, models, teacher, base, imitation, data):
         click.echo(f"report written: {path}", err=True)
     else:
         click.echo(text)
+
+
+@click.command("export")
+@click.option("--suite", required=True, help="Suite whose outputs to export.")
+@click.option("--models", help="Comma-separated models (default: every model with outputs on the suite).")
+@click.option(
+    "--format",
+    "fmt_name",
+    type=click.Choice(["jsonl", "hf", "alpaca-eval"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: a record per item × model (`mirage import results` reads it back); hf: a `datasets`"
+    " save_to_disk folder; alpaca-eval: MODEL/model_outputs.json per model.",
+)
+@click.option(
+    "--out", type=click.Path(), help="File (jsonl) or folder (hf, alpaca-eval); jsonl default: standard output."
+)
+@workspace_option
+@click.pass_context
+def export(ctx, suite, models, fmt_name, out):
+    """Export every item, gold, model, output, decoding, fingerprint and score of a suite, per sample."""
+    import sys
+
+    from core.analysis.export import export_suite
+
+    ws = open_workspace(ctx)
+    summary = export_suite(ws, suite, models=_names(models), fmt=fmt_name, out=out)
+    if "lines" in summary:
+        sys.stdout.writelines(summary["lines"])
+        return
+    click.echo(
+        f"exported {summary['records']:,} records ({', '.join(summary['models'])}) of suite '{suite}' to {out}",
+        err=True,
+    )
