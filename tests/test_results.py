@@ -340,3 +340,20 @@ def test_fresh_lm_eval_run_imports(ws, tmp_path):
     make_fixtures.run_lm_eval(work, work / "model", tmp_path / "out")
     s = run(import_results(ws, [tmp_path / "out"]))
     assert s["samples"] == 38 and s["imported_scores"] == {"lm_eval:exact_match": 32, "lm_eval:acc": 6}
+
+
+def test_report_and_compare_view_show_the_tools_scores(ws):
+    from core.analysis import report
+    from core.analysis.compare import open_view
+
+    run(import_results(ws, [LM]))
+    run(score_suite(ws, "mirage_qa_strict"))
+    rep = report.build(ws, "mirage_qa_strict")
+    r = record(rep["imported"], "lm_eval:exact_match")
+    assert r["agreement"] == pytest.approx(0.25)
+    md = report.render(rep, "md")
+    assert "## Other tools' scores beside mirage's" in md
+    assert "| tiny-qa-model | all | lm_eval:exact_match | 0.0 [0.0, 0.0] | exact_match | 75.0 | 25.0% |" in md
+    view = open_view(ws, "mirage_qa_strict")
+    (pane,) = view.row(0).panes
+    assert pane.tool_scores == {"lm_eval:exact_match": 0.0} and pane.verdict_name == "correct"
