@@ -357,3 +357,18 @@ def test_report_and_compare_view_show_the_tools_scores(ws):
     view = open_view(ws, "mirage_qa_strict")
     (pane,) = view.row(0).panes
     assert pane.tool_scores == {"lm_eval:exact_match": 0.0} and pane.verdict_name == "correct"
+
+
+def test_lm_eval_loglikelihood_task_is_skipped_with_a_note(ws, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(LM, folder)
+    (res,) = folder.glob("results_*.json")
+    data = json.loads(res.read_text())
+    data["configs"]["mirage_qa_strict"]["output_type"] = "loglikelihood"
+    res.write_text(json.dumps(data))
+    s = run(import_results(ws, [folder]))
+    assert sorted(x["suite"] for x in s["suites"]) == ["mirage_mc", "mirage_qa"]
+    assert len(s["skipped"]) == 1 and "task 'mirage_qa_strict' is loglikelihood" in s["skipped"][0]
+    (strict,) = folder.glob("samples_mirage_qa_strict_*.jsonl")
+    with pytest.raises(BadInput, match="nothing to import: .*loglikelihood"):
+        run(import_results(ws, [strict]))

@@ -162,6 +162,8 @@ def import_results_cmd(ctx, paths, suite, model, tool, as_json):
 
     ws = open_workspace(ctx)
     summary = drive(import_results(ws, list(paths), suite=suite, model=model, tool=tool), "importing results")
+    for note in summary["skipped"]:
+        click.echo(f"skipped {note}", err=True)
     if as_json:
         emit_json(summary)
         return

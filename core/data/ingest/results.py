@@ -71,6 +71,7 @@ class Run:
     files: list[dict]  # {name, path, sha256}
     samples: list[Sample] = field(default_factory=list)
     default_suite: str | None = None
+    skipped: list[str] = field(default_factory=list)  # what the import left out, and why
 
 
 def _sha256(path: Path) -> str:
@@ -249,6 +250,10 @@ def read_lm_eval(paths: list[Path]) -> list[Run]:
         m = _LM_SAMPLES.match(sf.name)
         task = m["task"] if m else sf.stem
         task_cfg = (results.get("configs") or {}).get(task) or {}
+        if task_cfg.get("output_type") in ("loglikelihood", "loglikelihood_rolling"):
+            # A log-likelihood (or perplexity) task has no output text or choice to attach.
+            run.skipped.append(f"{sf.name}: task '{task}' is {task_cfg['output_type']} (no outputs to import)")
+            continue
         run.samples += _lm_eval_samples(sf, task, task_cfg)
     return list(runs.values())
 
@@ -498,17 +503,22 @@ def read_inspect(paths: list[Path]) -> list[Run]:
         )
         task = str(ev.get("task") or path.stem).split("/")[-1]
         seen = set()
+        later_epochs = 0
         for loc, s in samples:
             try:
                 sample = _inspect_sample(str(path), loc, s, task, ev)
             except FieldError as fe:
                 raise bad(path, fe.reason, loc, fe.field) from None
             if sample is None or sample.sample_id in seen:  # later epochs of a sample: the first is kept
+                if sample is not None:
+                    later_epochs += 1
                 continue
             seen.add(sample.sample_id)
             run.samples.append(sample)
         if not run.samples:
             raise BadInput(path, "no samples in the log")
+        if later_epochs:
+            run.skipped.append(f"{path.name}: {later_epochs} samples of later epochs (the first epoch's are imported)")
         runs.append(run)
     return runs
 
@@ -900,6 +910,10 @@ def import_results(
     from core.data.datasets import get_suite
 
     runs = read_results(paths, tool)
+    skipped = [note for r in runs for note in r.skipped]
+    runs = [r for r in runs if r.samples]
+    if not runs:
+        raise BadInput(paths[0], "nothing to import" + (f": {'; '.join(skipped)}" if skipped else ""))
     yield Progress(1, 3, "read")
     models = {m: _model_name(m) if model is None else model for m in {r.model for r in runs}}
     if model is not None and len({(r.tool, r.model) for r in runs}) > 1 and len(set(r.model for r in runs)) > 1:
@@ -951,6 +965,7 @@ def import_results(
         "outputs_new": 0,
         "outputs_already": 0,
         "imported_scores": {},
+        "skipped": skipped,
     }
     with ws.transaction():
         suite_ids = {}
