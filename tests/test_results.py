@@ -372,3 +372,13 @@ def test_lm_eval_loglikelihood_task_is_skipped_with_a_note(ws, tmp_path):
     (strict,) = folder.glob("samples_mirage_qa_strict_*.jsonl")
     with pytest.raises(BadInput, match="nothing to import: .*loglikelihood"):
         run(import_results(ws, [strict]))
+
+
+def test_promptfoo_prompts_compared_are_models_of_their_own(ws):
+    s = run(import_results(ws, [FIX / "promptfoo" / "results_two_prompts.json"]))
+    assert s["models"] == ["canned-qa@prompt0", "canned-qa@prompt1"] and s["samples"] == 12
+    assert s["suites"][0]["items"] == 6
+    rendered = {
+        r[0] for r in ws.db.execute("select prompt from generations where model = 'canned-qa@prompt0'").fetchall()
+    }
+    assert "Q: What is the capital of France?\nA:" in rendered

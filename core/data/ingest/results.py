@@ -248,7 +248,7 @@ def read_lm_eval(paths: list[Path]) -> list[Run]:
         run = runs[key]
         run.files.append(_file_meta(sf))
         m = _LM_SAMPLES.match(sf.name)
-        task = m["task"] if m else sf.stem
+        task = m["task"] if m else sf.stem.removeprefix("samples_")  # an older lm-eval: no timestamp
         task_cfg = (results.get("configs") or {}).get(task) or {}
         if task_cfg.get("output_type") in ("loglikelihood", "loglikelihood_rolling"):
             # A log-likelihood (or perplexity) task has no output text or choice to attach.
@@ -609,12 +609,17 @@ def read_promptfoo(paths: list[Path]) -> list[Run]:
         task = _text(config.get("description")) or path.stem
         by_model: dict[str, Run] = {}
         fmeta = _file_meta(path)
+        # Prompts compared against each other (several in the config): each provider × prompt is
+        # a model of its own, else one item would get two outputs of the same model.
+        several_prompts = len({r.get("promptIdx") for r in rows if isinstance(r, dict)}) > 1
         for i, r in enumerate(rows):
             loc = Loc("item", i + 1)
             try:
                 model, sample = _promptfoo_sample(str(path), loc, r, task)
             except FieldError as fe:
                 raise bad(path, fe.reason, loc, fe.field) from None
+            if several_prompts:
+                model = f"{model}@prompt{r.get('promptIdx')}"
             run = by_model.get(model)
             if run is None:
                 providers = config.get("providers")
