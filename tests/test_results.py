@@ -382,3 +382,21 @@ def test_promptfoo_prompts_compared_are_models_of_their_own(ws):
         r[0] for r in ws.db.execute("select prompt from generations where model = 'canned-qa@prompt0'").fetchall()
     }
     assert "Q: What is the capital of France?\nA:" in rendered
+
+
+def test_results_attach_to_the_items_of_an_existing_suite_by_prompt(ws, tmp_path):
+    from core.data.ingest import import_suite
+
+    nq = tmp_path / "nq.jsonl"
+    nq.write_text(
+        "".join(
+            json.dumps({"question": s["doc"]["question"], "answer": s["doc"]["answer"]}) + "\n"
+            for s in lm_samples("mirage_qa")
+        )
+    )
+    run(import_suite(ws, nq, "nq"))  # task label "nq", not lm-eval's "mirage_qa"
+    (qa,) = LM.glob("samples_mirage_qa_2*.jsonl")
+    s = run(import_results(ws, [qa], suite="nq"))
+    assert s["suites"][0]["items_new"] == 0 and s["suites"][0]["items"] == 16 and s["outputs_new"] == 16
+    run(score_suite(ws, "nq"))
+    assert record(compare_imported(ws, "nq"), "lm_eval:exact_match")["agreement"] == 1.0

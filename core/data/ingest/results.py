@@ -959,6 +959,8 @@ def import_results(
                 p["first"].file, f"suite '{name}' holds {existing['kind']} items; these samples are {p['kind']}"
             )
         p["existing"] = existing
+        if existing is not None:
+            _match_existing(ws, existing["id"], p, [s for r in runs for s in r.samples if s.meta["_suite"] == name])
     check_cancel(cancel)
     yield Progress(2, 3, "checked")
     summary = {
@@ -984,9 +986,15 @@ def import_results(
             fp = f"recorded:{mname}:{run.tool}:{fp_sha}"
             for s in run.samples:
                 sid = suite_ids[s.meta["_suite"]]
-                (item_id, item_prompt) = ws.db.execute(
-                    "select id, prompt from items where suite_id = ? and content_hash = ?", [sid, s.meta["_item_hash"]]
-                ).fetchone()
+                if "_item_id" in s.meta:
+                    (item_id, item_prompt) = ws.db.execute(
+                        "select id, prompt from items where id = ?", [s.meta["_item_id"]]
+                    ).fetchone()
+                else:
+                    (item_id, item_prompt) = ws.db.execute(
+                        "select id, prompt from items where suite_id = ? and content_hash = ?",
+                        [sid, s.meta["_item_hash"]],
+                    ).fetchone()
                 rendered = s.rendered_prompt if s.rendered_prompt is not None else item_prompt
                 key = hashlib.sha256(
                     dumps([fp, rendered, s.decoding, item_id, s.sample_id]).encode("utf-8", "surrogatepass")
@@ -1041,6 +1049,30 @@ def import_results(
         entry.update(items=n_items, tasks=n_tasks)
     yield Progress(3, 3, "done")
     return summary
+
+
+def _match_existing(ws: Workspace, suite_id: int, p: dict, samples: list[Sample]) -> None:
+    """Samples of an existing suite attach to its items: the same item (content hash), else the
+    item with the same prompt (`match_key`, as `import outputs` matches; the same task label
+    first), whatever gold or task label the tool gave it. Only the rest become new items."""
+    by_hash, by_prompt = {}, {}
+    for iid, prompt, task, h in ws.db.execute(
+        "select id, prompt, task, content_hash from items where suite_id = ? order by idx", [suite_id]
+    ):
+        by_hash[h] = iid
+        by_prompt.setdefault(match_key(prompt), []).append((task, iid))
+    for s in samples:
+        h = s.meta["_item_hash"]
+        item = p["items"].get(h)
+        if h in by_hash or item is None:
+            continue
+        cands = by_prompt.get(match_key(item["prompt"]))
+        if cands:
+            s.meta["_item_id"] = next((iid for task, iid in cands if task == s.task), cands[0][1])
+    matched = {s.meta["_item_hash"] for s in samples if "_item_id" in s.meta}
+    unmatched = {s.meta["_item_hash"] for s in samples if "_item_id" not in s.meta}
+    for h in matched - unmatched:
+        p["items"].pop(h, None)
 
 
 def _write_suite(ws: Workspace, name: str, p: dict, runs: list[Run]) -> tuple[int, int]:
