@@ -27,6 +27,13 @@ from core.store.workspace import Workspace
 
 FIX = Path(__file__).parent / "fixtures" / "results"
 LM = FIX / "lm_eval"
+ALL_LM_SCORES = {
+    "lm_eval:exact_match": 32,
+    "lm_eval:exact_match,first_word": 16,
+    "lm_eval:exact_match,whole": 16,
+    "lm_eval:acc": 6,
+    "lm_eval:acc_norm": 6,
+}
 INSPECT_EVAL = next((FIX / "inspect").glob("*.eval"))
 INSPECT_JSON = next((FIX / "inspect").glob("*.json"))
 PROMPTFOO = FIX / "promptfoo" / "results.json"
@@ -63,10 +70,12 @@ def test_lm_eval_run_folder_becomes_suites_a_recorded_model_and_tool_scores(ws):
     assert {n: (x["kind"], x["items"]) for n, x in suites.items()} == {
         "mirage_qa": ("qa", 16),
         "mirage_qa_strict": ("qa", 16),
+        "mirage_qa_filters": ("qa", 16),
         "mirage_mc": ("mc", 6),
     }
-    assert s["samples"] == 38 and s["outputs_new"] == 38
-    assert s["imported_scores"] == {"lm_eval:exact_match": 32, "lm_eval:acc": 6}
+    assert s["samples"] == 54 and s["outputs_new"] == 54
+    # A task with two filters (a line per document and filter) names each figure `metric,filter`.
+    assert s["imported_scores"] == ALL_LM_SCORES
 
     # Provenance: the tool, its version, each file's sha256, the model's arguments.
     kind, spec = ws.db.execute("select kind, spec from models where name = 'tiny-qa-model'").fetchone()
@@ -131,6 +140,11 @@ def test_lm_eval_scores_beside_mirages_with_item_level_agreement(ws):
     assert strict["value"] == 0.0 and strict["mirage_value"] == pytest.approx(0.75)
     assert strict["agreement"] == pytest.approx(0.25) and strict["kappa"] == 0.0
     assert strict["agreements"][0]["only_mirage_right"] == 12
+    run(score_suite(ws, "mirage_qa_filters"))
+    filt = compare_imported(ws, "mirage_qa_filters")
+    first_word = record(filt, "lm_eval:exact_match,first_word")  # "da Vinci" -> "da": wrong for lm-eval
+    assert first_word["value"] == pytest.approx(0.5) and first_word["agreement"] == pytest.approx(0.75)
+    assert record(filt, "lm_eval:exact_match,whole")["agreement"] == pytest.approx(0.875)
     mc = record(compare_imported(ws, "mirage_mc"), "lm_eval:acc")
     assert mc["compared_with"] == "mc_accuracy" and mc["agreement"] == 1.0 and mc["n_both"] == 6
 
@@ -339,7 +353,7 @@ def test_fresh_lm_eval_run_imports(ws, tmp_path):
     make_fixtures.train_tiny(work / "model")
     make_fixtures.run_lm_eval(work, work / "model", tmp_path / "out")
     s = run(import_results(ws, [tmp_path / "out"]))
-    assert s["samples"] == 38 and s["imported_scores"] == {"lm_eval:exact_match": 32, "lm_eval:acc": 6}
+    assert s["samples"] == 54 and s["imported_scores"] == ALL_LM_SCORES
 
 
 def test_report_and_compare_view_show_the_tools_scores(ws):
@@ -367,7 +381,7 @@ def test_lm_eval_loglikelihood_task_is_skipped_with_a_note(ws, tmp_path):
     data["configs"]["mirage_qa_strict"]["output_type"] = "loglikelihood"
     res.write_text(json.dumps(data))
     s = run(import_results(ws, [folder]))
-    assert sorted(x["suite"] for x in s["suites"]) == ["mirage_mc", "mirage_qa"]
+    assert sorted(x["suite"] for x in s["suites"]) == ["mirage_mc", "mirage_qa", "mirage_qa_filters"]
     assert len(s["skipped"]) == 1 and "task 'mirage_qa_strict' is loglikelihood" in s["skipped"][0]
     (strict,) = folder.glob("samples_mirage_qa_strict_*.jsonl")
     with pytest.raises(BadInput, match="nothing to import: .*loglikelihood"):
