@@ -371,6 +371,9 @@ def test_report_and_compare_view_show_the_tools_scores(ws):
     view = open_view(ws, "mirage_qa_strict")
     (pane,) = view.row(0).panes
     assert pane.tool_scores == {"lm_eval:exact_match": 0.0} and pane.verdict_name == "correct"
+    from tui.widgets.compare.pane import pane_title
+
+    assert "✓ correct  lm_eval:exact_match ✗" in pane_title(pane, active=False).plain
 
 
 def test_lm_eval_loglikelihood_task_is_skipped_with_a_note(ws, tmp_path):
