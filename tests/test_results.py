@@ -417,3 +417,14 @@ def test_results_attach_to_the_items_of_an_existing_suite_by_prompt(ws, tmp_path
     assert s["suites"][0]["items_new"] == 0 and s["suites"][0]["items"] == 16 and s["outputs_new"] == 16
     run(score_suite(ws, "nq"))
     assert record(compare_imported(ws, "nq"), "lm_eval:exact_match")["agreement"] == 1.0
+
+
+def test_import_suite_and_outputs_point_a_tools_file_at_import_results(ws):
+    from core.data.ingest import import_outputs, import_suite
+
+    (qa,) = LM.glob("samples_mirage_qa_2*.jsonl")
+    with pytest.raises(BadInput, match=r"looks like an lm-eval --log_samples file: use `mirage import results`"):
+        run(import_suite(ws, qa, "x"))
+    run(import_results(ws, [qa]))
+    with pytest.raises(BadInput, match=r"field 'output': missing \(this looks like AlpacaEval annotations"):
+        run(import_outputs(ws, ALPACA / "annotations.json", "mirage_qa", "m"))

@@ -156,29 +156,27 @@ def detect(path: Path) -> str:
     if not head:
         raise BadInput(path, "empty file")
     if head[:1] == b"{":
-        first = head.split(b"\n", 1)[0]
+        first, _, rest = head.partition(b"\n")
         try:
             rec = json.loads(first)
         except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict):  # one JSON object per line, or a whole object on one line
+            rec = None  # a pretty-printed object (or a line longer than the peek)
+        if isinstance(rec, dict):
             if EXPORT_MARK in rec:
                 return "mirage"
             if "doc_id" in rec and ("resps" in rec or "filtered_resps" in rec):
                 return "lm_eval"
-        text = head.decode("utf-8", "replace")
-        if re.search(r'"samples"\s*:', text) and re.search(r'"eval"\s*:', text) or '"eval": {' in text[:200]:
-            return "inspect"
-        if name.startswith("results_") and '"configs"' in text:
-            return "lm_eval"
-        if re.search(r'"results"\s*:', text) and re.search(r'"(evalId|config|shareableUrl|prompts)"\s*:', text):
-            return "promptfoo"
-        data = _load_json(path)
-        if isinstance(data, dict) and "samples" in data and "eval" in data:
-            return "inspect"
-        if isinstance(data, dict) and isinstance(data.get("results"), (dict, list)):
-            return "promptfoo"
-        keys = ", ".join(list(rec)[:8]) if isinstance(rec, dict) else type_name(data)
+            if rest.strip():  # JSON lines of no tool known here
+                raise BadInput(path, f"unknown results format: first record has {', '.join(list(rec)[:8])}")
+        data = rec if isinstance(rec, dict) else _load_json(path)
+        if isinstance(data, dict):
+            if "eval" in data and ("samples" in data or "status" in data):
+                return "inspect"
+            if "configs" in data and "results" in data:
+                return "lm_eval"  # a results_*.json: its samples must lie beside it
+            if isinstance(data.get("results"), (dict, list)):
+                return "promptfoo"
+        keys = ", ".join(list(data)[:8]) if isinstance(data, dict) else type_name(data)
         raise BadInput(path, f"unknown results format: first record has {keys}")
     if head[:1] == b"[":
         data = _load_json(path)
@@ -921,7 +919,7 @@ def import_results(
         raise BadInput(paths[0], "nothing to import" + (f": {'; '.join(skipped)}" if skipped else ""))
     yield Progress(1, 3, "read")
     models = {m: _model_name(m) if model is None else model for m in {r.model for r in runs}}
-    if model is not None and len({(r.tool, r.model) for r in runs}) > 1 and len(set(r.model for r in runs)) > 1:
+    if model is not None and len({r.model for r in runs}) > 1:
         names = sorted({r.model for r in runs})
         raise BadInput(
             "--model", f"the files hold {len(names)} models ({', '.join(names[:5])}); import them one by one"

@@ -9,7 +9,7 @@ from typing import Any
 
 from core.api import suites
 from core.api.registry import SUITE_KIND_NAMES
-from core.data.ingest.errors import bad, record_too_long
+from core.data.ingest.errors import bad, record_too_long, results_hint
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
 from core.errors import BadInput, FieldError, type_name
@@ -108,7 +108,7 @@ def import_suite(
                         f"unknown format: first record has {keys or 'no fields'}; expected"
                         " question + answer (qa), question + A-D/choices + answer (mc),"
                         " prompt + test + entry_point (code) or instruction/prompt/question"
-                        " (prompts); or pass --format",
+                        " (prompts); or pass --format" + results_hint(rec),
                         loc,
                     )
             try:
