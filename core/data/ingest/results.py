@@ -37,7 +37,6 @@ from core.runtime.progress import Progress, Work, check_cancel
 from core.store.workspace import Workspace, dumps, now
 
 EXPORT_MARK = "mirage_export"  # the key every record of `mirage export --format jsonl` carries
-TOOLS = ("lm_eval", "inspect", "promptfoo", "alpaca_eval", "mirage")
 _MODEL_NAME_BAD = re.compile(r"[^A-Za-z0-9._@:+/-]+")
 
 
@@ -70,7 +69,6 @@ class Run:
     model_args: Any
     files: list[dict]  # {name, path, sha256}
     samples: list[Sample] = field(default_factory=list)
-    default_suite: str | None = None
     skipped: list[str] = field(default_factory=list)  # what the import left out, and why
 
 
@@ -1150,4 +1148,4 @@ def _register(ws: Workspace, name: str, run: Run) -> None:
         ws.db.execute("update models set spec = ? where name = ?", [dumps(spec), name])
 
 
-__all__ = ["Run", "Sample", "detect", "import_results", "read_results", "match_key"]
+__all__ = ["READERS", "Run", "Sample", "detect", "import_results", "read_results"]
