@@ -100,6 +100,8 @@ class Pane:
     style: dict[str, float]
     mark: str | None
     gold_spans: list[tuple[int, int]] = field(default_factory=list)
+    # Another tool's own per-sample scores of this output (`mirage import results`): tool:metric -> value.
+    tool_scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def symbol(self) -> str:
@@ -229,6 +231,9 @@ class CompareView:
                 arr = values[metric] = np.full((m, self.n), np.nan)
             arr[kp] = np.nan if value is None else value
         self.metrics = values
+        from core.analysis.imported import imported_values
+
+        self.tool_scores = imported_values(self.ws, list(gid_pos))
         self.kind = suite_kind(self.suite_row["kind"])
         if verdict_metric is None:
             verdict_metric = self.kind.verdict_metric(values)
@@ -443,6 +448,7 @@ class CompareView:
                     style=style,
                     mark=self.marks.get(gid),
                     gold_spans=gold_spans(out, gold) if out else [],
+                    tool_scores={m: v for m, v in sorted(self.tool_scores.get(gid, {}).items()) if v is not None},
                 )
             )
         sup = self.support[p]

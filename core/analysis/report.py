@@ -120,6 +120,9 @@ def build(
                     }
                 )
         out["sweep"].sort(key=lambda r: r["tokens"])
+    from core.analysis.imported import compare_imported
+
+    out["imported"] = compare_imported(ws, suite, models=models)  # other tools' figures (import results)
     return out
 
 
@@ -290,12 +293,38 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
             for r in rep["sweep"]
         ]
         secs.append(("Metric against imitation tokens", "From the adapters' lineage (base at 0).", (head, rows)))
+    if rep.get("imported"):
+        secs.append(_imported_section(rep["imported"]))
     return secs
 
 
 def decodings_line(rep: dict) -> str:
     """`model: decoding; ...`, one decoding per model (scores never mix two)."""
     return "; ".join(f"{m}: {D.label(d)}" for m, d in rep.get("decodings", {}).items())
+
+
+def _imported_section(records: list[dict]) -> tuple[str, str, tuple[list[str], list[list[str]]]]:
+    head = ["model", "task", "tool metric", "tool", "mirage metric", "mirage", "agreement", "kappa", "n"]
+    rows = [
+        [
+            r["model"],
+            r["task"],
+            r["metric"],
+            fmt("exact_match", r["value"], r["ci_low"], r["ci_high"]),
+            r["compared_with"] or "—",
+            "—" if r["mirage_value"] is None else fmt("exact_match", r["mirage_value"]),
+            "—" if r["agreement"] is None else f"{r['agreement']:.1%}",
+            "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}",
+            str(r["n_both"] or r["n"]),
+        ]
+        for r in records
+    ]
+    note = (
+        "Per-sample scores another tool wrote (`mirage import results`) and mirage's counterpart on the"
+        " same outputs: means (percent), and the share of items where both call the output right or both"
+        " wrong (Cohen's kappa beside it)."
+    )
+    return "Other tools' scores beside mirage's", note, (head, rows)
 
 
 def render_md(rep: dict, *, level: int = 1) -> str:

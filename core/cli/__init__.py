@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "jobs": "core.cli.jobs:jobs_group",
     "score": "core.cli.scores:score",
     "report": "core.cli.scores:report",
+    "export": "core.cli.scores:export",
     "tui": "core.cli.ui:tui",
     "compare": "core.cli.ui:compare",
     "demo": "core.cli.demo:demo",

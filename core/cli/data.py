@@ -143,3 +143,42 @@ def import_outputs_cmd(ctx, file, suite, model, skip_bad, as_json):
         click.echo(f"unmatched rows listed in {summary['report']}", err=True)
     elif summary.get("skipped_bad"):
         _report_lines(summary)
+
+
+@import_group.command("results")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--suite", help="Suite to create or extend (default: one per task, named as the tool names the task).")
+@click.option("--model", help="Model to record the outputs under (default: the tool's model name).")
+@click.option(
+    "--tool",
+    type=click.Choice(["auto", "lm_eval", "inspect", "promptfoo", "alpaca_eval", "mirage"]),
+    default="auto",
+    show_default=True,
+    help="Which tool wrote the files (auto: detected from each file).",
+)
+@json_option
+@workspace_option
+@click.pass_context
+def import_results_cmd(ctx, paths, suite, model, tool, as_json):
+    """Import other tools' per-sample results: lm-eval --log_samples files (or their folder),
+    inspect_ai logs (.eval, .json), promptfoo -o results.json, AlpacaEval model_outputs.json /
+    annotations.json, or a `mirage export` JSONL: items, outputs and the tool's own scores."""
+    from core.data.ingest.results import import_results
+    from core.runtime.progress import drive
+
+    ws = open_workspace(ctx)
+    summary = drive(import_results(ws, list(paths), suite=suite, model=model, tool=tool), "importing results")
+    for note in summary["skipped"]:
+        click.echo(f"skipped {note}", err=True)
+    if as_json:
+        emit_json(summary)
+        return
+    suites = "; ".join(
+        f"'{s['suite']}' ({s['kind']}: {s['items_new']:,} new items, {s['items']:,} in all)" for s in summary["suites"]
+    )
+    scores = ", ".join(f"{m} ({n:,})" for m, n in sorted(summary["imported_scores"].items())) or "none"
+    click.echo(
+        f"imported {summary['samples']:,} samples from {', '.join(summary['tools'])} as model(s)"
+        f" {', '.join(summary['models'])}: {summary['outputs_new']:,} new outputs,"
+        f" {summary['outputs_already']:,} already there; suites {suites}; tool scores {scores}"
+    )

@@ -84,8 +84,11 @@ def score(
         quiet=as_json,
     )
     records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"], decoding=selector)
+    from core.analysis.imported import compare_imported
+
+    imported = compare_imported(ws, suite, models=counts["models"])  # other tools' figures, beside mirage's
     if as_json:
-        emit_json(records)
+        emit_json(records + imported)
         return
     click.echo(
         f"{counts['outputs']} outputs: {counts['computed']} scores computed, {counts['cached']} cached"
@@ -95,6 +98,8 @@ def score(
     for model, dec in counts["decodings"].items():
         click.echo(f"  {model}: decoding {decodings.label(dec)}", err=True)
     print_long(records)
+    if imported:
+        _print_imported(imported)
 
 
 def long_rows(records: list[dict]) -> list[dict]:
@@ -153,6 +158,27 @@ def print_long(records: list[dict]) -> None:
         console.print(table)
 
 
+def _print_imported(imported: list[dict]) -> None:
+    from core.analysis.report import fmt
+    from core.cli import print_table
+
+    rows = [
+        {
+            "model": r["model"],
+            "task": r["task"],
+            "tool metric": r["metric"],
+            "tool": f"{fmt('exact_match', r['value'], r['ci_low'], r['ci_high'])} n={r['n']}",
+            "mirage metric": r["compared_with"] or "—",
+            "mirage": "—" if r["mirage_value"] is None else fmt("exact_match", r["mirage_value"]),
+            "agreement": "—" if r["agreement"] is None else f"{r['agreement']:.1%} of {r['n_both']}",
+            "kappa": "n/a" if r["kappa"] is None else f"{r['kappa']:.2f}",
+        }
+        for r in imported
+    ]
+    cols = ["model", "task", "tool metric", "tool", "mirage metric", "mirage", "agreement", "kappa"]
+    print_table(rows, cols, title="imported tool scores beside mirage's (same outputs)")
+
+
 @click.command("report")
 @click.option("--suite", required=True)
 @click.option("--format", "fmt_name", type=click.Choice(["md", "json", "html"]), default="md", show_default=True)
@@ -190,3 +216,37 @@ def report(ctx, suite, fmt_name, out, models, teacher, base, imitation, data, de
         click.echo(f"report written: {path}", err=True)
     else:
         click.echo(text)
+
+
+@click.command("export")
+@click.option("--suite", required=True, help="Suite whose outputs to export.")
+@click.option("--models", help="Comma-separated models (default: every model with outputs on the suite).")
+@click.option(
+    "--format",
+    "fmt_name",
+    type=click.Choice(["jsonl", "hf", "alpaca-eval"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: a record per item × model (`mirage import results` reads it back); hf: a `datasets`"
+    " save_to_disk folder; alpaca-eval: MODEL/model_outputs.json per model.",
+)
+@click.option(
+    "--out", type=click.Path(), help="File (jsonl) or folder (hf, alpaca-eval); jsonl default: standard output."
+)
+@workspace_option
+@click.pass_context
+def export(ctx, suite, models, fmt_name, out):
+    """Export every item, gold, model, output, decoding, fingerprint and score of a suite, per sample."""
+    import sys
+
+    from core.analysis.export import export_suite
+
+    ws = open_workspace(ctx)
+    summary = export_suite(ws, suite, models=_names(models), fmt=fmt_name, out=out)
+    if "lines" in summary:
+        sys.stdout.writelines(summary["lines"])
+        return
+    click.echo(
+        f"exported {summary['records']:,} records ({', '.join(summary['models'])}) of suite '{suite}' to {out}",
+        err=True,
+    )

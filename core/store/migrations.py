@@ -538,3 +538,23 @@ def m070_score_roles(db):
         )"""
     )
     conn.execute("create index aggregate_cache_suite on aggregate_cache(suite_id, created_at)")
+
+
+@migration
+def m071_imported_results(db):
+    # Another tool's own per-sample scores (lm-eval's exact_match, inspect's match, promptfoo's
+    # pass), kept apart from `scores`: those are mirage's, keyed by metric version and inputs and
+    # recomputed when stale; these are facts read from a file, never recomputed, named
+    # `tool:metric` and set beside mirage's figure (core.scores.imported).
+    db.conn.execute(
+        """create table imported_scores (
+            id integer primary key,
+            generation_id integer not null references generations(id) on delete cascade,
+            metric text not null,                        -- tool:metric, e.g. lm_eval:exact_match
+            value real,                                  -- null when the tool gave none
+            meta text not null default '{}',             -- json: the tool's raw value, file, sample id
+            created_at text not null,
+            unique (generation_id, metric)
+        )"""
+    )
+    db.conn.execute("create index imported_scores_metric on imported_scores(metric)")

@@ -43,3 +43,21 @@ def record_too_long(rec: Any) -> str | None:
     except orjson.JSONEncodeError:  # lone surrogates and the like: the stdlib copes
         n = len(json.dumps(rec, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     return too_long(n) if n > MAX_RECORD_BYTES else None
+
+
+def results_hint(rec: Any) -> str:
+    """' (... use `mirage import results`)' when a record is another tool's result, else ''."""
+    if not isinstance(rec, dict):
+        return ""
+    tool = None
+    if "doc_id" in rec and ("resps" in rec or "filtered_resps" in rec):
+        tool = "an lm-eval --log_samples file"
+    elif "output_1" in rec and "output_2" in rec and "preference" in rec:
+        tool = "AlpacaEval annotations"
+    elif "eval" in rec and "samples" in rec:
+        tool = "an inspect log"
+    elif "results" in rec and ("evalId" in rec or "config" in rec):
+        tool = "a promptfoo result file"
+    elif "mirage_export" in rec:
+        tool = "a `mirage export` file"
+    return f" (this looks like {tool}: use `mirage import results`)" if tool else ""

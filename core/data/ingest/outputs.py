@@ -8,7 +8,7 @@ import threading
 import unicodedata
 
 from core.api.suites import PROMPT_FIELDS
-from core.data.ingest.errors import bad, record_too_long
+from core.data.ingest.errors import bad, record_too_long, results_hint
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows
 from core.errors import BadInput, FieldError, read_str, type_name
@@ -78,7 +78,9 @@ def import_outputs(
                         prompt = read_str(rec, f)
                         break
                 else:
-                    raise FieldError("instruction", "missing")
+                    raise FieldError("instruction", "missing" + results_hint(rec))
+                if "output" not in rec:
+                    raise FieldError("output", "missing" + results_hint(rec))
                 output = read_str(rec, "output")
                 generator = read_str(rec, "generator", required=False) or model
             except FieldError as fe:

@@ -9,7 +9,7 @@ from typing import Any
 
 from core.api import suites
 from core.api.registry import SUITE_KIND_NAMES
-from core.data.ingest.errors import bad, record_too_long
+from core.data.ingest.errors import bad, record_too_long, results_hint
 from core.data.ingest.sources import Source, read_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
 from core.errors import BadInput, FieldError, type_name
@@ -54,6 +54,12 @@ def normalise_item(rec: Any, fmt: str, task: str | None, default_task: str) -> d
     """
     fields = suites.read_item(fmt, rec)
     return {"key": _upstream_key(rec), "task": task or _task(rec, default_task), **fields}
+
+
+def item_hash(item: dict) -> str:
+    """What an item is deduplicated by within its suite: prompt, gold, choices, tests and task."""
+    key = dumps([item["prompt"], item["gold"], item["choices"], item["tests"], item["task"]])
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 _ITEM_INSERT = (
@@ -121,7 +127,7 @@ def import_suite(
                         f"unknown format: first record has {keys or 'no fields'}; expected"
                         " question + answer (qa), question + A-D/choices + answer (mc),"
                         " prompt + test + entry_point (code) or instruction/prompt/question"
-                        " (prompts); or pass --format",
+                        " (prompts); or pass --format" + results_hint(rec),
                         loc,
                     )
             try:
@@ -131,11 +137,7 @@ def import_suite(
                 continue
             stats["read"] += 1
             gold, choices = dumps(item["gold"]), dumps(item["choices"]) if item["choices"] is not None else None
-            content_hash = hashlib.sha256(
-                dumps([item["prompt"], item["gold"], item["choices"], item["tests"], item["task"]]).encode(
-                    "utf-8", "surrogatepass"
-                )
-            ).hexdigest()
+            content_hash = item_hash(item)
             batch.append(
                 (
                     stage.id,

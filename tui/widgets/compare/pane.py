@@ -77,6 +77,9 @@ def pane_title(pane: Pane, *, active: bool = False) -> Text:
         t.append("– no output", style="dim")
         return t
     t.append(f"{pane.symbol} {pane.verdict_name}", style=VERDICT_STYLE[pane.verdict])
+    for metric, value in pane.tool_scores.items():  # the tool's own verdict beside mirage's
+        shown = ("✓" if value >= 0.5 else "✗") if value in (0.0, 1.0) else f"{value:.2f}"
+        t.append(f"  {metric} {shown}", style="cyan")
     for metric, value in pane.style.items():
         label = STYLE_LABELS.get(metric, metric)
         if metric in ("list_when_teacher_lists", "summary_when_teacher_summarizes"):
