@@ -1,0 +1,146 @@
+"""The code sandbox holds against the whole attack list, in both modes, run by root and by an
+unprivileged scorer: each mode either contains every attack or refuses to run, naming the fix."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ATTACKS = Path(__file__).with_name("sandbox_attacks.py")
+NOBODY = 65534
+
+
+@pytest.fixture
+def listener():
+    """A loopback TCP server that counts every connection it ever accepts."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(conn.getpeername())
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1], accepted
+    srv.close()
+
+
+def _scorers():
+    """(name, argv prefix, python) for each scorer identity this machine can run."""
+    yield "this-user", [], sys.executable
+    if os.geteuid() == 0 and shutil.which("setpriv") and Path("/usr/bin/python3").exists():
+        # The venv's interpreter may live where `nobody` cannot go (/root/.pyenv): the system one.
+        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        yield "nobody", drop, "/usr/bin/python3"
+
+
+@pytest.mark.parametrize("who", [s[0] for s in _scorers()])
+def test_attack_list_is_contained_or_refused_in_both_modes(who, tmp_path, listener):
+    _, drop, python = next(s for s in _scorers() if s[0] == who)
+    port, accepted = listener
+    tmp_path = tmp_path / "attack"
+    tmp_path.mkdir()
+    for d in (tmp_path, *tmp_path.parents):  # `nobody` must get to the folders below
+        if str(d) in ("/", "/tmp"):
+            break
+        d.chmod(d.stat().st_mode | 0o755)
+    secret = f"sk-test-{uuid.uuid4().hex}"
+    ws_secret = f"workspace-secret-{uuid.uuid4().hex}"
+    # A home and a workspace that an escaped process could both read and write (mode 0777/0644),
+    # so that only the sandbox stands between the code and them.
+    home, ws, tmpdir = tmp_path / "home", tmp_path / "ws", tmp_path / "tmp"
+    for d in (home, ws, tmpdir, home / ".config"):
+        d.mkdir()
+        d.chmod(0o777)
+    (ws / "mirage.db").write_text(ws_secret)
+    (home / ".config" / "token").write_text(ws_secret)
+    for f in (ws / "mirage.db", home / ".config" / "token"):
+        f.chmod(0o644)
+    mark = f"mirage-escape-{uuid.uuid4().hex[:12]}"
+    outside = [str(home / mark), str(ws / mark), str(tmp_path / mark)]
+    outside += [f"/tmp/{mark}", f"/var/tmp/{mark}", f"/dev/shm/{mark}", f"/run/lock/{mark}", f"/run/{mark}"]
+    outside.append(os.path.join(os.path.realpath(sys.base_prefix), mark))
+    config = {
+        "secret": secret,
+        "port": port,
+        "outside": outside,
+        "readable": [str(ws / "mirage.db"), str(home / ".config" / "token")],
+        "sleep_token": f"4{uuid.uuid4().int % 10**6:06d}.5",  # `sleep` for days: a unique argv
+    }
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(tmpdir),  # every sandbox of this run carries this path in its command line
+        "OPENAI_API_KEY": secret,
+        "GITHUB_TOKEN": secret,
+        "MIRAGE_WORKSPACE": str(ws),
+    }
+    config_file = tmp_path / "config.json"  # not on the command line: that is readable to all
+    config_file.write_text(json.dumps(config))
+    config_file.chmod(0o644)
+    try:
+        proc = subprocess.run(
+            [*drop, python, str(ATTACKS), str(REPO), str(config_file)],
+            env=env,
+            cwd=ws,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # The scorer survived every attack (kill_parent among them) and finished its report.
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        report = json.loads(proc.stdout)
+        results = report["results"]
+        assert len(results) == 20
+        ran = {k: v for k, v in results.items() if "refused" not in v}
+        for key, res in results.items():
+            mode, attack = key.split("/")
+            text = json.dumps(res)
+            assert secret not in text and ws_secret not in text, key
+            assert res["survivors"] == [], key
+            if "refused" in res:
+                assert "fix:" in res["refused"] and "user namespaces" in res["refused"], key
+                continue
+            assert mode == "namespaces", f"{key}: rlimits alone cannot confine code, yet it ran"
+            assert "can signal" not in res["stdout"] and "kill(-1) reaches processes" not in res["stdout"], key
+            assert "connected" not in res["stdout"], key
+            assert res["status"] != "error", f"{key}: {res['stderr']}"
+        if ran:  # where the sandbox runs, each attack failed the way its limit says
+            assert ran["namespaces/loop"]["status"] == "timeout"
+            assert ran["namespaces/loop"]["seconds"] < 6
+            assert ran["namespaces/fork_bomb"]["status"] != "passed"
+            assert ran["namespaces/fork_bomb"]["seconds"] < 8
+            assert "MemoryError" in ran["namespaces/memory_10gb"]["stderr"]
+            assert "allocated" not in ran["namespaces/memory_10gb"]["stdout"]
+            assert ran["namespaces/socket"]["stdout"].count("blocked") == 2
+            assert "blocked errno" in ran["namespaces/ctypes_connect"]["stdout"]
+            # The host's home and workspace are not in its file system at all; /tmp, /run and the
+            # like are its own private tmpfs (checked below: nothing appeared on the host).
+            written = ran["namespaces/write_outside"]["stdout"]
+            assert all(f"refused {p}" in written for p in outside[:3]), written
+            assert ran["namespaces/read_workspace_and_home"]["stdout"].count("unreadable") == 2
+            assert "cannot signal" in ran["namespaces/kill_parent"]["stdout"]
+            assert "kill(-1) reaches nothing" in ran["namespaces/kill_parent"]["stdout"]
+        assert all("refused" in results[f"rlimits/{a}"] for a in ("loop", "socket", "kill_parent"))
+        if os.geteuid() == 0 and who == "this-user":
+            assert len(ran) == 10  # root with util-linux: the sandbox must run, not just refuse
+    finally:
+        for p in outside:
+            Path(p).unlink(missing_ok=True)
+    assert accepted == []  # the loopback listener never saw a connection
+    assert not any(Path(p).exists() for p in outside)
