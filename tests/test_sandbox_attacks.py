@@ -45,13 +45,17 @@ def _scorers():
     yield "this-user", [], sys.executable
     if os.geteuid() == 0 and shutil.which("setpriv") and Path("/usr/bin/python3").exists():
         # The venv's interpreter may live where `nobody` cannot go (/root/.pyenv): the system one.
-        drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        drop = [shutil.which("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         yield "nobody", drop, "/usr/bin/python3"
 
 
+@pytest.mark.parametrize("tools", ["path", "bwrap-only"])
 @pytest.mark.parametrize("who", [s[0] for s in _scorers()])
-def test_attack_list_is_contained_or_refused_in_both_modes(who, tmp_path, listener):
+def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, tmp_path, listener):
+    """tools: the scorer's PATH as it is (unshare preferred), or holding only bubblewrap."""
     _, drop, python = next(s for s in _scorers() if s[0] == who)
+    if tools == "bwrap-only" and not shutil.which("bwrap"):
+        pytest.skip("bubblewrap is not installed")
     port, accepted = listener
     tmp_path = tmp_path / "attack"
     tmp_path.mkdir()
@@ -82,8 +86,13 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tmp_path, listen
         "readable": [str(ws / "mirage.db"), str(home / ".config" / "token")],
         "sleep_token": f"4{uuid.uuid4().int % 10**6:06d}.5",  # `sleep` for days: a unique argv
     }
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if tools == "bwrap-only":
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "bwrap").symlink_to(shutil.which("bwrap"))
+        path = str(tmp_path / "bin")
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": path,
         "HOME": str(home),
         "TMPDIR": str(tmpdir),  # every sandbox of this run carries this path in its command line
         "OPENAI_API_KEY": secret,
@@ -117,10 +126,13 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tmp_path, listen
                 assert "fix:" in res["refused"] and "user namespaces" in res["refused"], key
                 continue
             assert mode == "namespaces", f"{key}: rlimits alone cannot confine code, yet it ran"
-            assert "can signal" not in res["stdout"] and "kill(-1) reaches processes" not in res["stdout"], key
+            assert "can signal the scorer" not in res["stdout"] and "kill(-1) reaches processes" not in res["stdout"], (
+                key
+            )
             assert "connected" not in res["stdout"], key
             assert res["status"] != "error", f"{key}: {res['stderr']}"
         if ran:  # where the sandbox runs, each attack failed the way its limit says
+            assert {r["backend"] for r in ran.values()} == ({"bwrap"} if tools == "bwrap-only" else {"unshare"})
             assert ran["namespaces/loop"]["status"] == "timeout"
             assert ran["namespaces/loop"]["seconds"] < 6
             assert ran["namespaces/fork_bomb"]["status"] != "passed"
@@ -134,11 +146,13 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tmp_path, listen
             written = ran["namespaces/write_outside"]["stdout"]
             assert all(f"refused {p}" in written for p in outside[:3]), written
             assert ran["namespaces/read_workspace_and_home"]["stdout"].count("unreadable") == 2
-            assert "cannot signal" in ran["namespaces/kill_parent"]["stdout"]
+            assert "cannot signal the scorer" in ran["namespaces/kill_parent"]["stdout"]
             assert "kill(-1) reaches nothing" in ran["namespaces/kill_parent"]["stdout"]
         assert all("refused" in results[f"rlimits/{a}"] for a in ("loop", "socket", "kill_parent"))
-        if os.geteuid() == 0 and who == "this-user":
+        if os.geteuid() == 0 and who == "this-user" and tools == "path":
             assert len(ran) == 10  # root with util-linux: the sandbox must run, not just refuse
+        if os.geteuid() == 0 and tools == "bwrap-only" and who == "this-user":
+            assert ran == {}  # root uses unshare only (bwrap as root would keep uid 0)
     finally:
         for p in outside:
             Path(p).unlink(missing_ok=True)

@@ -242,11 +242,11 @@ def test_code_suite_without_a_sandbox_is_a_one_line_error_naming_the_fix(ws, tmp
     add_suite(ws, "code", "code", [{"prompt": "def f():\n", "tests": "def check(c):\n    pass\n", "entry_point": "f"}])
     add_outputs(ws, "m", "code", ["    return 1\n"])
     monkeypatch.setenv("PATH", str(tmp_path))  # no util-linux: the code must not run at all
-    sandbox._unavailable.cache_clear()
+    sandbox._backend.cache_clear()
     try:
         r = CliRunner().invoke(cli, ["score", "--suite", "code", "--workspace", str(ws.root)])
     finally:
-        sandbox._unavailable.cache_clear()
+        sandbox._backend.cache_clear()
     msg = str(r.exception) if r.exception else r.output
     assert r.exit_code != 0 and "code sandbox unavailable" in msg and "fix:" in msg and "\n" not in msg.strip()
     assert ws.db.execute("select count(*) from scores where metric = 'pass@1'").fetchone()[0] == 0

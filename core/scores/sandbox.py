@@ -20,7 +20,8 @@ tokens), a new session, and it is PID 1 of its namespace: when it ends, is kille
 the scorer kills its process group at return, the kernel kills every process it forked, so none
 outlives `run_program`. `kill(-1)` and the parent's /proc are out of its reach.
 
-Where the kernel refuses those namespaces, `run_program` raises `SandboxUnavailable` with the fix
+Where `unshare` cannot make them for an unprivileged user, bubblewrap (`bwrap`, when installed)
+builds the same sandbox. Where neither can, `run_program` raises `SandboxUnavailable` with the fix
 rather than run the code unconfined. Resource limits alone ("rlimits", the old fallback) cannot
 stop code reading the user's secrets, signalling the user's processes, or calling a loopback
 server through ctypes, so that mode is refused too: it exists only to say so.
@@ -53,7 +54,7 @@ MODES = ("namespaces", "rlimits")
 FIX = (
     "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
     "user.max_user_namespaces=15000, and on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), "
-    "or run mirage as root; util-linux `unshare` must be on PATH"
+    "or install bubblewrap (bwrap), or run mirage as root; util-linux `unshare` or bwrap must be on PATH"
 )
 # Host paths the code may read (read-only). /etc is not among them: only the loader's cache and the
 # time zone, so no host configuration, passwd or shadow file is in view.
@@ -68,6 +69,21 @@ def _unshare_cmd(root: bool) -> list[str]:
     # root owns the host's files and /proc/sys): it sets up as real root, then becomes `nobody`.
     user = [] if root else ["--user", "--map-root-user"]
     return [unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--mount", "--ipc", "--uts", "--"]
+
+
+def _bwrap_cmd(prog_path: str) -> list[str]:
+    """The same sandbox built by bubblewrap, for kernels that allow user namespaces only to it (e.g.
+    Ubuntu's AppArmor profile for bwrap): it makes the root, /proc, /dev and drops capabilities."""
+    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    for path in _binds():
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            cmd += ["--ro-bind", path, path]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for where in ("/tmp", "/var/tmp", "/run", "/dev/shm"):
+        cmd += ["--size", str(ROOT_MB << 20), "--tmpfs", where]
+    return [*cmd, "--dir", "/tmp/work", "--ro-bind", prog_path, "/run/program.py", "--remount-ro", "/", "--"]
 
 
 # Runs inside the child (as `python -I -S -c RUNNER CONFIG`): read the program, isolate, limit, run.
@@ -99,65 +115,71 @@ def read_only(target):
     st = os.statvfs(target)  # before Linux 5.12: remount the top mount, keeping its locked flags
     keep = st.f_flag & (MS_NOEXEC | 1024 | 2048) | ((1 << 21) if st.f_flag & 4096 else 0)
     mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | keep, None, "read-only " + target)
-mount(None, "/", None, MS_REC | MS_PRIVATE, None, "private mounts")  # nothing propagates to the host
-new = cfg["root"]
-mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0755" % cfg["root_mb"], "tmpfs root")
-for path in cfg["binds"]:
-    if not os.path.lexists(path):
-        continue
-    target = new + path
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if os.path.islink(path):
-        os.symlink(os.readlink(path), target)
-        continue
-    if os.path.isdir(path):
-        os.makedirs(target, exist_ok=True)
+def isolate():
+    # unshare gave bare namespaces: build the new root and drop privileges here (bwrap did both).
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None, "private mounts")  # nothing propagates to the host
+    new = cfg["root"]
+    mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0755" % cfg["root_mb"], "tmpfs root")
+    for path in cfg["binds"]:
+        if not os.path.lexists(path):
+            continue
+        target = new + path
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), target)
+            continue
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:
+            open(target, "w").close()
+        mount(path, target, None, MS_BIND | MS_REC, None, "bind " + path)
+        read_only(target)
+    os.mkdir(new + "/proc")
+    if libc.mount(b"proc", (new + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        pass  # a container that masks parts of /proc forbids a fresh one: then the code has no /proc at all
+    os.makedirs(new + "/dev", exist_ok=True)
+    for dev in cfg["devices"]:
+        open(new + "/dev/" + dev, "w").close()
+        mount("/dev/" + dev, new + "/dev/" + dev, None, MS_BIND, None, "bind /dev/" + dev)
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink("/proc/self/fd/%d" % i, new + "/dev/" + name)
+    os.symlink("/proc/self/fd", new + "/dev/fd")
+    for where in ("/tmp", "/var/tmp", "/run", "/dev/shm", "/tmp/work"):
+        os.makedirs(new + where, exist_ok=True)
+        os.chmod(new + where, 0o1777)
+    # pivot_root(".", "."), then detach the old root stacked on top: the host's tree leaves this mount
+    # namespace altogether (a chroot would keep it reachable to anything that regains privileges).
+    os.chdir(new)
+    nr = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "s390x": 217}.get(os.uname().machine)
+    if nr is None or libc.syscall(nr, b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # MNT_DETACH
+        setup_failed("pivot_root")
+    os.chdir("/tmp/work")
+    if cfg["uid"] is not None:
+        os.chown("/tmp/work", cfg["uid"], cfg["uid"])
+        os.setgroups([])
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])
+        # Changing credentials clears the parent-death signal unshare set: set it again.
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     else:
-        open(target, "w").close()
-    mount(path, target, None, MS_BIND | MS_REC, None, "bind " + path)
-    read_only(target)
-os.mkdir(new + "/proc")
-if libc.mount(b"proc", (new + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
-    pass  # a container that masks parts of /proc forbids a fresh one: then the code has no /proc at all
-os.makedirs(new + "/dev", exist_ok=True)
-for dev in cfg["devices"]:
-    open(new + "/dev/" + dev, "w").close()
-    mount("/dev/" + dev, new + "/dev/" + dev, None, MS_BIND, None, "bind /dev/" + dev)
-for i, name in enumerate(("stdin", "stdout", "stderr")):
-    os.symlink("/proc/self/fd/%d" % i, new + "/dev/" + name)
-os.symlink("/proc/self/fd", new + "/dev/fd")
-for where in ("/tmp", "/var/tmp", "/run", "/dev/shm", "/tmp/work"):
-    os.makedirs(new + where, exist_ok=True)
-    os.chmod(new + where, 0o1777)
-# pivot_root(".", "."), then detach the old root stacked on top: the host's tree leaves this mount
-# namespace altogether (a chroot would keep it reachable to anything that regains privileges).
-os.chdir(new)
-nr = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "s390x": 217}.get(os.uname().machine)
-if nr is None or libc.syscall(nr, b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # MNT_DETACH
-    setup_failed("pivot_root")
-os.chdir("/tmp/work")
-if cfg["uid"] is not None:
-    os.chown("/tmp/work", cfg["uid"], cfg["uid"])
-    os.setgroups([])
-    os.setgid(cfg["uid"])
-    os.setuid(cfg["uid"])
-    # Changing credentials clears the parent-death signal unshare set: set it again.
-    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        # Root of its user namespace, it could remount the read-only binds: drop every capability, the
+        # bounding set first so that no execve (as uid 0 of the namespace) regains any.
+        last = 40
+        try:
+            last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        except (OSError, ValueError):
+            pass
+        for cap in range(last + 1):
+            if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
+                setup_failed("drop capability %d" % cap)
+        libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
+            setup_failed("capset")
+if cfg["setup"]:
+    isolate()
 else:
-    # Root of its user namespace, it could remount the read-only binds: drop every capability, the
-    # bounding set first so that no execve (as uid 0 of the namespace) regains any.
-    last = 40
-    try:
-        last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    except (OSError, ValueError):
-        pass
-    for cap in range(last + 1):
-        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
-            setup_failed("drop capability %d" % cap)
-    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
-        setup_failed("capset")
+    os.chdir("/tmp/work")
 if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid binary gives anything back
     setup_failed("no_new_privs")
 cpu = int(cfg["cpu"])
@@ -188,6 +210,7 @@ class SandboxResult:
     stderr: str
     seconds: float
     isolation: str
+    backend: str = ""  # unshare | bwrap
 
     def as_meta(self) -> dict:
         return {
@@ -195,6 +218,7 @@ class SandboxResult:
             "returncode": self.returncode,
             "seconds": round(self.seconds, 3),
             "isolation": self.isolation,
+            "backend": self.backend,
             "stderr": self.stderr[-800:],
         }
 
@@ -211,17 +235,32 @@ def _binds() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _unavailable() -> str | None:
-    """Why the sandbox cannot run here (None when it can): found by running a trivial program."""
+def _backend() -> tuple[str | None, str | None]:
+    """(backend, None) for the first that runs a trivial program here, else (None, why not)."""
     if sys.platform != "linux":
-        return f"the sandbox needs Linux namespaces (this is {sys.platform})"
-    if not shutil.which("unshare"):
-        return "util-linux `unshare` is not on PATH"
-    r = _run("pass\n", timeout=10, memory_mb=MEMORY_MB, file_mb=FILE_MB, nproc=NPROC)
-    if r.status == "passed":
-        return None
-    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit status {r.returncode}"
-    return f"a trivial program did not run in it ({last})"
+        return None, f"the sandbox needs Linux namespaces (this is {sys.platform})"
+    why = []
+    for name in ("unshare", "bwrap"):
+        if name == "bwrap" and os.geteuid() == 0:
+            continue  # root always gets unshare, which then drops to `nobody`
+        if not shutil.which(name):
+            why.append(f"`{name}` is not on PATH")
+            continue
+        r = _run("pass\n", backend=name, timeout=10, memory_mb=MEMORY_MB, file_mb=FILE_MB, nproc=NPROC)
+        if r.status == "passed":
+            return name, None
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit status {r.returncode}"
+        why.append(f"a trivial program did not run under {name} ({last})")
+    return None, "; ".join(why)
+
+
+def _unavailable() -> str | None:
+    return _backend()[1]
+
+
+def backend() -> str | None:
+    """The program that builds the sandbox here ("unshare" or "bwrap"), None where none can."""
+    return _backend()[0]
 
 
 def isolation() -> str:
@@ -302,10 +341,10 @@ def run_program(
     Raises SandboxUnavailable, naming the fix, where the code cannot be confined.
     """
     require(mode)
-    return _run(program, timeout=timeout, memory_mb=memory_mb, file_mb=file_mb, nproc=nproc)
+    return _run(program, backend=backend(), timeout=timeout, memory_mb=memory_mb, file_mb=file_mb, nproc=nproc)
 
 
-def _run(program: str, *, timeout: float, memory_mb: int, file_mb: int, nproc: int) -> SandboxResult:
+def _run(program: str, *, backend: str, timeout: float, memory_mb: int, file_mb: int, nproc: int) -> SandboxResult:
     root = os.geteuid() == 0
     workdir = tempfile.mkdtemp(prefix="mirage-sandbox-")
     start = time.monotonic()
@@ -318,7 +357,8 @@ def _run(program: str, *, timeout: float, memory_mb: int, file_mb: int, nproc: i
         err_path = os.path.join(workdir, ".stderr")
         ready_r, ready_w = os.pipe()
         cfg = {
-            "program": prog_path,
+            "setup": backend == "unshare",
+            "program": prog_path if backend == "unshare" else "/run/program.py",
             "root": os.path.join(workdir, "root"),
             "root_mb": ROOT_MB,
             "binds": _binds(),
@@ -330,7 +370,8 @@ def _run(program: str, *, timeout: float, memory_mb: int, file_mb: int, nproc: i
             "nproc": nproc,
             "ready_fd": ready_w,
         }
-        cmd = [*_unshare_cmd(root), os.path.realpath(sys.executable), "-I", "-S", "-c", RUNNER, repr(cfg)]
+        wrap = _unshare_cmd(root) if backend == "unshare" else _bwrap_cmd(prog_path)
+        cmd = [*wrap, os.path.realpath(sys.executable), "-I", "-S", "-c", RUNNER, repr(cfg)]
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 proc = subprocess.Popen(
@@ -368,7 +409,9 @@ def _run(program: str, *, timeout: float, memory_mb: int, file_mb: int, nproc: i
                 status = "timeout"
             else:
                 status = "failed"
-        return SandboxResult(status == "passed", status, rc, _read_capped(out_path), stderr, seconds, "namespaces")
+        return SandboxResult(
+            status == "passed", status, rc, _read_capped(out_path), stderr, seconds, "namespaces", backend
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
