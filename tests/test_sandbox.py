@@ -227,3 +227,18 @@ def test_a_sandbox_that_cannot_set_up_reports_error(monkeypatch):
     monkeypatch.setattr(sandbox, "DEVICES", ("mirage-no-such-device",))
     r = sandbox.run_program("print('never')")
     assert r.status == "error" and "setup failed" in r.stderr and "never" not in r.stdout
+
+
+def test_code_holds_no_capability_and_cannot_remount():
+    code = (
+        "import ctypes\n"
+        "status = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
+        "print([status[k].strip() for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb', 'NoNewPrivs')])\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.mount(None, b'/usr', None, 32 | 4096, None), libc.mount(b'tmpfs', b'/usr', b'tmpfs', 0, None))\n"
+    )
+    r = sandbox.run_program(code)
+    assert r.passed, r.stderr
+    caps, mounts = r.stdout.splitlines()
+    assert eval(caps) == ["0000000000000000"] * 5 + ["1"]
+    assert mounts == "-1 -1"

@@ -154,25 +154,26 @@ def isolate():
     if nr is None or libc.syscall(nr, b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # MNT_DETACH
         setup_failed("pivot_root")
     os.chdir("/tmp/work")
+    # Drop every capability from the bounding set first, so that no execve (as uid 0 of a user
+    # namespace, or of a setuid file) can regain one.
+    last = 40
+    try:
+        last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    except (OSError, ValueError):
+        pass
+    for cap in range(last + 1):
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
+            setup_failed("drop capability %d" % cap)
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
     if cfg["uid"] is not None:
         os.chown("/tmp/work", cfg["uid"], cfg["uid"])
         os.setgroups([])
         os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
+        os.setuid(cfg["uid"])  # from real root: every capability goes with it
         # Changing credentials clears the parent-death signal unshare set: set it again.
         libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     else:
-        # Root of its user namespace, it could remount the read-only binds: drop every capability, the
-        # bounding set first so that no execve (as uid 0 of the namespace) regains any.
-        last = 40
-        try:
-            last = int(open("/proc/sys/kernel/cap_last_cap").read())
-        except (OSError, ValueError):
-            pass
-        for cap in range(last + 1):
-            if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
-                setup_failed("drop capability %d" % cap)
-        libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+        # Root of its user namespace, it could still remount the read-only binds: clear the rest.
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
         if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
             setup_failed("capset")
