@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -51,18 +52,17 @@ def _scorers():
 
 @pytest.mark.parametrize("tools", ["path", "bwrap-only"])
 @pytest.mark.parametrize("who", [s[0] for s in _scorers()])
-def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, tmp_path, listener):
+def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, request, listener):
     """tools: the scorer's PATH as it is (unshare preferred), or holding only bubblewrap."""
     _, drop, python = next(s for s in _scorers() if s[0] == who)
     if tools == "bwrap-only" and not shutil.which("bwrap"):
         pytest.skip("bubblewrap is not installed")
     port, accepted = listener
-    tmp_path = tmp_path / "attack"
-    tmp_path.mkdir()
-    for d in (tmp_path, *tmp_path.parents):  # `nobody` must get to the folders below
-        if str(d) in ("/", "/tmp"):
-            break
-        d.chmod(d.stat().st_mode | 0o755)
+    # Not under pytest's tmp_path: `nobody` must get in, and each pytest run (any engineer's on this
+    # machine) sets pytest-of-USER back to 0700.
+    tmp_path = Path(tempfile.mkdtemp(prefix="mirage-attack-"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+    tmp_path.chmod(0o755)
     secret = f"sk-test-{uuid.uuid4().hex}"
     ws_secret = f"workspace-secret-{uuid.uuid4().hex}"
     # A home and a workspace that an escaped process could both read and write (mode 0777/0644),
