@@ -10,15 +10,15 @@ kernel allows unprivileged user namespaces. Inside, before the code runs, the ch
     not home, not /root, not /run/lock. Writes cannot reach the host and die with the sandbox;
   * has no network: the new network namespace holds only a loopback that is down, so no socket
     (ctypes and raw syscalls included) reaches anything, 127.0.0.1 neither;
-  * drops every privilege: as root, to user `nobody`; otherwise, all capabilities (bounding set
-    included, so `execve` regains none) and `no_new_privs`;
+  * drops every privilege: all capabilities (the bounding set too, so no `execve` regains one),
+    `no_new_privs`, and as root the user becomes `nobody`;
   * sets resource limits: RLIMIT_CPU (SIGKILL), RLIMIT_AS (memory), RLIMIT_FSIZE (largest file),
     RLIMIT_NPROC (counted per user namespace on kernels from 5.14, so a fork bomb stops at the
     limit however many processes the user runs elsewhere), RLIMIT_CORE = 0.
 It gets a clean environment (PATH, HOME, TMPDIR, LANG and two PYTHON* settings only: no keys, no
-tokens), a new session, and it is PID 1 of its namespace: when it ends, is killed on timeout, or
-the scorer kills its process group at return, the kernel kills every process it forked, so none
-outlives `run_program`. `kill(-1)` and the parent's /proc are out of its reach.
+tokens), a new session, and it is PID 1 of its namespace (under bwrap, bwrap's reaper is): when
+that ends, on its own or killed at the timeout, the kernel kills every process the code forked,
+and `run_program` returns only after, so none outlives it. `kill(-1)` and the parent's /proc are out of its reach.
 
 Where `unshare` cannot make them for an unprivileged user, bubblewrap (`bwrap`, when installed)
 builds the same sandbox. Where neither can, `run_program` raises `SandboxUnavailable` with the fix
