@@ -37,7 +37,7 @@ for p in {c["readable"]!r}:
         print(p, open(p, "rb").read())
     except OSError as e:
         print("unreadable", p, e)
-for d in {[os.path.dirname(p) for p in c["readable"]]!r}:
+for d in {[os.path.dirname(p) for p in c["readable"]] + ["/root", "/home"]!r}:
     try:
         print(d, os.listdir(d))
     except OSError as e:

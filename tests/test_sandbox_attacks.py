@@ -83,7 +83,8 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, request, 
         "secret": secret,
         "port": port,
         "outside": outside,
-        "readable": [str(ws / "mirage.db"), str(home / ".config" / "token")],
+        # The workspace's database, a token at home, and what root alone may read.
+        "readable": [str(ws / "mirage.db"), str(home / ".config" / "token"), "/etc/shadow"],
         "sleep_token": f"4{uuid.uuid4().int % 10**6:06d}.5",  # `sleep` for days: a unique argv
     }
     path = os.environ.get("PATH", "/usr/bin:/bin")
@@ -145,7 +146,8 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, request, 
             # like are its own private tmpfs (checked below: nothing appeared on the host).
             written = ran["namespaces/write_outside"]["stdout"]
             assert all(f"refused {p}" in written for p in outside[:3]), written
-            assert ran["namespaces/read_workspace_and_home"]["stdout"].count("unreadable") == 2
+            read = ran["namespaces/read_workspace_and_home"]["stdout"]
+            assert read.count("unreadable") == 3 and "unreadable /etc/shadow" in read, read
             assert "cannot signal the scorer" in ran["namespaces/kill_parent"]["stdout"]
             assert "kill(-1) reaches nothing" in ran["namespaces/kill_parent"]["stdout"]
         assert all("refused" in results[f"rlimits/{a}"] for a in ("loop", "socket", "kill_parent"))
