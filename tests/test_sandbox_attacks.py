@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -160,3 +161,48 @@ def test_attack_list_is_contained_or_refused_in_both_modes(who, tools, request, 
             Path(p).unlink(missing_ok=True)
     assert accepted == []  # the loopback listener never saw a connection
     assert not any(Path(p).exists() for p in outside)
+
+
+def _with_token(token: str) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and token in (p / "cmdline").read_bytes().decode("utf-8", "replace"):
+                found.append(int(p.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("who", [s[0] for s in _scorers()])
+def test_a_killed_scorer_takes_its_sandboxes_along(who):
+    """A cancelled job is a scorer killed mid-run: its sleeping sandbox must not live on."""
+    _, drop, python = next(s for s in _scorers() if s[0] == who)
+    tmpdir = Path(tempfile.mkdtemp(prefix="mirage-killed-"))
+    tmpdir.chmod(0o777)
+    try:
+        script = (
+            f"import sys; sys.path.insert(0, {str(REPO)!r}); from core.scores import sandbox; "
+            "sandbox.require(); print('probed', flush=True); "
+            "sandbox.run_program('import time\\ntime.sleep(120)\\n', timeout=60)"
+        )
+        scorer = subprocess.Popen(
+            [*drop, python, "-c", script],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": str(tmpdir)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert scorer.stdout.readline() == "probed\n"
+        deadline = time.monotonic() + 10
+        while not _with_token(str(tmpdir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # past its setup: the code is asleep
+        assert scorer.poll() is None and _with_token(str(tmpdir)), "the sandbox never started"
+        scorer.kill()
+        scorer.wait()
+        deadline = time.monotonic() + 3
+        while _with_token(str(tmpdir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _with_token(str(tmpdir)) == []
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -16,9 +16,10 @@ kernel allows unprivileged user namespaces. Inside, before the code runs, the ch
     RLIMIT_NPROC (counted per user namespace on kernels from 5.14, so a fork bomb stops at the
     limit however many processes the user runs elsewhere), RLIMIT_CORE = 0.
 It gets a clean environment (PATH, HOME, TMPDIR, LANG and two PYTHON* settings only: no keys, no
-tokens), a new session, and it is PID 1 of its namespace (under bwrap, bwrap's reaper is): when
-that ends, on its own or killed at the timeout, the kernel kills every process the code forked,
-and `run_program` returns only after, so none outlives it. `kill(-1)` and the parent's /proc are out of its reach.
+tokens), and a new session. A small supervisor, PID 1 of the namespace (under bwrap, its child),
+waits for the code, but no longer than the wall clock or the scorer (a pipe whose other end closes
+if the scorer is killed, e.g. a cancelled job); when it exits, the kernel kills every process the
+code forked, wherever it moved itself, and `run_program` returns only after, so none outlives it. `kill(-1)` and the parent's /proc are out of its reach.
 
 Where `unshare` cannot make them for an unprivileged user, bubblewrap (`bwrap`, when installed)
 builds the same sandbox. Where neither can, `run_program` raises `SandboxUnavailable` with the fix
@@ -183,6 +184,28 @@ else:
     os.chdir("/tmp/work")
 if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid binary gives anything back
     setup_failed("no_new_privs")
+# Under bwrap, its own PID 1 and --die-with-parent do this job (and the scorer keeps the clock).
+code_pid = os.fork() if cfg["setup"] else 0
+if code_pid:
+    # The supervisor (PID 1 of the namespace under unshare): wait for the code, but no longer than
+    # the wall clock or the scorer, whose end of `alive` closes if it dies or is killed (a cancelled
+    # job): exiting here makes the kernel kill every process in the namespace.
+    import select, time
+    os.close(cfg["ready_fd"])
+    try:
+        pidfd = [os.pidfd_open(code_pid)]
+    except (AttributeError, OSError):
+        pidfd = []  # Linux < 5.3: poll instead
+    deadline = time.monotonic() + cfg["wall"]
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        woke = select.select([cfg["alive_fd"], *pidfd], [], [], left if pidfd else min(left, 0.02))[0]
+        done, status = os.waitpid(code_pid, os.WNOHANG)
+        if done or cfg["alive_fd"] in woke or left == 0:
+            break
+    rc = os.waitstatus_to_exitcode(status) if done else -9
+    os._exit(rc if rc >= 0 else 128 - rc)
+os.close(cfg["alive_fd"])
 cpu = int(cfg["cpu"])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 mem = cfg["memory"]
@@ -357,6 +380,7 @@ def _run(program: str, *, backend: str, timeout: float, memory_mb: int, file_mb:
         out_path = os.path.join(workdir, ".stdout")
         err_path = os.path.join(workdir, ".stderr")
         ready_r, ready_w = os.pipe()
+        alive_r, alive_w = os.pipe()  # we hold the write end: it closes when we end, however
         cfg = {
             "setup": backend == "unshare",
             "program": prog_path if backend == "unshare" else "/run/program.py",
@@ -370,6 +394,8 @@ def _run(program: str, *, backend: str, timeout: float, memory_mb: int, file_mb:
             "fsize": file_mb << 20,
             "nproc": nproc,
             "ready_fd": ready_w,
+            "alive_fd": alive_r,
+            "wall": timeout + 0.5,  # ends it itself, before we would have to kill it
         }
         wrap = _unshare_cmd(root) if backend == "unshare" else _bwrap_cmd(prog_path)
         cmd = [*wrap, os.path.realpath(sys.executable), "-I", "-S", "-c", RUNNER, repr(cfg)]
@@ -384,10 +410,11 @@ def _run(program: str, *, backend: str, timeout: float, memory_mb: int, file_mb:
                     stderr=err,
                     start_new_session=True,
                     close_fds=True,
-                    pass_fds=(ready_w,),
+                    pass_fds=(ready_w, alive_r),
                 )
             finally:
                 os.close(ready_w)
+                os.close(alive_r)
             status = None
             try:
                 rc = proc.wait(timeout=timeout + 1.0)
@@ -397,6 +424,7 @@ def _run(program: str, *, backend: str, timeout: float, memory_mb: int, file_mb:
             finally:
                 if rc is None:
                     _kill(proc)
+                os.close(alive_w)
         seconds = time.monotonic() - start
         with os.fdopen(ready_r, "rb") as f:
             ready = f.read(2) == b"ok"
