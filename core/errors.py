@@ -95,3 +95,9 @@ def read_str(rec: dict, key: str, *, required: bool = True, field: str | None = 
     if not isinstance(v, str):
         raise FieldError(field or key, f"expected a string, got {type_name(v)}")
     return v
+
+
+class SandboxUnavailable(MirageError):
+    """Model-written code cannot be confined here: it is refused, never run unconfined."""
+
+    title = "Code sandbox"

@@ -230,7 +230,23 @@ def test_code_suite_pass_at_1(ws):
     assert sorted(v["m"]["pass@1"] for v in s.values()) == [0.0, 1.0]
     meta = [json.loads(r[0]) for r in ws.db.execute("select meta from scores where metric = 'pass@1'")]
     assert {m["program"] for m in meta} == {"prompt+completion", "whole_function"}
-    assert all(m["isolation"] in ("namespaces", "rlimits") for m in meta)
+    assert all(m["isolation"] == "namespaces" for m in meta)
+
+
+def test_code_suite_without_a_sandbox_is_a_one_line_error_naming_the_fix(ws, tmp_path, monkeypatch):
+    from core.scores import sandbox
+
+    add_suite(ws, "code", "code", [{"prompt": "def f():\n", "tests": "def check(c):\n    pass\n", "entry_point": "f"}])
+    add_outputs(ws, "m", "code", ["    return 1\n"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no util-linux: the code must not run at all
+    sandbox._backend.cache_clear()
+    try:
+        r = CliRunner().invoke(cli, ["score", "--suite", "code", "--workspace", str(ws.root)])
+    finally:
+        sandbox._backend.cache_clear()
+    msg = str(r.exception) if r.exception else r.output
+    assert r.exit_code != 0 and "code sandbox unavailable" in msg and "fix:" in msg and "\n" not in msg.strip()
+    assert ws.db.execute("select count(*) from scores where metric = 'pass@1'").fetchone()[0] == 0
 
 
 def test_mc_accuracy(ws):
