@@ -45,9 +45,9 @@ def dry_run(ws: Workspace, cfg: dict) -> dict:
         trainer = Trainer(plan, Path(tmp))
         trainer.setup()
         t0 = time.perf_counter()
-        loss, tokens = trainer.step(0)
+        loss, tokens, _, _ = trainer.step(0)
         dt = time.perf_counter() - t0
-    first = plan.micro_batches(0)
+    first = plan.step_batches(0)
     ex_idx = first[0][0] if first else 0
     return {
         **plan.summary(),
@@ -180,6 +180,76 @@ def _write_record(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def base_hub_id(ws: Workspace, base: str) -> str | None:
+    """The hub id of a run's base (a registered name or a HF folder), for a portable adapter."""
+    from core.models import registry as models
+
+    p = Path(base).expanduser()
+    if p.is_dir():
+        return models.folder_hub_id(p)
+    return models.hub_id(ws, base)
+
+
+def model_card(cfg: dict, plan: Plan, *, base_id: str | None, result: dict, dtype: str, world: int) -> str:
+    """The adapter's README.md: what it was trained from and how, enough to reproduce or judge it."""
+    import core
+
+    s = plan.sel
+    hyper = {
+        k: cfg.get(k)
+        for k in (
+            "rank",
+            "alpha",
+            "dropout",
+            "target_modules",
+            "lr",
+            "scheduler",
+            "warmup_ratio",
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "max_grad_norm",
+            "weight_decay",
+            "seed",
+        )
+    }
+    lines = [
+        "---",
+        f"base_model: {base_id or plan.folder.name}",
+        "library_name: peft",
+        "tags: [lora, mirage, imitation]",
+        "---",
+        f"# {cfg['name']}",
+        "",
+        f"A LoRA adapter trained by mirage {core.__version__} on the imitation data '{cfg['data']}'.",
+        "",
+        f"- base: `{base_id or 'unknown hub id'}` (mirage model '{cfg['base']}')",
+        f"- data: '{cfg['data']}', fingerprint `{s.fingerprint}`",
+        f"- token budget: {human_tokens(cfg['tokens'])}; trained on {s.tokens:,} tokens"
+        f" ({s.label_tokens:,} assistant tokens) in {len(s.ids)} examples",
+        f"- template: {plan.template}",
+        f"- steps: {plan.total_steps} of a global batch of {cfg['batch_size'] * cfg['grad_accum']} examples,"
+        f" on {world} process(es), {dtype}",
+        f"- final loss: {result.get('loss')}",
+        f"- eval_loss: {result.get('eval_loss')} ({s.eval_source or s.eval_note or 'no held-out data'})",
+        "",
+        "## Hyperparameters",
+        "",
+        "```json",
+        json.dumps(hyper, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Use",
+        "",
+        "PEFT: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), THIS_FOLDER)`.",
+        f"vLLM: `vllm serve {base_id or 'BASE'} --enable-lora --lora-modules {cfg['name']}=THIS_FOLDER`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def step_recorder(ctx, plan: Plan) -> Callable[[Progress], None]:
     """Record each of the trainer's Progress steps as a job event (step, loss, lr, ... and batch ids)."""
 
@@ -219,17 +289,33 @@ def run_job(ctx) -> None:
     trainer = Trainer(plan, run_dir)
     main_process = trainer.acc.is_main_process
     if main_process:
-        ctx.event(message=f"training on {trainer.acc.device}")
+        world = trainer.world
+        ctx.event(
+            message=f"training on {trainer.acc.device}"
+            + (f" x {world} processes ({trainer.acc.distributed_type.value.lower()})" if world > 1 else ""),
+            world_size=world,
+        )
     # The trainer checks the cancel event itself, so a cancelled run saves the step it reached.
     result = progress.run(trainer.train(ctx.cancel), step_recorder(ctx, plan) if main_process else None)
     if result["status"] != "done" or not main_process:
         return  # cancelled: the runner records it; the last checkpoint stays for a resume
+    if result.get("eval_loss") is not None:
+        ctx.event(message=f"eval_loss {result['eval_loss']:.4f} on {len(plan.sel.eval_ids)} held-out examples")
     out = ctx.ws.artifact_dir("adapters") / cfg["name"]
-    trainer.save_adapter(out)
+    base_id = base_hub_id(ctx.ws, cfg["base"])
+    dtype = dtype_name(trainer.dtype)
+    card = model_card(cfg, plan, base_id=base_id, result=result, dtype=dtype, world=trainer.world)
+    trainer.save_adapter(out, base_id=base_id, card=card)
     model_name = register_adapter(ctx.ws, cfg, out, plan, ctx.id)
     rec = json.loads(record.read_text())
     rec.update(
-        adapter=model_name, adapter_path=str(out), final_loss=result.get("loss"), dtype=dtype_name(trainer.dtype)
+        adapter=model_name,
+        adapter_path=str(out),
+        final_loss=result.get("loss"),
+        eval_loss=result.get("eval_loss"),
+        base_hub_id=base_id,
+        world_size=trainer.world,
+        dtype=dtype,
     )
     _write_record(record, rec)
     ctx.event(message=f"adapter saved as model '{model_name}'", adapter=model_name)
@@ -276,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Create the job first without starting it: `mirage finetune ... --no-start` prints its id.
     """
+    import torch
     from accelerate import PartialState
 
     argv = sys.argv[1:] if argv is None else argv
@@ -283,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: accelerate launch -m core.finetune WORKSPACE JOB_ID", file=sys.stderr)
         return 2
     ws = Workspace.open(argv[0])
-    state = PartialState()
+    # cpu=True is what makes accelerate join torchrun's process group with gloo on a machine
+    # without CUDA; without it every process thought it was alone (and the main one).
+    state = PartialState(cpu=not torch.cuda.is_available())
     if state.is_main_process:
         job = jobs.run(ws, int(argv[1]))
         return 0 if job["status"] in ("done", "cancelled") else 1

@@ -132,3 +132,31 @@ def adapters_of(ws: Workspace, base: str) -> list[str]:
     """Adapters whose lineage names `base`, oldest first: a base's imitation models."""
     rows = ws.db.execute("select name, spec from models where kind = 'adapter' order by id").fetchall()
     return [n for n, spec in rows if (json.loads(spec or "{}").get("lineage") or {}).get("base") == base]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def folder_hub_id(folder: Path) -> str | None:
+    """The hub id a HF folder was saved from (config.json `_name_or_path`), when it is one."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(cfg.get("_name_or_path") or "")
+    return name if _HUB_ID.match(name) and not Path(name).expanduser().exists() else None
+
+
+def hub_id(ws: Workspace, name: str) -> str | None:
+    """The Hugging Face hub id of a model's weights (packaged models know theirs), else None.
+
+    A portable adapter names this as its base, never a local folder another machine lacks.
+    """
+    rm = resolve(ws, name)
+    if rm.kind.name == "packaged":
+        return PACKAGED[name].get("hub_id")
+    if rm.kind.name == "hf":
+        return rm.spec.get("id") or folder_hub_id(Path(rm.spec["path"]))
+    if rm.kind.name == "adapter":
+        return hub_id(ws, rm.spec["base"])
+    return None
