@@ -453,11 +453,14 @@ class Trainer:
             start_step = self._restore()
             if start_step:
                 yield Progress(start_step, plan.total_steps, f"resumed from checkpoint at step {start_step}")
-            if cancel is not None and cancel.is_set() and self.world == 1:
-                return {"status": "cancelled", "step": start_step}
             ema = last_loss = eval_loss = None
             every = plan.eval_every()
             for step in range(start_step, plan.total_steps):
+                # One process stops before the next step; several agree at the end of one (below).
+                if self.world == 1 and cancel is not None and cancel.is_set():
+                    if step > start_step and step % cfg["save_every"]:
+                        yield from self.checkpoint(step)
+                    return {"status": "cancelled", "step": step}
                 t0 = time.perf_counter()
                 loss, tokens, grad_norm, stop = self.step(step, cancel)
                 dt = time.perf_counter() - t0
