@@ -192,3 +192,43 @@ def test_packaged_models_know_their_hub_ids(ws):
 
     assert models.hub_id(ws, "smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert models.hub_id(ws, "gemma3-270m") == "google/gemma-3-270m"
+
+
+def test_a_served_adapter_keeps_its_runs_lineage_and_content_hash(data_ws, hub_base):
+    from click.testing import CliRunner
+
+    from core.cli import cli
+    from core.models import registry as models
+
+    (job_id,) = runs.submit(data_ws, str(hub_base), "arith", detach=False, name="imit", max_steps=2)
+    url = "http://127.0.0.1:8000/v1"
+    r = CliRunner().invoke(
+        cli,
+        ["models", "add", "imit-vllm", "--openai-base-url", url, "--openai-model", "imit"]
+        + ["--adapter-of", str(job_id), "--json", "--workspace", str(data_ws.root)],
+    )
+    assert r.exit_code == 0, r.output
+    lineage = models.lineage(data_ws, "imit-vllm")
+    assert lineage["run"] == job_id and lineage["data"] == "arith" and lineage["served_adapter"] == "imit"
+    base = models.lineage(data_ws, "imit")["base"]
+    assert models.adapters_of(data_ws, base) == ["imit", "imit-vllm"]  # the report's imitation models
+    models.register(data_ws, "plain", "openai", {"base_url": url, "model": "imit"})
+    served = models.fingerprint(data_ws, "imit-vllm")
+    assert served != models.fingerprint(data_ws, "plain")
+    # Retrained weights at the same URL and model id are a different model.
+    weights = data_ws.artifacts / "adapters" / "imit" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    models.register(
+        data_ws,
+        "imit-vllm",
+        "openai",
+        {"base_url": url, "model": "imit", **models.served_adapter(data_ws, "imit")},
+        replace=True,
+    )
+    assert models.fingerprint(data_ws, "imit-vllm") != served
+    r = CliRunner().invoke(
+        cli,
+        ["models", "add", "x", "--openai-base-url", url, "--openai-model", "m", "--adapter-of", "nope"]
+        + ["--workspace", str(data_ws.root)],
+    )
+    assert r.exit_code != 0 and "no adapter model or finetune run 'nope'" in str(r.exception or r.output)
