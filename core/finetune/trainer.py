@@ -356,6 +356,16 @@ class Trainer:
         self.scheduler = get_scheduler(
             cfg["scheduler"], self.optimizer, num_warmup_steps=warmup, num_training_steps=self.plan.total_steps
         )
+        from accelerate.utils import DistributedType
+
+        per_rank = len(self.plan.micro_batches(0, self.rank, self.world))
+        if self.acc.distributed_type == DistributedType.DEEPSPEED and per_rank > 1:
+            # DeepSpeed steps its optimizer inside every backward unless its own accumulation
+            # count matches ours; one micro-batch per rank per step keeps the two in step.
+            raise JobError(
+                f"under DeepSpeed each process runs one micro-batch a step: give --grad-accum {self.world}"
+                f" (or 1) with {self.world} processes, and raise --batch-size for a larger global batch"
+            )
         self.module, self.optimizer = self.acc.prepare(self.module, self.optimizer)
         self.params = [p for p in self.acc.unwrap_model(self.module).parameters() if p.requires_grad]
         if (cfg.get("report_to") or "none") != "none":
