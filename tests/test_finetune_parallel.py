@@ -232,3 +232,17 @@ def test_a_served_adapter_keeps_its_runs_lineage_and_content_hash(data_ws, hub_b
         + ["--workspace", str(data_ws.root)],
     )
     assert r.exit_code != 0 and "no adapter model or finetune run 'nope'" in str(r.exception or r.output)
+
+
+def test_eval_data_is_held_out_of_training_and_the_split_is_the_same_for_every_budget(data_ws, hub_base):
+    tok = ftdata.load_tokenizer(hub_base, "auto", True)[0]
+    add_dataset(data_ws, "probe", [_conversation(i) for i in range(35, 45)])  # 5 of them are in "arith"
+    sel = ftdata.select(data_ws, "arith", None, 0, tok, 512, eval_data="probe")
+    assert len(sel.eval_ids) == 10 and len(sel.ids) == 35 and sel.eval_source == "probe"
+    assert not set(sel.hashes) & set(sel.eval_hashes)
+    small = ftdata.select(data_ws, "arith", 100, 0, tok, 512, eval_fraction=None)
+    big = ftdata.select(data_ws, "arith", None, 0, tok, 512, eval_fraction=None)
+    assert small.eval_hashes == big.eval_hashes and len(big.eval_ids) == 2 and len(big.ids) == 38
+    assert not set(big.hashes) & set(big.eval_hashes)
+    plan = trainer.make_plan(data_ws, config.make_config(str(hub_base), "arith", eval_data="probe", max_steps=5))
+    assert any("eval_loss on 10 examples (probe) every 1 steps" in n for n in plan.notes())
