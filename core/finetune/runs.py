@@ -34,6 +34,15 @@ def validate(ws: Workspace, cfg: dict) -> None:
     n, _ = count_examples(ws, cfg["data"])
     if n == 0:
         raise BadInput(cfg["data"], "the dataset has no examples", field="data")
+    if cfg.get("eval_data"):
+        if count_examples(ws, cfg["eval_data"])[0] == 0:
+            raise BadInput(cfg["eval_data"], "the eval dataset has no examples", field="eval_data")
+    if cfg.get("qlora"):
+        import torch
+
+        from core.finetune.trainer import _qlora_kwargs
+
+        _qlora_kwargs("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)  # refuses before queuing
 
 
 def dry_run(ws: Workspace, cfg: dict) -> dict:
