@@ -385,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         job = jobs.run(ws, int(argv[1]))
         return 0 if job["status"] in ("done", "cancelled") else 1
-    job = jobs.get_job(ws, int(argv[1]))
+    # Follow rank 0: it may wait in the train lane behind another run, longer than a collective
+    # (DDP's first broadcast) would wait before timing out. torchrun ends this process if rank 0 dies.
+    while (job := jobs.get_job(ws, int(argv[1])))["status"] != "running":
+        time.sleep(0.5)
     plan = make_plan(ws, job["config"])
     progress.run(Trainer(plan, ws.artifact_dir("jobs", str(job["id"]))).train())
     return 0
