@@ -245,4 +245,7 @@ def test_eval_data_is_held_out_of_training_and_the_split_is_the_same_for_every_b
     assert small.eval_hashes == big.eval_hashes and len(big.eval_ids) == 2 and len(big.ids) == 38
     assert not set(big.hashes) & set(big.eval_hashes)
     plan = trainer.make_plan(data_ws, config.make_config(str(hub_base), "arith", eval_data="probe", max_steps=5))
-    assert any("eval_loss on 10 examples (probe) every 1 steps" in n for n in plan.notes())
+    # 5 steps x 4 examples trained against 10 held out: one evaluation (at the end) keeps it cheap.
+    assert any("eval_loss on 10 examples (probe) every 5 steps" in n for n in plan.notes())
+    plan = trainer.make_plan(data_ws, config.make_config(str(hub_base), "arith", eval_data="probe", max_steps=50))
+    assert plan.eval_every() == 10

@@ -181,7 +181,7 @@ def select(
     *,
     eval_fraction: float | None = 0.0,
     eval_data: str | None = None,
-    eval_cap: int = 500,
+    eval_cap: int = 200,
 ) -> Selection:
     """The prefix of the seeded shuffle whose (trained) tokens fit the budget; budgets nest.
 

@@ -134,8 +134,14 @@ class Plan:
         return [self.sel.example_ids[i] for mb in self.step_batches(step) for i in mb]
 
     def eval_every(self) -> int:
+        """Steps between evaluations: `eval_every`, else up to 5 a run, as many as keep evaluation
+        (a forward per held-out example) within ~20% of training (~3 forwards' worth per example)."""
         every = self.cfg.get("eval_every")
-        return int(every) if every else max(1, math.ceil(self.total_steps / 5))
+        if every:
+            return int(every)
+        trained = self.total_steps * self.cfg["batch_size"] * self.cfg["grad_accum"]
+        n_evals = min(5, max(1, int(0.2 * 3 * trained / max(len(self.sel.eval_ids), 1))))
+        return max(1, math.ceil(self.total_steps / n_evals))
 
     def notes(self) -> list[str]:
         s = self.sel
@@ -192,7 +198,7 @@ def make_plan(ws: Workspace, cfg: dict) -> Plan:
         cfg["max_length"],
         eval_fraction=cfg.get("eval_fraction", 0.0),
         eval_data=cfg.get("eval_data"),
-        eval_cap=cfg.get("eval_max_examples", 500),
+        eval_cap=cfg.get("eval_max_examples", 200),
     )
     n_batches = math.ceil(len(sel.ids) / cfg["batch_size"])
     steps_per_epoch = max(1, math.ceil(n_batches / cfg["grad_accum"]))
