@@ -145,8 +145,12 @@ def test_a_run_killed_on_rank_1_resumes_from_its_checkpoint(data_ws, hub_base):
     killed = jobs.get_job(data_ws, job_id)
     assert killed["status"] in ("failed", "interrupted", "cancelled") and killed["step"] < 8
     data_ws.db.execute("update jobs set config = json_set(config, '$.throttle_s', 0) where id = ?", [job_id])
-    # Resumed in ONE process: a checkpoint does not depend on the world size it was written under.
-    assert jobs.resume(data_ws, job_id, detach=False)["status"] == "done"
+    # Launched again on 2 processes: rank 1 waits for rank 0 to take the job (its record still
+    # shows the earlier attempt's end), then both continue from the checkpoint.
+    again = _torchrun(data_ws, job_id, 2)
+    out, _ = again.communicate(timeout=240)
+    assert again.returncode == 0, out[-3000:]
+    assert jobs.get_job(data_ws, job_id)["status"] == "done"
     msgs = [e["message"] or "" for e in jobs.events(data_ws, job_id)]
     assert any(m.startswith("resumed from checkpoint at step 3") for m in msgs)
     assert jobs.get_job(data_ws, job_id)["loss"] == pytest.approx(jobs.get_job(data_ws, ref)["loss"], rel=2e-3)

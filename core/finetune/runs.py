@@ -366,6 +366,33 @@ def list_runs(ws: Workspace) -> list[dict]:
     return out
 
 
+def _parent(pid: int | None) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _follow_rank0(ws: Workspace, job_id: int) -> dict | None:
+    """Wait until rank 0 (a sibling under the same launcher) runs the job; None once it ended it.
+
+    Rank 0 may wait in the train lane behind another run for longer than a collective (DDP's first
+    broadcast) waits before timing out, so the other ranks start only once it trains.
+    """
+    from core.store.workspace import now
+
+    since = now()
+    while True:
+        job = jobs.get_job(ws, job_id)
+        ours = _parent(job["pid"]) == os.getppid()  # rank 0 has taken the job (not an earlier attempt)
+        if ours and job["status"] == "running":
+            return job
+        # An end recorded after this attempt began (an earlier attempt's end is older).
+        if ours and job["status"] not in jobs.ACTIVE and (job.get("finished_at") or "") >= since:
+            return None
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`accelerate launch -m core.finetune WORKSPACE JOB_ID`: every process trains; rank 0 records.
 
@@ -385,10 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         job = jobs.run(ws, int(argv[1]))
         return 0 if job["status"] in ("done", "cancelled") else 1
-    # Follow rank 0: it may wait in the train lane behind another run, longer than a collective
-    # (DDP's first broadcast) would wait before timing out. torchrun ends this process if rank 0 dies.
-    while (job := jobs.get_job(ws, int(argv[1])))["status"] != "running":
-        time.sleep(0.5)
+    job = _follow_rank0(ws, int(argv[1]))
+    if job is None:
+        return 0  # rank 0 ended the job before training (cancelled in the queue)
     plan = make_plan(ws, job["config"])
     progress.run(Trainer(plan, ws.artifact_dir("jobs", str(job["id"]))).train())
     return 0
