@@ -503,6 +503,7 @@ class Trainer:
                 if cfg.get("throttle_s"):  # tests: widen the window for a kill at a known step
                     time.sleep(float(cfg["throttle_s"]))
             self.acc.end_training()
+            self.final_state = self._gathered_trainable_state()  # every rank, before rank 0 saves
             return {"status": "done", "step": plan.total_steps, "loss": last_loss, "eval_loss": eval_loss}
         except MirageError:
             raise
@@ -525,8 +526,26 @@ class Trainer:
             )
         return int(state["step"])
 
+    def _gathered_trainable_state(self) -> dict | None:
+        """The LoRA weights whole, by their PEFT names, when FSDP / ZeRO-3 shard them (a collective:
+        every rank calls it); None when each process holds them whole already."""
+        if not self._sharded_weights():
+            return None
+        state = self.acc.get_state_dict(self.module)
+        names = {n for n, p in self.peft_model.named_parameters() if p.requires_grad}
+        return {k.removeprefix("peft."): v for k, v in state.items() if k.removeprefix("peft.") in names}
+
     def checkpoint(self, step: int) -> Work[None]:
         """Save the state at `step` (rank 0 writes, every rank waits), then report it."""
+        if self._sharded_weights():
+            # Sharded optimizer state is not gathered into mirage's checkpoints (not built yet): say
+            # so once instead of writing a checkpoint that would resume wrongly.
+            if not getattr(self, "_said_no_ckpt", False) and self.acc.is_main_process:
+                self._said_no_ckpt = True
+                yield Progress(
+                    step, self.plan.total_steps, "no checkpoints under FSDP / ZeRO-3: a kill restarts the run"
+                )
+            return
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(
@@ -555,7 +574,8 @@ class Trainer:
         peft_model = self.acc.unwrap_model(self.module).peft
 
         def write(tmp: Path) -> None:
-            peft_model.save_pretrained(str(tmp), safe_serialization=True)
+            state = getattr(self, "final_state", None)  # gathered from FSDP / ZeRO-3 shards
+            peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state)
             self.plan.tok.save_pretrained(str(tmp))
             cfg = json.loads((tmp / "adapter_config.json").read_text())
             cfg["base_model_name_or_path"] = base_id or self.plan.folder.name
