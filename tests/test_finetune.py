@@ -270,7 +270,14 @@ def test_the_trainer_yields_progress_with_loss_and_lr_each_step(data_ws, tiny_ba
         assert p.metrics["eta_s"] >= 0 and p.metrics["epoch"] == 0
     assert steps[0].metrics["lr"] == pytest.approx(1e-2) and steps[-1].metrics["eta_s"] == 0
     assert [p.detail for p in seen if not p.metrics] == ["checkpoint at step 3"]
-    assert result == {"status": "done", "step": 5, "loss": steps[-1].metrics["loss"]}
+    # 40 examples: 2 held out by default, evaluated every ceil(5 / 5) = 1 step and at the end.
+    assert result == {
+        "status": "done",
+        "step": 5,
+        "loss": steps[-1].metrics["loss"],
+        "eval_loss": pytest.approx(steps[-1].metrics["eval_loss"]),
+    }
+    assert all(p.metrics["eval_loss"] > 0 for p in steps)
     # A set cancel event stops it before the next step, saving the step reached; a resume continues there.
     cancel = threading.Event()
     gen = trainer.Trainer(plan, tmp_path / "cancelled").train(cancel)
@@ -473,7 +480,9 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
     )
     assert r.exit_code == 0, r.output
     small, big = json.loads(r.stdout)
-    assert small["examples"] < big["examples"] == 40 and big["budget_exceeds_data"]
+    # 2 of the 40 examples are held out for eval_loss by default (the same 2 for every budget).
+    assert small["examples"] < big["examples"] == 38 and big["budget_exceeds_data"]
+    assert small["eval_examples"] == big["eval_examples"] == 2 and small["eval_fingerprint"] == big["eval_fingerprint"]
     assert small["total_steps"] == -(-small["examples"] // 4) and small["step_seconds"] > 0
     assert small["estimated_seconds"] == pytest.approx(small["step_seconds"] * small["total_steps"])
     assert "plus" in small["sample_trained"] and "what is" not in small["sample_trained"]

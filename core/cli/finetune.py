@@ -17,6 +17,8 @@ def _print_event(ev: dict) -> None:
     if ev.get("step") is not None and ev.get("loss") is not None:
         parts.append(f"step {ev['step']}/{ev.get('total_steps') or '?'}")
         parts.append(f"loss {ev['loss']:.4f}")
+        if (ev.get("data") or {}).get("eval_loss") is not None:
+            parts.append(f"eval_loss {ev['data']['eval_loss']:.4f}")
         if ev.get("tokens_per_s"):
             parts.append(f"{ev['tokens_per_s']:.0f} tok/s")
         if ev.get("eta_s") is not None:

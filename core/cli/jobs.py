@@ -82,6 +82,8 @@ def log(ctx, job, tail, as_json):
             parts.append(f"step {e['step']}/{e['total_steps'] or '?'}")
         if e["loss"] is not None:
             parts.append(f"loss {e['loss']:.4f}")
+        if (e["data"] or {}).get("eval_loss") is not None:
+            parts.append(f"eval_loss {e['data']['eval_loss']:.4f}")
         if e["message"]:
             parts.append(e["message"])
         click.echo("  ".join(parts))

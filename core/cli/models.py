@@ -40,6 +40,11 @@ def models_group(ctx, as_json):
 @click.option("--max-concurrency", type=int, help="Concurrent requests to the endpoint (default 4).")
 @click.option("--adapter", metavar="DIR", help="A PEFT adapter folder ...")
 @click.option("--base", metavar="NAME", help="... on this registered base model.")
+@click.option(
+    "--adapter-of",
+    metavar="RUN",
+    help="With --openai-base-url: the endpoint serves this run's adapter (vLLM --enable-lora); keeps its lineage.",
+)
 @click.option("--prompt-style", type=click.Choice(["chat", "completion"]), help="Default prompt style for generation.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing entry of that name.")
 @json_option
@@ -56,6 +61,7 @@ def add(
     max_concurrency,
     adapter,
     base,
+    adapter_of,
     prompt_style,
     replace,
     as_json,
@@ -87,6 +93,10 @@ def add(
     if prompt_style:
         spec["prompt_style"] = prompt_style
     ws = open_workspace(ctx)
+    if adapter_of:
+        if kind != "openai":
+            raise click.UsageError("--adapter-of goes with --openai-base-url (an adapter served by vLLM)")
+        spec.update(models.served_adapter(ws, adapter_of))
     entry = models.register(ws, name, kind, spec, replace=replace)
     row = next(r for r in models.list_models(ws) if r["name"] == name)
     if as_json:

@@ -58,6 +58,35 @@ class FinetuneConfig:
         default_text="off",
     )
     save_every: int = setting(50, "Checkpoint every N optimizer steps.", at_least=1)
+    max_grad_norm: float = setting(1.0, "Clip the gradient to this norm (0: no clipping).", at_least=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay on the LoRA weights.", at_least=0)
+    # A held-out split is what tells learning from memorising; "auto" holds out 5% (2 to 200
+    # examples) once the data has 20 examples, fewer is too few to spare (the log says so).
+    eval_fraction: float | None = setting(
+        None,
+        "Share of the data held out for eval_loss (0: none).",
+        default_text="auto: 5% from 20 examples",
+        at_least=0,
+        below=1,
+    )
+    eval_data: str | None = setting(None, "A dataset to compute eval_loss on instead of a held-out split.")
+    eval_every: int | None = setting(
+        None,
+        "Compute eval_loss every N optimizer steps (and at the end).",
+        default_text="up to 5 times a run, within ~20% of the training time",
+        at_least=1,
+    )
+    report_to: str = setting(
+        "none", "Also log to a tracker (through accelerate).", choices=("none", "tensorboard", "wandb")
+    )
+    attn_implementation: str = setting(
+        "auto",
+        "Attention kernel; auto = transformers' choice (sdpa where supported).",
+        choices=("auto", "sdpa", "eager", "flash_attention_2"),
+    )
+    qlora: bool = setting(
+        False, "Load the base in 4 bits (QLoRA; needs bitsandbytes and a CUDA GPU).", default_text="off"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +101,7 @@ class FinetuneKnobs:
         "chunked", "full: the model's own loss over full-vocabulary logits.", choices=("chunked", "full")
     )
     throttle_s: float = setting(0.0, "Pause after each step (a window to kill a run mid-way).")
+    eval_max_examples: int = setting(200, "At most this many held-out examples (eval time stays small).", at_least=1)
 
 
 def user_fields() -> tuple[dataclasses.Field, ...]:

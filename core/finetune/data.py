@@ -106,15 +106,60 @@ class Selection:
     hashes: list[str] = field(default_factory=list)
     ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)  # label tokens the loss counts (after the shift)
     tokens: int = 0
     label_tokens: int = 0
     available: int = 0  # examples in the data
     exhausted: bool = False  # the budget reached past the end of the data
     skipped: int = 0  # examples with no assistant token left after truncation
+    # The held-out examples eval_loss is computed on (never trained on), and why there are none.
+    eval_example_ids: list[int] = field(default_factory=list)
+    eval_hashes: list[str] = field(default_factory=list)
+    eval_ids: list[list[int]] = field(default_factory=list)
+    eval_labels: list[list[int]] = field(default_factory=list)
+    eval_source: str = ""
+    eval_note: str = ""
 
     @property
     def fingerprint(self) -> str:
         return hashlib.sha256("\n".join(self.hashes).encode()).hexdigest()
+
+    @property
+    def eval_fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.eval_hashes).encode()).hexdigest()
+
+
+# Below this many examples a default held-out split would starve training; above it 5% is held out.
+AUTO_EVAL_MIN_EXAMPLES = 20
+AUTO_EVAL_FRACTION = 0.05
+
+
+def eval_count(n: int, fraction: float | None, cap: int) -> tuple[int, str]:
+    """How many of `n` examples to hold out for eval_loss, and a note when none are."""
+    if fraction is None:
+        if n < AUTO_EVAL_MIN_EXAMPLES:
+            return 0, (
+                f"no eval_loss: {n} examples are too few to hold some out by default"
+                f" ({AUTO_EVAL_MIN_EXAMPLES} needed); pass --eval-fraction or --eval-data"
+            )
+        return min(cap, max(2, round(AUTO_EVAL_FRACTION * n))), ""
+    if fraction <= 0:
+        return 0, "no eval_loss: --eval-fraction 0"
+    k = min(cap, max(1, round(fraction * n)))
+    if k >= n:
+        raise BadInput("--eval-fraction", f"holding out {k} of {n} examples leaves none to train on")
+    return k, ""
+
+
+def _add_eval(sel: Selection, tok, rows: list[dict], max_length: int) -> None:
+    for r in rows:
+        ids, labels = encode(tok, r["conversation"], max_length)
+        if not any(x != IGNORE for x in labels[1:]):
+            continue
+        sel.eval_example_ids.append(r["id"])
+        sel.eval_hashes.append(r["content_hash"])
+        sel.eval_ids.append(ids)
+        sel.eval_labels.append(labels)
 
 
 def shuffled_examples(ws: Workspace, data: str, seed: int) -> list[dict]:
@@ -126,12 +171,46 @@ def shuffled_examples(ws: Workspace, data: str, seed: int) -> list[dict]:
     return rows
 
 
-def select(ws: Workspace, data: str, budget: int | None, seed: int, tok, max_length: int) -> Selection:
-    """The prefix of the seeded shuffle whose (trained) tokens fit the budget; budgets nest."""
+def select(
+    ws: Workspace,
+    data: str,
+    budget: int | None,
+    seed: int,
+    tok,
+    max_length: int,
+    *,
+    eval_fraction: float | None = 0.0,
+    eval_data: str | None = None,
+    eval_cap: int = 200,
+) -> Selection:
+    """The prefix of the seeded shuffle whose (trained) tokens fit the budget; budgets nest.
+
+    The held-out split is the END of the same shuffle, taken before the budget, so every budget of
+    a sweep is evaluated on the same examples and none of them is trained on. With `eval_data`,
+    eval_loss is computed on that dataset instead and its examples are left out of training.
+    """
     rows = shuffled_examples(ws, data, seed)
     sel = Selection(available=len(rows))
     if not rows:
         raise BadInput(data, "the dataset has no examples", field="data")
+    if eval_data:
+        held = shuffled_examples(ws, eval_data, seed)[:eval_cap]
+        if not held:
+            raise BadInput(eval_data, "the eval dataset has no examples", field="eval_data")
+        hashes = {r["content_hash"] for r in held}
+        rows = [r for r in rows if r["content_hash"] not in hashes]
+        if not rows:
+            raise BadInput(data, f"every example is also in the eval data '{eval_data}'", field="eval_data")
+        _add_eval(sel, tok, held, max_length)
+        sel.eval_source = eval_data
+    else:
+        k, sel.eval_note = eval_count(len(rows), eval_fraction, eval_cap)
+        if k:
+            _add_eval(sel, tok, rows[-k:], max_length)
+            rows = rows[:-k]
+            sel.eval_source = f"{k} held-out examples of {data}"
+    if (eval_data or sel.eval_source) and not sel.eval_ids:
+        sel.eval_note = "no eval_loss: no held-out example has an assistant token within max length"
     for r in rows:
         if budget is not None and sel.tokens >= budget:
             break
@@ -144,6 +223,7 @@ def select(ws: Workspace, data: str, budget: int | None, seed: int, tok, max_len
         sel.hashes.append(r["content_hash"])
         sel.ids.append(ids)
         sel.labels.append(labels)
+        sel.targets.append(sum(1 for x in labels[1:] if x != IGNORE))
         sel.tokens += len(ids)
         sel.label_tokens += n_label
     else:
@@ -173,18 +253,20 @@ def epoch_batches(
     return batches
 
 
-def collate(plan, idx: list[int], device):
-    """Right-padded tensors for one micro-batch of a Plan's selection indices."""
+def collate(plan, idx: list[int], device, *, held_out: bool = False):
+    """Right-padded tensors for one micro-batch of a Plan's selection (or held-out) indices."""
     import torch
 
-    width = max(len(plan.sel.ids[i]) for i in idx)
+    all_ids = plan.sel.eval_ids if held_out else plan.sel.ids
+    all_labels = plan.sel.eval_labels if held_out else plan.sel.labels
+    width = max(len(all_ids[i]) for i in idx)
     pad = plan.tok.pad_token_id
     ids = torch.full((len(idx), width), pad, dtype=torch.long)
     labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
     att = torch.zeros((len(idx), width), dtype=torch.long)
     for r, i in enumerate(idx):
-        n = len(plan.sel.ids[i])
-        ids[r, :n] = torch.tensor(plan.sel.ids[i])
-        labels[r, :n] = torch.tensor(plan.sel.labels[i])
+        n = len(all_ids[i])
+        ids[r, :n] = torch.tensor(all_ids[i])
+        labels[r, :n] = torch.tensor(all_labels[i])
         att[r, :n] = 1
     return ids.to(device), att.to(device), labels.to(device)

@@ -34,6 +34,15 @@ def validate(ws: Workspace, cfg: dict) -> None:
     n, _ = count_examples(ws, cfg["data"])
     if n == 0:
         raise BadInput(cfg["data"], "the dataset has no examples", field="data")
+    if cfg.get("eval_data"):
+        if count_examples(ws, cfg["eval_data"])[0] == 0:
+            raise BadInput(cfg["eval_data"], "the eval dataset has no examples", field="eval_data")
+    if cfg.get("qlora"):
+        import torch
+
+        from core.finetune.trainer import _qlora_kwargs
+
+        _qlora_kwargs("cuda" if torch.cuda.is_available() else "cpu", torch.bfloat16)  # refuses before queuing
 
 
 def dry_run(ws: Workspace, cfg: dict) -> dict:
@@ -45,9 +54,9 @@ def dry_run(ws: Workspace, cfg: dict) -> dict:
         trainer = Trainer(plan, Path(tmp))
         trainer.setup()
         t0 = time.perf_counter()
-        loss, tokens = trainer.step(0)
+        loss, tokens, _, _ = trainer.step(0)
         dt = time.perf_counter() - t0
-    first = plan.micro_batches(0)
+    first = plan.step_batches(0)
     ex_idx = first[0][0] if first else 0
     return {
         **plan.summary(),
@@ -201,6 +210,76 @@ def _write_record(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def base_hub_id(ws: Workspace, base: str) -> str | None:
+    """The hub id of a run's base (a registered name or a HF folder), for a portable adapter."""
+    from core.models import registry as models
+
+    p = Path(base).expanduser()
+    if p.is_dir():
+        return models.folder_hub_id(p)
+    return models.hub_id(ws, base)
+
+
+def model_card(cfg: dict, plan: Plan, *, base_id: str | None, result: dict, dtype: str, world: int) -> str:
+    """The adapter's README.md: what it was trained from and how, enough to reproduce or judge it."""
+    import core
+
+    s = plan.sel
+    hyper = {
+        k: cfg.get(k)
+        for k in (
+            "rank",
+            "alpha",
+            "dropout",
+            "target_modules",
+            "lr",
+            "scheduler",
+            "warmup_ratio",
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "max_length",
+            "max_grad_norm",
+            "weight_decay",
+            "seed",
+        )
+    }
+    lines = [
+        "---",
+        f"base_model: {base_id or plan.folder.name}",
+        "library_name: peft",
+        "tags: [lora, mirage, imitation]",
+        "---",
+        f"# {cfg['name']}",
+        "",
+        f"A LoRA adapter trained by mirage {core.__version__} on the imitation data '{cfg['data']}'.",
+        "",
+        f"- base: `{base_id or 'unknown hub id'}` (mirage model '{cfg['base']}')",
+        f"- data: '{cfg['data']}', fingerprint `{s.fingerprint}`",
+        f"- token budget: {human_tokens(cfg['tokens'])}; trained on {s.tokens:,} tokens"
+        f" ({s.label_tokens:,} assistant tokens) in {len(s.ids)} examples",
+        f"- template: {plan.template}",
+        f"- steps: {plan.total_steps} of a global batch of {cfg['batch_size'] * cfg['grad_accum']} examples,"
+        f" on {world} process(es), {dtype}",
+        f"- final loss: {result.get('loss')}",
+        f"- eval_loss: {result.get('eval_loss')} ({s.eval_source or s.eval_note or 'no held-out data'})",
+        "",
+        "## Hyperparameters",
+        "",
+        "```json",
+        json.dumps(hyper, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Use",
+        "",
+        "PEFT: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), THIS_FOLDER)`.",
+        f"vLLM: `vllm serve {base_id or 'BASE'} --enable-lora --lora-modules {cfg['name']}=THIS_FOLDER`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def step_recorder(ctx, plan: Plan) -> Callable[[Progress], None]:
     """Record each of the trainer's Progress steps as a job event (step, loss, lr, ... and batch ids)."""
 
@@ -240,17 +319,33 @@ def run_job(ctx) -> None:
     trainer = Trainer(plan, run_dir)
     main_process = trainer.acc.is_main_process
     if main_process:
-        ctx.event(message=f"training on {trainer.acc.device}")
+        world = trainer.world
+        ctx.event(
+            message=f"training on {trainer.acc.device}"
+            + (f" x {world} processes ({trainer.acc.distributed_type.value.lower()})" if world > 1 else ""),
+            world_size=world,
+        )
     # The trainer checks the cancel event itself, so a cancelled run saves the step it reached.
     result = progress.run(trainer.train(ctx.cancel), step_recorder(ctx, plan) if main_process else None)
     if result["status"] != "done" or not main_process:
         return  # cancelled: the runner records it; the last checkpoint stays for a resume
+    if result.get("eval_loss") is not None:
+        ctx.event(message=f"eval_loss {result['eval_loss']:.4f} on {len(plan.sel.eval_ids)} held-out examples")
     out = ctx.ws.artifact_dir("adapters") / cfg["name"]
-    trainer.save_adapter(out)
+    base_id = base_hub_id(ctx.ws, cfg["base"])
+    dtype = dtype_name(trainer.dtype)
+    card = model_card(cfg, plan, base_id=base_id, result=result, dtype=dtype, world=trainer.world)
+    trainer.save_adapter(out, base_id=base_id, card=card)
     model_name = register_adapter(ctx.ws, cfg, out, plan, ctx.id)
     rec = json.loads(record.read_text())
     rec.update(
-        adapter=model_name, adapter_path=str(out), final_loss=result.get("loss"), dtype=dtype_name(trainer.dtype)
+        adapter=model_name,
+        adapter_path=str(out),
+        final_loss=result.get("loss"),
+        eval_loss=result.get("eval_loss"),
+        base_hub_id=base_id,
+        world_size=trainer.world,
+        dtype=dtype,
     )
     _write_record(record, rec)
     ctx.event(message=f"adapter saved as model '{model_name}'", adapter=model_name)
@@ -292,11 +387,39 @@ def list_runs(ws: Workspace) -> list[dict]:
     return out
 
 
+def _parent(pid: int | None) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _follow_rank0(ws: Workspace, job_id: int) -> dict | None:
+    """Wait until rank 0 (a sibling under the same launcher) runs the job; None once it ended it.
+
+    Rank 0 may wait in the train lane behind another run for longer than a collective (DDP's first
+    broadcast) waits before timing out, so the other ranks start only once it trains.
+    """
+    from core.store.workspace import now
+
+    since = now()
+    while True:
+        job = jobs.get_job(ws, job_id)
+        ours = _parent(job["pid"]) == os.getppid()  # rank 0 has taken the job (not an earlier attempt)
+        if ours and job["status"] == "running":
+            return job
+        # An end recorded after this attempt began (an earlier attempt's end is older).
+        if ours and job["status"] not in jobs.ACTIVE and (job.get("finished_at") or "") >= since:
+            return None
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`accelerate launch -m core.finetune WORKSPACE JOB_ID`: every process trains; rank 0 records.
 
     Create the job first without starting it: `mirage finetune ... --no-start` prints its id.
     """
+    import torch
     from accelerate import PartialState
 
     argv = sys.argv[1:] if argv is None else argv
@@ -304,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: accelerate launch -m core.finetune WORKSPACE JOB_ID", file=sys.stderr)
         return 2
     ws = Workspace.open(argv[0])
-    state = PartialState()
+    # cpu=True is what makes accelerate join torchrun's process group with gloo on a machine
+    # without CUDA; without it every process thought it was alone (and the main one).
+    state = PartialState(cpu=not torch.cuda.is_available())
     if state.is_main_process:
         job = jobs.run(ws, int(argv[1]))
         return 0 if job["status"] in ("done", "cancelled") else 1
-    job = jobs.get_job(ws, int(argv[1]))
+    job = _follow_rank0(ws, int(argv[1]))
+    if job is None:
+        return 0  # rank 0 ended the job before training (cancelled in the queue)
     plan = make_plan(ws, job["config"])
     progress.run(Trainer(plan, ws.artifact_dir("jobs", str(job["id"]))).train())
     return 0

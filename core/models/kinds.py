@@ -29,9 +29,30 @@ from core.store.workspace import Workspace, dumps
 PROMPT_STYLES = ("chat", "completion")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ENDPOINT_FIELDS = {"base_url", "model", "api_key_env", "max_concurrency", "timeout_s", "served_from"}
+_ENDPOINT_FIELDS = {
+    "base_url",
+    "model",
+    "api_key_env",
+    "max_concurrency",
+    "timeout_s",
+    "served_from",
+    # A LoRA adapter a server (vLLM --enable-lora) serves: its model, content hash and run lineage.
+    "adapter_of",
+    "adapter_sha256",
+    "lineage",
+}
 # Files whose size and mtime identify a model folder's contents (the fingerprint of a local "hf" model).
 _IDENTITY_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".jinja", ".gguf", ".txt")
+
+
+def adapter_content_hash(folder: Path) -> str:
+    """sha256 over an adapter folder's adapter_* files (config and weights), names included."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("adapter_*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def dir_size(p: Path) -> int:
@@ -259,6 +280,9 @@ class OpenAIKind(ModelKind):
         if rm.spec.get("served_from"):
             # A local model behind `mirage serve`: its outputs depend on the weights, not the port.
             return ["served", rm.other(rm.spec["served_from"]).fingerprint]
+        if rm.spec.get("adapter_sha256"):
+            # A served adapter: retrained weights behind the same URL and id are another model.
+            return ["openai", rm.spec["base_url"], rm.spec["model"], rm.spec["adapter_sha256"]]
         return ["openai", rm.spec["base_url"], rm.spec["model"]]
 
     def prompt_style(self, rm):
@@ -299,12 +323,7 @@ class AdapterKind(ModelKind):
         return {"size": human_bytes(dir_size(p)), "location": str(p), "chat_template": chat}
 
     def identity(self, rm):
-        h = hashlib.sha256()
-        for f in sorted(Path(rm.spec["path"]).glob("adapter_*")):
-            if f.is_file():
-                h.update(f.name.encode())
-                h.update(f.read_bytes())
-        return ["adapter", rm.base.fingerprint, h.hexdigest()]
+        return ["adapter", rm.base.fingerprint, adapter_content_hash(Path(rm.spec["path"]))]
 
     def ensure_local(self, rm, *, verify=False):
         raise ModelError(

