@@ -194,17 +194,13 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
                 kwargs.update(do_sample=True, temperature=d["temperature"], top_p=1.0, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if d["temperature"] <= 0 and _plain_greedy(model_obj):
-                with torch.inference_mode():
-                    new = greedy_shrinking(model_obj, enc, d["max_new_tokens"], tok.pad_token_id, tok, d["stop"])
-            else:
-                if d["stop"]:
-                    # transformers' own stop_strings precomputes over the whole vocabulary on every
-                    # call (~10 s for Gemma's 262k tokens); decoding each row's new tokens is cheap.
-                    kwargs["stopping_criteria"] = _stop_criteria(tok, d["stop"], enc["input_ids"].shape[1])
-                with torch.inference_mode():
-                    out = model_obj.generate(**enc, **kwargs)
-                new = out[:, enc["input_ids"].shape[1] :]
+            if d["stop"]:
+                # transformers' own stop_strings precomputes over the whole vocabulary on every
+                # call (~10 s for Gemma's 262k tokens); decoding each row's new tokens is cheap.
+                kwargs["stopping_criteria"] = _stop_criteria(tok, d["stop"], enc["input_ids"].shape[1])
+            with torch.inference_mode():
+                out = model_obj.generate(**enc, **kwargs)
+            new = out[:, enc["input_ids"].shape[1] :]
             texts = tok.batch_decode(new, skip_special_tokens=True)
             elapsed = time.monotonic() - t0
             for r, text, ids in zip(group, texts, new):
@@ -220,99 +216,6 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
         stats["generated"] += len(results)
         done += len(batch)
         yield Progress(done, len(reqs), f"{model}: {done}/{len(reqs)}")
-
-
-# generation_config fields that make HF's greedy search more than argmax (logits processors):
-# with any of them set, generation goes through `generate` itself.
-_PROCESSOR_FIELDS = {
-    "repetition_penalty": (None, 1.0),
-    "no_repeat_ngram_size": (None, 0),
-    "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,),
-    "suppress_tokens": (None,),
-    "begin_suppress_tokens": (None,),
-    "min_length": (None, 0),
-    "min_new_tokens": (None, 0),
-    "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
-    "sequence_bias": (None,),
-    "exponential_decay_length_penalty": (None,),
-    "renormalize_logits": (None, False),
-}
-
-
-def _plain_greedy(model_obj) -> bool:
-    cfg = getattr(model_obj, "generation_config", None)
-    if cfg is None or getattr(model_obj.config, "is_encoder_decoder", False):
-        return False
-    return all(getattr(cfg, f, None) in ok for f, ok in _PROCESSOR_FIELDS.items())
-
-
-def greedy_shrinking(model_obj, enc, max_new_tokens: int, pad_id, tok=None, stops: list[str] | None = None):
-    """Greedy decoding of a left-padded batch that drops each row from the batch once it ends.
-
-    The same tokens as `model.generate(do_sample=False)` (tests/test_generation.py checks): the same
-    prefill, the same position ids (from the mask) and argmax, and the output laid out as generate
-    lays it out (ended rows padded with `pad_id`). Why our own loop: generate keeps computing every
-    row, ended or not, until the last one ends; with short answers of mixed lengths most of that
-    work is for rows that are done. Finished rows leave the KV cache (`batch_select_indices`), so
-    each step costs what the rows still running need. A row ends at an EOS token, at a stop string
-    (only that row's new text is decoded), or at `max_new_tokens`.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    n, width = ids.shape
-    device = ids.device
-    eos = model_obj.generation_config.eos_token_id
-    eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device)
-    pad = int(pad_id if pad_id is not None else (eos_ids[0] if len(eos_ids) else 0))
-    out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
-    if max_new_tokens <= 0:
-        return out
-    cache = DynamicCache(config=model_obj.config)
-    positions = mask.long().cumsum(-1) - 1
-    positions.masked_fill_(mask == 0, 1)
-    rows = torch.arange(n, device=device)  # which original row each batch row is
-    logits = model_obj(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        cache_position=torch.arange(width, device=device),
-        logits_to_keep=1,
-    ).logits
-    last_pos = positions[:, -1:]
-    steps = 0
-    for step in range(max_new_tokens):
-        nxt = logits[:, -1, :].argmax(-1)
-        out[rows, step] = nxt
-        steps = step + 1
-        done = torch.isin(nxt, eos_ids) if len(eos_ids) else torch.zeros_like(nxt, dtype=torch.bool)
-        if stops:
-            texts = tok.batch_decode(out[rows, :steps], skip_special_tokens=True)
-            done |= torch.tensor([any(x in t for x in stops) for t in texts], device=device)
-        if step + 1 == max_new_tokens:
-            break
-        keep = (~done).nonzero().squeeze(-1)
-        if len(keep) == 0:
-            break
-        if len(keep) < len(rows):
-            cache.batch_select_indices(keep)
-            rows, nxt, mask, last_pos = rows[keep], nxt[keep], mask[keep], last_pos[keep]
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-        last_pos = last_pos + 1
-        logits = model_obj(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=last_pos,
-            past_key_values=cache,
-            use_cache=True,
-            cache_position=torch.tensor([width + step], device=device),
-        ).logits
-    return out[:, :steps]
 
 
 def _stop_criteria(tok, stops: list[str], prompt_len: int):
