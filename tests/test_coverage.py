@@ -369,7 +369,7 @@ def test_coverage_job_runs_in_foreground(study):
 
 def test_multi_process_pool_gives_the_same_vectors(ws, tmp_path):
     """--device cpu --device cpu: sentence-transformers' multi-process pool, same vectors as one process."""
-    model = emb.resolve_model(str(_tiny_sentence_model(tmp_path)))
+    model = emb.resolve_model(str(_tiny_sentence_model(tmp_path)), precision="fp32")
     texts = [f"question number {i} about {w}" for i, w in enumerate(["rivers", "kings", "songs", "atoms"] * 3)]
     keys = [f"k{i}" for i in range(len(texts))]
     single, n1 = progress.run(emb.embed(ws, model, "user", keys, texts))
@@ -377,3 +377,23 @@ def test_multi_process_pool_gives_the_same_vectors(ws, tmp_path):
     pooled, n2 = progress.run(emb.embed(ws, model, "user", keys, texts, devices=["cpu", "cpu"]))
     assert n1 == n2 == len(texts)
     np.testing.assert_allclose(pooled.astype(np.float32), single.astype(np.float32), atol=2e-3)
+
+
+def test_bf16_embedding_keeps_the_fp32_neighbours(ws):
+    """The bf16 path (autocast matmuls) finds the same nearest examples as fp32, in its own cache."""
+    fp32, bf16 = emb.resolve_model("", precision="fp32"), emb.resolve_model("", precision="bf16")
+    assert bf16.key != fp32.key and bf16.vectors_id != fp32.vectors_id
+    examples = COOKING + CODE + UNRELATED + [PLANTED, f"Quick question: {SHORT_PLANTED}? Thanks"]
+    queries = ["how do i make bread", "python list sorting", "who won the championship for philadelphia"]
+    queries += [SHORT_PLANTED, "what is the temperature at which mercury boils"]
+    keys = [f"e{i}" for i in range(len(examples))]
+    qkeys = [f"q{i}" for i in range(len(queries))]
+    got = {}
+    for m in (fp32, bf16):
+        ex, _ = progress.run(emb.embed(ws, m, "user", keys, examples))
+        q, _ = progress.run(emb.embed(ws, m, "prompt", qkeys, queries))
+        sims = q.astype(np.float32) @ ex.astype(np.float32).T
+        got[m.precision] = (np.argsort(-sims, axis=1)[:, :3], ex.astype(np.float32))
+    assert (got["bf16"][0] == got["fp32"][0]).all()
+    cos = (got["bf16"][1] * got["fp32"][1]).sum(axis=1)
+    assert cos.min() > 0.99 and not np.array_equal(got["bf16"][1], got["fp32"][1])  # close, yet really bf16

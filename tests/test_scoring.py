@@ -635,3 +635,28 @@ def test_report_sets_gap_closed_against_coverage_support(ws):
     page = report.render_html(rep)
     # two charts: gap closed against support (4 tasks), the metric against tokens (base and imit)
     assert page.count("<svg") == 2 and page.count("<circle") == 4 + 2
+
+
+def test_batched_loglik_equals_one_forward_per_choice(tmp_path):
+    """Left-padded batches of mixed lengths give each choice the log-likelihood it gets alone."""
+    from tiny_lm import build_tiny_llama
+
+    from core.models.loading import load_folder
+
+    model, tok = load_folder(build_tiny_llama(tmp_path / "tiny"), dtype=None, device="cpu")
+    items = [
+        ("Question: What is the capital of France?\nAnswer:", ["Paris", "red fox jumps over it", "a"]),
+        ("A. red\nB. green\nAnswer:", ["blue", "green", "a very much longer choice than the others", "x"]),
+        ("Q: 2+2?\nA:", ["4"]),
+    ]
+    pairs = [(p, c) for p, cs in items for c in cs]
+    ref = [ll for p, cs in items for ll in scoring.choice_logliks(model, tok, p, cs)]
+    old = scoring.LOGLIK_ROWS_PER_BATCH
+    try:
+        for rows in (old, 24):  # one batch for all, and several
+            scoring.LOGLIK_ROWS_PER_BATCH = rows
+            got = scoring.batched_logliks(model, tok, pairs)
+            assert got == pytest.approx(ref, abs=1e-4)
+    finally:
+        scoring.LOGLIK_ROWS_PER_BATCH = old
+    assert len(set(round(x, 3) for x in ref)) == len(ref)  # the choices really score apart

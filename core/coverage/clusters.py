@@ -75,7 +75,7 @@ def clustering(
 ) -> dict:
     """The stored clustering for these inputs, computing it the first time."""
     n_clusters = default_clusters(len(ex["ids"])) if not n_clusters else min(int(n_clusters), len(ex["ids"]))
-    key = digest(["clusters", VERSION, ds["id"], data_hash, model.fingerprint, mode, n_clusters, seed])
+    key = digest(["clusters", VERSION, ds["id"], data_hash, model.vectors_id, mode, n_clusters, seed])
     row = ws.db.execute("select id, clusters from coverage_clusterings where key = ?", [key]).fetchone()
     if row:
         labels = dict(

@@ -59,7 +59,11 @@ def compute(
         raise CoverageError(f"--k must be at least 1, got {k}")
     ds, s = get_dataset(ws, data), get_suite(ws, suite)
     threshold = resolve_threshold(ws, threshold)
-    model = emb.resolve_model(embedding_model if embedding_model is not None else ws.config.defaults.embedding_model)
+    # A multi-process pool (`devices`) encodes in each worker's own fp32 model: key it as fp32.
+    model = emb.resolve_model(
+        embedding_model if embedding_model is not None else ws.config.defaults.embedding_model,
+        precision="fp32" if devices else None,
+    )
     mode = "conversation" if whole_conversation else "user"
     ex = load_examples(ws, data, mode)
     items = load_items(ws, suite)
@@ -74,7 +78,7 @@ def compute(
             s["id"],
             data_hash,
             suite_hash,
-            model.fingerprint,
+            model.vectors_id,
             mode,
             threshold,
             k,

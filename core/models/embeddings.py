@@ -53,6 +53,32 @@ class EmbeddingModel:
     path: Path
     key: str
     fingerprint: str
+    # "bf16": matmuls under bf16 autocast (see `cpu_bf16`); "fp32" otherwise. Part of `key`, so
+    # vectors made at one precision are never mixed with the other's.
+    precision: str = "fp32"
+
+    @property
+    def vectors_id(self) -> str:
+        """What the vectors depend on (weights and precision), for keys of results made from them;
+        fp32 keeps the bare fingerprint so results stored before precisions existed stay valid."""
+        return self.fingerprint if self.precision == "fp32" else f"{self.fingerprint}:{self.precision}"
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls run 2-5x
+    faster than fp32; elsewhere bf16 is emulated and slower, so fp32 stays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def packaged_model_path() -> Path:
@@ -81,8 +107,16 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_model(spec: str | None) -> EmbeddingModel:
-    """The packaged all-MiniLM-L6-v2 for "" / its name, else a local folder; never the hub."""
+def resolve_model(spec: str | None, precision: str | None = None) -> EmbeddingModel:
+    """The packaged all-MiniLM-L6-v2 for "" / its name, else a local folder; never the hub.
+
+    `precision` (default `$MIRAGE_EMBED_PRECISION`, else "auto"): "auto" is bf16 where the CPU has
+    native bf16 matmuls (`cpu_bf16`), else fp32."""
+    precision = (precision or os.environ.get("MIRAGE_EMBED_PRECISION") or "auto").strip().lower()
+    if precision not in PRECISIONS:
+        raise ModelError(f"embedding precision '{precision}': must be one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if cpu_bf16() else "fp32"
     spec = (spec or "").strip()
     if spec.lower() in _PACKAGED_ALIASES:
         path, name = packaged_model_path(), PACKAGED_NAME
@@ -98,7 +132,8 @@ def resolve_model(spec: str | None) -> EmbeddingModel:
         path, name = path.resolve(), path.resolve().name
     fp = _fingerprint(path)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:48] or "model"
-    return EmbeddingModel(name=name, path=path, key=f"{slug}-{fp[:12]}", fingerprint=fp)
+    key = f"{slug}-{fp[:12]}" + ("-bf16" if precision == "bf16" else "")
+    return EmbeddingModel(name=name, path=path, key=key, fingerprint=fp, precision=precision)
 
 
 _loaded: dict[str, object] = {}
@@ -211,6 +246,53 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# torch.compile fuses the layer norms, GELUs and residual adds around the bf16 matmuls (measured
+# 1.57x -> 1.77x fp32 `encode` on MiniLM here); it costs ~5 s once per process, so only for runs
+# that embed enough texts to earn it back.
+COMPILE_MIN_TEXTS = SHARD_ROWS
+
+
+def _compile(st) -> None:
+    """Swap the transformer inside `st` for its torch.compile'd form, once; kept eager if that fails."""
+    import torch
+
+    first = st[0]
+    with _load_lock:
+        if getattr(first, "_mirage_compiled", None) is not None:
+            return
+        eager = first.auto_model
+        first._mirage_compiled = False
+        try:
+            first.auto_model = torch.compile(eager, dynamic=True)
+            # Inductor compiles on the first call: a missing C compiler shows up here, not later.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                st.encode(["warm up"] * 2, batch_size=2, show_progress_bar=False)
+            first._mirage_compiled = True
+        except Exception:
+            first.auto_model = eager
+
+
+def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.ndarray:
+    """sentence-transformers' encode, with its matmuls in bf16 where `bf16` (autocast keeps layer
+    norms, softmax and the residual stream in fp32: recall@10 against fp32 neighbours stayed ~0.99,
+    where bf16 weights throughout gave 0.98 on the coverage benchmark)."""
+    import contextlib
+
+    import torch
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        vecs = st.encode(
+            texts,
+            batch_size=batch_size,
+            pool=pool,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+    return np.asarray(vecs, dtype=np.float32)
+
+
 def embed(
     ws: Workspace,
     model: EmbeddingModel,
@@ -241,17 +323,13 @@ def embed(
         pool = st.start_multi_process_pool(list(devices)) if devices else None
         try:
             yield Progress(0, len(todo), f"embedding {len(todo)} new {mode} texts")
+            fast = model.precision == "bf16" and pool is None and st.device.type == "cpu"
+            if fast and len(todo) >= COMPILE_MIN_TEXTS:
+                _compile(st)
             for start in range(0, len(todo), SHARD_ROWS):
                 check_cancel(cancel)
                 chunk = todo[start : start + SHARD_ROWS]
-                vecs = st.encode(
-                    [text_of[k] for k in chunk],
-                    batch_size=batch_size,
-                    pool=pool,
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
+                vecs = _encode(st, [text_of[k] for k in chunk], batch_size, pool, bf16=fast)
                 store.add(chunk, vecs)
                 embedded += len(chunk)
                 yield Progress(embedded, len(todo), f"embedded {embedded}/{len(todo)} {mode} texts")

@@ -338,22 +338,82 @@ def _score_toxicity(ws, gens, spec, fresh, add, cancel) -> Work[None]:
 
 def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
     """Sum of log-probabilities of each choice's text (" " + choice) after the prompt (cloze style,
-    unnormalised: lm-evaluation-harness's `acc`)."""
+    unnormalised: lm-evaluation-harness's `acc`). One forward pass per choice: the reference that
+    `batched_logliks` is tested against."""
     import torch
 
     scores = []
     ids_prompt = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    device = next(model.parameters()).device
     for c in choices:
         ids_full = tokenizer(prompt + " " + str(c), add_special_tokens=True)["input_ids"]
         n_choice = max(1, len(ids_full) - len(ids_prompt))
-        ids = torch.tensor([ids_full])
+        ids = torch.tensor([ids_full], device=device)
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
         target = ids[0, 1:]
-        token_lp = logp[torch.arange(len(target)), target]
+        token_lp = logp[torch.arange(len(target), device=device), target]
         scores.append(float(token_lp[-n_choice:].sum()))
     return scores
+
+
+# Logit rows (sequence x positions kept) per forward: bounds the float32 logits a batch holds
+# (Gemma's 262k vocabulary is 1 MiB a row).
+LOGLIK_ROWS_PER_BATCH = 256
+
+
+def batched_logliks(model, tokenizer, pairs: list[tuple[str, str]]) -> list[float]:
+    """`choice_logliks` for many (prompt, choice) pairs in few forward passes, on the model's device.
+
+    Rows are left-padded so every choice ends at the last position: only the last (longest choice
+    + 1) positions' logits are computed (`logits_to_keep`), never the prompt's. Position ids are
+    given from the mask so a padded row sees the positions it would see alone."""
+    import torch
+
+    device = next(model.parameters()).device
+    seqs, n_choice = [], []
+    for prompt, c in pairs:
+        ids_prompt = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ids_full = tokenizer(prompt + " " + str(c), add_special_tokens=True)["input_ids"]
+        seqs.append(ids_full)
+        n_choice.append(max(1, min(len(ids_full) - 1, len(ids_full) - len(ids_prompt))))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Similar lengths together: less padding; results go back in the callers' order.
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    start = 0
+    while start < len(order):
+        batch = [order[start]]
+        while start + len(batch) < len(order):
+            nxt = order[start + len(batch)]
+            keep = max(n_choice[i] for i in [*batch, nxt]) + 1
+            if (len(batch) + 1) * keep > LOGLIK_ROWS_PER_BATCH:
+                break
+            batch.append(nxt)
+        start += len(batch)
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, width - len(seqs[i]) :] = torch.tensor(seqs[i])
+            mask[r, width - len(seqs[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(n_choice[i] for i in batch) + 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        # logits[:, j] predicts the token after kept position j: the last `keep - 1` tokens.
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        token_lp = logp.gather(-1, ids[:, width - keep + 1 :].unsqueeze(-1)).squeeze(-1)
+        sums = token_lp.cpu()
+        for r, i in enumerate(batch):
+            out[i] = float(sums[r, sums.shape[1] - n_choice[i] :].sum())
+    return out
+
+
+# Items scored per batched_logliks call: enough rows to fill a batch, few enough that progress moves.
+LOGLIK_ITEMS_PER_CALL = 16
 
 
 def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
@@ -378,14 +438,19 @@ def _score_loglik(ws, gens, fresh, add, *, cancel) -> Work[None]:
                 todo.append((g, h))
         if not todo:
             continue
-        model, tok = rm.load(device="cpu")
-        for n, (g, h) in enumerate(todo):
+        # The model's own device (a GPU where there is one) and default dtype: fp32 on a CPU.
+        model, tok = rm.load()
+        for s in range(0, len(todo), LOGLIK_ITEMS_PER_CALL):
             check_cancel(cancel)
-            lls = choice_logliks(model, tok, MCKind.cloze_prompt(g["item_prompt"]), g["choices"])
-            best = LETTERS[max(range(len(lls)), key=lls.__getitem__)]
-            gold = str((g["gold"] or [""])[0]).strip().upper()
-            add(g, "mc_accuracy_loglik", h, float(best == gold), {"letter": best, "logliks": lls})
-            yield Progress(n + 1, len(todo), f"log-likelihood {model_name}")
+            chunk = todo[s : s + LOGLIK_ITEMS_PER_CALL]
+            pairs = [(MCKind.cloze_prompt(g["item_prompt"]), c) for g, _ in chunk for c in g["choices"]]
+            flat = batched_logliks(model, tok, pairs)
+            for g, h in chunk:
+                lls, flat = flat[: len(g["choices"])], flat[len(g["choices"]) :]
+                best = LETTERS[max(range(len(lls)), key=lls.__getitem__)]
+                gold = str((g["gold"] or [""])[0]).strip().upper()
+                add(g, "mc_accuracy_loglik", h, float(best == gold), {"letter": best, "logliks": lls})
+            yield Progress(s + len(chunk), len(todo), f"log-likelihood {model_name}")
 
 
 # -- jobs -----------------------------------------------------------------------------------------
