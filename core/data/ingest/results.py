@@ -422,10 +422,8 @@ def _read_inspect_log(path: Path) -> tuple[dict, list[tuple[Loc, Any]]]:
     Read as files, not through inspect_ai.log.read_eval_log: the log format is documented and
     stable across inspect versions, and mirage's default install does not pull inspect in."""
     if zipfile.is_zipfile(path):
-        try:
-            import zipfile_zstd  # noqa: F401 - teaches zipfile the zstd method newer .eval logs use
-        except ImportError:
-            pass
+        import zipfile_zstd  # noqa: F401 - teaches zipfile the zstd method newer .eval logs use
+
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
