@@ -38,8 +38,9 @@ def _conversation(i: int) -> list[dict]:
     ]
 
 
-def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML) -> Path:
-    """A 2-layer random Llama and a byte-level BPE tokenizer trained on the test's own text."""
+def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML, tied: bool = False) -> Path:
+    """A 2-layer random Llama and a byte-level BPE tokenizer trained on the test's own text
+    (`tied`: one matrix for the input and output embeddings, as SmolLM2 and Gemma have)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -70,7 +71,7 @@ def build_tiny_model(folder: Path, *, chat_template: str | None = CHATML) -> Pat
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         # Wide init: with a frozen output layer behind a norm, logits of a 0.02 init stay
         # near uniform whatever LoRA learns.
         initializer_range=0.2,
