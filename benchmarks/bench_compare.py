@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -26,27 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+from lines import emit  # noqa: E402
 
 TARGET_P95_MS = 50.0
 TARGET_RSS_MB = 400.0
 READ_PAUSE_S = 0.3
-
-
-def emit(name, value, unit, baseline, baseline_value):
-    ratio = (value / baseline_value) if baseline_value else None
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 3),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 3),
-                "ratio": None if ratio is None else round(ratio, 3),
-            }
-        ),
-        flush=True,
-    )
 
 
 def build(path: str, items: int) -> None:

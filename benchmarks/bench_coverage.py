@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lines import emit  # noqa: E402
 
 SUBJECTS = [
     "the river",
@@ -62,23 +63,6 @@ ASKS = [
     "give me three facts about",
 ]
 TOPICS = ["cooking", "python", "travel", "finance", "biology", "music", "football", "chemistry", "law", "poetry"]
-
-
-def line(name, value, unit, baseline=None, baseline_value=None, ratio=None, **extra):
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 4),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                "ratio": None if ratio is None else round(ratio, 4),
-                **extra,
-            }
-        ),
-        flush=True,
-    )
 
 
 def matmul_gflops(dtype, n: int = 1024, repeats: int = 7) -> float:
@@ -205,7 +189,7 @@ def main() -> None:
                     keys[i : i + emb.SHARD_ROWS], v / np.linalg.norm(v, axis=1, keepdims=True)
                 )
         t_mirage = (len(ex_keys) + len(it_keys)) / args.random_vectors
-        line("coverage.embed_all_texts_estimated", t_mirage, "s", "texts/s assumed", args.random_vectors, None)
+        emit("coverage.embed_all_texts_estimated", t_mirage, "s", "texts/s assumed", args.random_vectors, None)
     else:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -268,7 +252,7 @@ def main() -> None:
                 4,
             )
         gf32, gf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-        line(
+        emit(
             "coverage.embed_throughput",
             n_compared / t_mirage,
             "texts/s",
@@ -279,7 +263,7 @@ def main() -> None:
             precision=model.precision,
             baseline_precision="fp32",
         )
-        line(
+        emit(
             "coverage.matmul_bf16_peak",
             gf16,
             "GFLOP/s",
@@ -288,7 +272,7 @@ def main() -> None:
             gf16 / gf32,
             cpu_bf16=emb.cpu_bf16(),
         )
-        line(
+        emit(
             "coverage.embed_throughput_cpu",
             n_compared / c_mirage,
             "texts/cpu-s",
@@ -296,7 +280,7 @@ def main() -> None:
             n_compared / c_direct,
             c_direct / c_mirage,
         )
-        line("coverage.embed_all_texts", t_mirage_all, "s")
+        emit("coverage.embed_all_texts", t_mirage_all, "s")
         t_mirage = t_mirage_all  # the time the shares below are measured against: embedding everything
 
     # cached: reading back every vector
@@ -305,7 +289,7 @@ def main() -> None:
     it_vec, _ = progress.run(emb.embed(ws, model, "prompt", it_keys, it_texts))
     t_cached = time.perf_counter() - t
     assert new == 0
-    line("coverage.embed_cached_read", t_cached, "s", "embedding time", t_mirage, t_cached / t_mirage)
+    emit("coverage.embed_cached_read", t_cached, "s", "embedding time", t_mirage, t_cached / t_mirage)
 
     # -- nearest neighbours + aggregation ------------------------------------------------------------
     ex = load_examples(ws, "gen", "user")
@@ -322,18 +306,18 @@ def main() -> None:
     found = Findings(["nq"], zeros, top_i, top_s, above, served, zeros, zeros.astype(bool), hits, labels)
     aggregate(ex, items, found, [], DEFAULT_THRESHOLD, "nq")
     t_agg = time.perf_counter() - t
-    line("coverage.search_plus_aggregate", t_nn + t_agg, "s", "embedding time", t_mirage, (t_nn + t_agg) / t_mirage)
+    emit("coverage.search_plus_aggregate", t_nn + t_agg, "s", "embedding time", t_mirage, (t_nn + t_agg) / t_mirage)
 
     # -- n-gram index --------------------------------------------------------------------------------
     t = time.perf_counter()
     index = progress.run(NgramIndex.build(ex["ids"], ex["user"], ex["assistant"]))
     t_index = time.perf_counter() - t
-    line("coverage.ngram_index_build", t_index, "s", "target", 60.0, t_index / 60.0)
+    emit("coverage.ngram_index_build", t_index, "s", "target", 60.0, t_index / 60.0)
     t = time.perf_counter()
     longest = index.longest_shared(it_texts)
     index.answer_hits([r["answer"] for r in nq])
     t_lex = time.perf_counter() - t
-    line("coverage.lexical_queries", t_lex, "s", "embedding time", t_mirage, t_lex / t_mirage)
+    emit("coverage.lexical_queries", t_lex, "s", "embedding time", t_mirage, t_lex / t_mirage)
     n_words = np.array([len(lexical_words(p)) for p in it_texts])
     _ = (longest >= np.minimum(CONTAMINATION_N, n_words)).sum()
 
@@ -342,17 +326,17 @@ def main() -> None:
     t = time.perf_counter()
     clustering(ws, ds, ex, ex_vec, model, "user", None, 0, "bench")
     t_cl = time.perf_counter() - t
-    line("coverage.clusters", t_cl, "s", "embedding time", t_mirage, t_cl / t_mirage)
+    emit("coverage.clusters", t_cl, "s", "embedding time", t_mirage, t_cl / t_mirage)
 
     # -- the whole command on warm caches (what a re-run with a new threshold costs) -------------------
     t = time.perf_counter()
     progress.run(cov.compute(ws, "gen", "nq", threshold=0.6))
     t_warm = time.perf_counter() - t
-    line("coverage.compute_warm_cache", t_warm, "s", "embedding time", t_mirage, t_warm / t_mirage)
+    emit("coverage.compute_warm_cache", t_warm, "s", "embedding time", t_mirage, t_warm / t_mirage)
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-    line("coverage.peak_memory", peak_gb, "GB", "target", 4.0, peak_gb / 4.0)
-    line("coverage.n_examples", args.n, "examples")
+    emit("coverage.peak_memory", peak_gb, "GB", "target", 4.0, peak_gb / 4.0)
+    emit("coverage.n_examples", args.n, "examples")
     ws.close()
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from lines import emit  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "gpteacher" / "codegen-instruct.json"
 PEAK_NOMINAL = 400e9  # bf16 matmul, 2 threads (DESIGN.md); measured again below
 
@@ -361,24 +363,6 @@ def param_counts(folder: Path) -> tuple[int, int, int]:
     v_out = text_cfg.num_key_value_heads * getattr(text_cfg, "head_dim", d // text_cfg.num_attention_heads)
     lora = layers * 8 * ((d + q_out) + (d + v_out))
     return body, head.numel(), lora
-
-
-def emit(name, value, unit, baseline=None, baseline_value=None, **extra):
-    ratio = (value / baseline_value) if baseline_value else None
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 4),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                "ratio": None if ratio is None else round(ratio, 3),
-                **extra,
-            }
-        ),
-        flush=True,
-    )
 
 
 def bench_model(model_name: str, args, root: Path) -> None:

@@ -27,26 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from lines import emit  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "alpaca-eval-outputs"
 FILES = ["gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b", "text_davinci_003", "llama-2-7b-chat-hf"]
 TEACHER = "gpt-3.5-turbo-0301"
-
-
-def emit(name, value, unit, baseline, baseline_value):
-    ratio = (value / baseline_value) if baseline_value else None
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 4),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                "ratio": None if ratio is None else round(ratio, 4),
-            }
-        ),
-        flush=True,
-    )
 
 
 def build(ws_dir: Path, n_models: int, n_items: int) -> None:

@@ -25,24 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from lines import emit  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl"
-
-
-def emit(name, value, unit, baseline, baseline_value):
-    ratio = (value / baseline_value) if baseline_value else None
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 4),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 4),
-                "ratio": None if ratio is None else round(ratio, 4),
-            }
-        ),
-        flush=True,
-    )
 
 
 # -- the straightforward per-item implementation (evaluation-script style) ------------------------

@@ -21,24 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lines import emit  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "nq-open" / "NQ-open.dev.jsonl"
-
-
-def emit(name, value, unit, baseline=None, baseline_value=None):
-    ratio = (value / baseline_value) if baseline_value else None
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 3),
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": None if baseline_value is None else round(baseline_value, 3),
-                "ratio": None if ratio is None else round(ratio, 3),
-            }
-        ),
-        flush=True,
-    )
 
 
 def main() -> None:
