@@ -1,7 +1,7 @@
 """Sandbox overhead: wall time of one trivial program (`pass`) through `run_program`, median of N.
 
-Compares this tree's sandbox against another checkout's (default: /work/main, or --baseline DIR),
-interleaving the two so machine load hits both alike. One JSON line per figure.
+Compares this tree's sandbox against another checkout's (--baseline DIR, e.g. a `git worktree`
+of main; without it, this tree alone), interleaving the two so machine load hits both alike. One JSON line per figure.
 
     python benchmarks/bench_sandbox.py [--n 20] [--baseline DIR]
 """
@@ -31,12 +31,12 @@ def load(path: Path, name: str):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--baseline", default="/work/main")
+    ap.add_argument("--baseline", help="another checkout whose sandbox is the baseline")
     args = ap.parse_args()
     from core.scores import sandbox
 
-    base_file = Path(args.baseline) / "core" / "scores" / "sandbox.py"
-    base = load(base_file, "baseline_sandbox") if base_file.exists() else None
+    base_file = Path(args.baseline) / "core" / "scores" / "sandbox.py" if args.baseline else None
+    base = load(base_file, "baseline_sandbox") if base_file and base_file.exists() else None
     runs = {"this": sandbox.run_program}
     if base is not None:
         runs["baseline"] = base.run_program
