@@ -545,3 +545,34 @@ def test_runs_under_accelerate_launch(data_ws, tiny_base):
     assert out.returncode == 0, out.stderr[-2000:]
     job = jobs.get_job(data_ws, job_id)
     assert job["status"] == "done" and job["step"] == 3
+
+
+def test_detach_returns_before_counting_and_the_job_records_the_budget_note(data_ws, tiny_base):
+    """Counting by the base's tokenizer may first convert the base (25-60 s): --detach leaves it to the job."""
+    from click.testing import CliRunner
+
+    from core.cli import cli
+
+    args = ["finetune", "--base", str(tiny_base), "--data", "arith", "--tokens", "5M", "--max-steps", "1"]
+    ws_arg = ["--workspace", str(data_ws.root)]
+    # A job holding lane 'train' keeps the finetune queued, so whatever is counted by now was counted by
+    # the foreground (exact counts are cached in token_counts as they are made).
+    hold = jobs.submit(data_ws, "selftest", "hold", {"steps": 10**4, "sleep": 0.05}, lane="train")
+    _wait(lambda: jobs.get_job(data_ws, hold)["status"] == "running")
+    r = CliRunner().invoke(cli, [*args, "--detach", "--name", "bg", *ws_arg])
+    assert r.exit_code == 0, r.output
+    assert "started in the background" in r.output and "note:" not in r.output
+    (job_id,) = [j["id"] for j in jobs.list_jobs(data_ws, kind="finetune")]
+    _wait(lambda: any("queued behind job" in (e["message"] or "") for e in jobs.events(data_ws, job_id)))
+    assert data_ws.db.execute("select count(*) from token_counts").fetchone()[0] == 0
+    jobs.cancel(data_ws, hold)
+    _wait(lambda: jobs.get_job(data_ws, job_id)["status"] not in jobs.ACTIVE)
+    assert jobs.get_job(data_ws, job_id)["status"] == "done", jobs.get_job(data_ws, job_id)["error"]
+    log = CliRunner().invoke(cli, ["jobs", "log", "bg", *ws_arg])
+    (note,) = [line for line in log.output.splitlines() if "budget 5M is larger than 'arith'" in line]
+    assert "tokens by" in note and "in 40 examples" in note
+    # Without --detach the note comes first, once, as before (the job's copy of it is not echoed again).
+    r = CliRunner().invoke(cli, [*args, "--name", "fg", *ws_arg])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("note: budget 5M is larger than 'arith'")
+    assert r.output.count("is larger than 'arith'") == 1

@@ -103,12 +103,16 @@ def finetune(ctx, base, data, tokens, name, detach, dry_run, no_start, as_json, 
     last = {"t": 0.0}
 
     def on_event(ev: dict) -> None:
+        if (ev.get("data") or {}).get("note") == "budget":
+            return  # printed above, before the run started; the job records it for `mirage jobs log`
         # Every message; step lines at most every 2 s so a fast run does not flood the terminal.
         if ev.get("message") or time.monotonic() - last["t"] > 2 or ev.get("step") == ev.get("total_steps"):
             last["t"] = time.monotonic()
             _print_event(ev)
 
-    if not as_json:
+    # With --detach the job records these notes itself (`mirage jobs log`): counting by the base's
+    # tokenizer may first convert the base (25-60 s), and --detach must return at once.
+    if not as_json and not detach:
         for note in runs.budget_notes(
             ws, data, budgets, base=base, template=overrides.get("template"), max_length=overrides.get("max_length")
         ):

@@ -135,16 +135,19 @@ AUTO_EVAL_FRACTION = 0.05
 
 
 def eval_count(n: int, fraction: float | None, cap: int) -> tuple[int, str]:
-    """How many of `n` examples to hold out for eval_loss, and a note when none are."""
+    """How many of `n` examples to hold out for eval_loss, and a note when none are.
+
+    The note never says "eval_loss": scripts grep `mirage jobs log` for it to see that evaluation ran.
+    """
     if fraction is None:
         if n < AUTO_EVAL_MIN_EXAMPLES:
             return 0, (
-                f"no eval_loss: {n} examples are too few to hold some out by default"
+                f"no held-out evaluation: {n} examples are too few to hold some out by default"
                 f" ({AUTO_EVAL_MIN_EXAMPLES} needed); pass --eval-fraction or --eval-data"
             )
         return min(cap, max(2, round(AUTO_EVAL_FRACTION * n))), ""
     if fraction <= 0:
-        return 0, "no eval_loss: --eval-fraction 0"
+        return 0, "no held-out evaluation: --eval-fraction 0 holds none out"
     k = min(cap, max(1, round(fraction * n)))
     if k >= n:
         raise BadInput("--eval-fraction", f"holding out {k} of {n} examples leaves none to train on")
@@ -210,7 +213,7 @@ def select(
             rows = rows[:-k]
             sel.eval_source = f"{k} held-out examples of {data}"
     if (eval_data or sel.eval_source) and not sel.eval_ids:
-        sel.eval_note = "no eval_loss: no held-out example has an assistant token within max length"
+        sel.eval_note = "no held-out evaluation: no held-out example has an assistant token within max length"
     for r in rows:
         if budget is not None and sel.tokens >= budget:
             break

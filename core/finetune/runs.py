@@ -316,6 +316,18 @@ def run_job(ctx) -> None:
         )
         for note in plan.notes():
             ctx.event(message=note)
+        if plan.sel.exhausted:  # only a budget the selection ran out of can be larger than the data
+            # Here, not in `finetune --detach`'s foreground: the count loads the base's tokenizer
+            # (converting a packaged base first takes 25-60 s), and --detach returns at once.
+            for note in budget_notes(
+                ctx.ws,
+                cfg["data"],
+                [cfg["tokens"]],
+                base=cfg["base"],
+                template=cfg.get("template"),
+                max_length=cfg.get("max_length"),
+            ):
+                ctx.event(message=note, note="budget")
     trainer = Trainer(plan, run_dir)
     main_process = trainer.acc.is_main_process
     if main_process:

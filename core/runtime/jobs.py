@@ -377,6 +377,14 @@ def run(ws: Workspace, job_id: int, *, on_event: Callable[[dict], None] | None =
     return get_job(ws, job_id)
 
 
+def _write_checkpoint(path: Path, text: str) -> None:
+    """Replace `path` whole: `write_text` truncates first, so a kill -9 in between left an empty file
+    that the resumed job could not read (it failed at once instead of continuing)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def selftest_job(ctx: JobContext) -> None:
     """A tiny job used by tests of the runner itself: counts to `steps`, `sleep` s a step."""
     steps = int(ctx.config.get("steps", 5))
@@ -386,8 +394,10 @@ def selftest_job(ctx: JobContext) -> None:
     for step in range(done + 1, steps + 1):
         ctx.check_cancel()
         time.sleep(float(ctx.config.get("sleep", 0.05)))
-        ckpt.write_text(str(step))
+        # The event goes first: a kill between the two redoes this step on resume (recorded twice),
+        # where the other order would leave a checkpointed step with no event.
         ctx.event(step=step, total_steps=steps, loss=1.0 / step)
+        _write_checkpoint(ckpt, str(step))
     if ctx.config.get("fail"):
         raise JobError("asked to fail")
 
