@@ -157,7 +157,8 @@ def _timed(cmd: list[str], env: dict, cwd: Path = REPO) -> dict:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed: {err.decode()[-2000:]}")
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.decode()}
+    cpu = usage.ru_utime + usage.ru_stime  # the child's own CPU, its threads together
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.decode()}
 
 
 def main() -> None:
@@ -219,6 +220,9 @@ def main() -> None:
                 "target": f"<= {TARGET_RATIO}",
                 "runs": [round(r["seconds"], 2) for r in ours],
                 "baseline_runs": [round(r["seconds"], 2) for r in theirs],
+                # CPU seconds (user + system) hold still under the shared machine's load; wall does not
+                "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in ours), 2),
+                "baseline_cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in theirs), 2),
             }
         )
     )
@@ -282,6 +286,7 @@ def main() -> None:
                     "checkout": str(checkout),
                     "this_tree_speedup": round(t / t_ours, 2),
                     "runs": [round(r["seconds"], 2) for r in before],
+                    "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in before), 2),
                 }
             )
         )
