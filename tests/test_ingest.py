@@ -765,3 +765,74 @@ def test_conversation_layout_round_trips_any_text():
     assert unpack_conversation(dumps(layout), user, assistant) == conv
     old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]  # rows from before the layout
     assert unpack_conversation(dumps(old), "q", "a") == old
+
+
+def test_conversation_counts_equal_the_joined_texts_counts(tmp_path):
+    # The import counts each turn and adds one token per joining newline (built-in), instead of
+    # building "\n".join(turns): the two must agree on every kind of text, turn edges included.
+    convs = [
+        [{"content": "Hello, world!", "role": "user"}, {"content": "Hi.", "role": "assistant"}],
+        [
+            {"content": "", "role": "system"},
+            {"content": "q" * 70, "role": "user"},
+            {"content": "", "role": "assistant"},
+        ],
+        [
+            {"content": "é日😀\n", "role": "user"},
+            {"content": "\n\nwordy" * 9, "role": "assistant"},
+            {"content": "x_1", "role": "user"},
+        ],
+        [{"content": "a", "role": "user"}],
+    ]
+    joined = ["\n".join(t["content"] for t in conv) for conv in convs]
+    c = TokenCounter("")
+    assert c.count_conversations(convs) == c.count(joined) == [_reference_count(t) for t in joined]
+    assert c.count_conversations([]) == []
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    exact = TokenCounter(str(tmp_path))  # a tokenizer may merge across newlines: it gets the joins
+    assert exact.count_conversations(convs) == exact.count(joined)
+
+
+def test_stored_json_is_the_key_sorted_dumps_in_every_format(ws, tmp_path):
+    # The importer writes orjson without sorting keys (the dicts are built sorted): the content
+    # hash and the stored layout must still be those of the key-sorted `dumps`, or appends to
+    # datasets imported earlier would miss their duplicates.
+    sg = write_jsonl(
+        tmp_path / "sg.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "S"},
+                    {"from": "human", "value": "q1"},
+                    {"from": "gpt", "value": "a1"},
+                ]
+            }
+        ],
+    )
+    msgs = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "q2"},
+                    {"role": "assistant", "content": [{"type": "text", "text": "a2"}]},
+                ]
+            }
+        ],
+    )
+    alp = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "q3", "input": "ctx", "output": "a3", "system": "S"}])
+    for f in (sg, msgs, alp):
+        run(import_data(ws, [f], f.stem))
+        (raw,) = ws.db.execute(
+            "select e.conversation, e.content_hash from examples e join datasets d on d.id = e.dataset_id where d.name = ?",
+            [f.stem],
+        ).fetchall()
+        (ex,) = list(iter_examples(ws, f.stem))
+        assert raw[0] == dumps(json.loads(raw[0]))
+        assert raw[1] == hashlib.sha256(dumps(ex["conversation"]).encode()).hexdigest()
+        assert ex["conversation"][0] == {"role": "system", "content": "S"}

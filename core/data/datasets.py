@@ -41,9 +41,9 @@ def pack_conversation(conv: list[dict]) -> tuple[list[dict], str, str]:
         elif role == "assistant":
             assistant.append(content)
         else:
-            layout.append({"role": role, "content": content})
+            layout.append({"content": content, "role": role})
             continue
-        layout.append({"role": role, "n": len(content)})
+        layout.append({"n": len(content), "role": role})  # keys sorted: see normalise_conversation
     return layout, SEP.join(user), SEP.join(assistant)
 
 

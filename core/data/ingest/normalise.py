@@ -49,7 +49,7 @@ def _turns_sharegpt(rec: dict) -> list[dict]:
                 value = t["value"]
                 if type(value) is not str:
                     raise TypeError
-                out.append({"role": _ROLE_FROM[t["from"].lower()], "content": value})
+                out.append({"content": value, "role": _ROLE_FROM[t["from"].lower()]})
             return out
         except (KeyError, TypeError, AttributeError):
             pass
@@ -75,7 +75,7 @@ def _turns_sharegpt(rec: dict) -> list[dict]:
                 f"conversations[{i}].value",
                 "missing" if value is None else f"expected a string, got {type_name(value)}",
             )
-        out.append({"role": role, "content": value})
+        out.append({"content": value, "role": role})
     return out
 
 
@@ -111,7 +111,7 @@ def _turns_messages(rec: dict) -> list[dict]:
                 f"messages[{i}].role",
                 "missing" if role is None else f"unknown role '{role}' (expected system, user or assistant)",
             )
-        out.append({"role": _ROLE_MESSAGES[role], "content": _content(m.get("content"), f"messages[{i}].content")})
+        out.append({"content": _content(m.get("content"), f"messages[{i}].content"), "role": _ROLE_MESSAGES[role]})
     return out
 
 
@@ -123,8 +123,8 @@ def _turns_alpaca(rec: dict) -> list[dict]:
     output = read_str(rec, "output" if "output" in rec else "response")
     system = read_str(rec, "system", required=False)
     user = instruction + (f"\n\n{extra}" if extra and extra.strip() else "")
-    turns = [{"role": "system", "content": system}] if system else []
-    return turns + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    turns = [{"content": system, "role": "system"}] if system else []
+    return turns + [{"content": user, "role": "user"}, {"content": output, "role": "assistant"}]
 
 
 _NORMALISERS: dict[str, Callable[[dict], list[dict]]] = {
@@ -135,7 +135,10 @@ _NORMALISERS: dict[str, Callable[[dict], list[dict]]] = {
 
 
 def normalise_conversation(rec: Any, fmt: str) -> list[dict]:
-    """The record as [{role, content}]; raises FieldError naming the field that is wrong."""
+    """The record as [{role, content}]; raises FieldError naming the field that is wrong.
+
+    Each turn's keys are in sorted order (content, role), so orjson writes the same bytes as the
+    key-sorted `workspace.dumps` without sorting (the content hash is of those bytes)."""
     if not isinstance(rec, dict):
         raise FieldError(None, f"expected an object, got {type_name(rec)}")
     turns = _NORMALISERS[fmt](rec)
