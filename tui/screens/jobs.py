@@ -176,7 +176,9 @@ class JobsScreen(MirageScreen):
         yield table
         with Horizontal(id="jobs-detail"):
             yield PlotextPlot(id="jobs-loss")
-            yield RichLog(id="jobs-log", wrap=True, markup=False, max_lines=500)
+            # min_width: RichLog renders at least 78 columns wide by default, wider than this pane
+            # beside the loss plot, so long lines ran off its edge instead of wrapping.
+            yield RichLog(id="jobs-log", wrap=True, markup=False, max_lines=500, min_width=20)
         yield Static("", id="jobs-status")
 
     def on_mount(self) -> None:
