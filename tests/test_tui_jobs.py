@@ -116,3 +116,16 @@ async def test_log_lines_wrap_to_the_log_pane(ws, size):
         log = app.screen.query_one("#jobs-log", RichLog)
         assert log.virtual_size.width <= log.scrollable_content_region.width
         assert tail in " ".join(log_text(app).split())
+
+
+async def test_status_line_counts_one_job_in_the_singular(ws):
+    """The demo's first seconds read "1 jobs, 1 running"."""
+    jobs.submit(ws, "selftest", "one", {"steps": 1, "sleep": 0.0}, detach=False)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        status = app.screen.query_one("#jobs-status", Static)
+        await wait_for(pilot, lambda: "running" in str(status.render()))
+        assert str(status.render()).startswith("1 job, 0 running, 0 queued")
+        jobs.submit(ws, "selftest", "two", {"steps": 1, "sleep": 0.0}, detach=False)
+        app.screen.poll()
+        await wait_for(pilot, lambda: str(status.render()).startswith("2 jobs, 0 running"))

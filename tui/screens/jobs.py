@@ -237,7 +237,8 @@ class JobsScreen(MirageScreen):
         running = sum(r["status"] == "running" for r in self.job_rows)
         queued = sum(r["status"] == "queued" for r in self.job_rows)
         self.query_one("#jobs-status", Static).update(
-            f"{len(self.job_rows)} jobs, {running} running, {queued} queued — n new run · c cancel · r resume"
+            f"{len(self.job_rows)} job{'' if len(self.job_rows) == 1 else 's'}, {running} running, {queued} queued"
+            " — n new run · c cancel · r resume"
         )
 
     def _select(self, job_id: int | None) -> None:
