@@ -129,3 +129,16 @@ async def test_status_line_counts_one_job_in_the_singular(ws):
         jobs.submit(ws, "selftest", "two", {"steps": 1, "sleep": 0.0}, detach=False)
         app.screen.poll()
         await wait_for(pilot, lambda: str(status.render()).startswith("2 jobs, 0 running"))
+
+
+@pytest.mark.parametrize("start, keys", [("jobs", []), ("data", ["3"])])
+async def test_arrow_keys_move_through_jobs_at_once(ws, start, keys):
+    """Up did nothing on the Jobs screen until tab: focus sat on the hidden launch form's scroller."""
+    ids = [jobs.submit(ws, "selftest", f"j{i}", {"steps": 1, "sleep": 0.0}, detach=False) for i in range(3)]
+    app = MirageApp(ws.root, start=start)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*keys)
+        await wait_for(pilot, lambda: getattr(app.screen, "selected", None) == ids[-1] and len(table_status(app)) == 3)
+        assert isinstance(app.focused, DataTable)
+        await pilot.press("up")
+        await wait_for(pilot, lambda: app.screen.selected == ids[-2])

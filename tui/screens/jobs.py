@@ -184,6 +184,8 @@ class JobsScreen(MirageScreen):
     def on_mount(self) -> None:
         table = self.query_one("#jobs-table", DataTable)
         table.add_columns("id", "name", "kind", "status", "progress", "loss", "ETA", "error")
+        # Left to itself the screen focused the hidden launch form's scroller: ↑/↓ did nothing.
+        table.focus()
         self._draw_loss()
         self.poll()
         self.set_interval(POLL_S, self.poll)
