@@ -225,3 +225,17 @@ async def test_analysis_empty_state_says_what_to_run(ws):
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert "mirage score" in str(app.screen.query_one("#analysis-empty").render())
+
+
+def test_gap_plot_says_what_is_missing():
+    """After the demo the gap plot asked for scores and `mirage coverage`, both done: every task's
+    gap closed was n/a (teacher below base). It now names the one thing that is missing."""
+    from tui.screens.analysis import gap_plot_note
+
+    def row(task, value, support):
+        return {"imitation_model": "imit", "task": task, "value": value, "support": support}
+
+    assert "scored" in gap_plot_note([row("all", None, None)])
+    assert "mirage coverage" in gap_plot_note([row("all", 0.2, None), row("geo", 0.3, None)])
+    note = gap_plot_note([row("all", None, None), row("geo", None, 0.75), row("lit", None, 0.0)])
+    assert "n/a on every task" in note and "mirage coverage" not in note
