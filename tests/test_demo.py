@@ -158,3 +158,20 @@ def test_demo_headless_quick_runs_the_study_and_reruns_incrementally(tmp_path):
 
     assert same_report(second.stdout, report)
     print(f"\ndemo --headless --quick: first run {t_first:.0f} s, rerun {t_second:.0f} s")
+
+
+def test_study_progress_notes_give_the_count_once(ws):
+    """The study's log showed "teacher: 27/171 27/171": a detail that already carries the count
+    (generation's does) gets no second copy; one without it (embedding's step name) gets it."""
+    from core.runtime import jobs
+    from core.runtime.progress import Progress
+    from core.study.plan import Plan, Study
+
+    job_id = jobs.submit(ws, "selftest", "notes", {"steps": 1, "sleep": 0.0}, detach=False)
+    study = Study(jobs.JobContext(ws, jobs.get_job(ws, job_id)), Plan.make(quick=True))
+    note = study.progress_note(every_s=0.0)
+    note(Progress(27, 171, "teacher: 27/171"))
+    note(Progress(3, 8, "embedding"))
+    note(Progress(0, 0, "starting"))
+    messages = [e["message"] for e in jobs.events(ws, job_id)][-3:]
+    assert messages == ["  teacher: 27/171", "  embedding 3/8", "  starting"]

@@ -513,6 +513,9 @@ def test_cli_dry_run_and_ls_runs(data_ws, tiny_base):
     (run,) = json.loads(r.stdout)
     assert run["name"] == job["name"] == "tiny-llama-arith-200" and run["adapter"] == run["name"]
     assert run["budget"] == 200 and run["tokens"] >= 200 and run["status"] == "done"
+    # The table shows the loss as `mirage jobs` does, not all 16 digits of the float.
+    r = CliRunner().invoke(cli, ["ls", "runs", "--workspace", str(data_ws.root)])
+    assert r.exit_code == 0 and f" {run['loss']:.4f} " in r.output, r.output
 
 
 def test_runs_under_accelerate_launch(data_ws, tiny_base):

@@ -109,6 +109,16 @@ def test_redact_removes_remembered_values_and_bearer_tokens():
     assert redact("short 12345", environ={}) == "short 12345"
 
 
+def test_words_that_contain_sk_dash_are_not_keys():
+    """`task-specific` holds `sk-specific`: the demo's step "[4/11] task-specific subset" was logged
+    as "task-<redacted> subset". A key starts a word; the middle of one is ordinary text."""
+    for text in ("[4/11] task-specific subset (geography)", "a desk-organiser and a risk-management plan"):
+        assert redact(text, environ={}) == text
+    assert redact("key: sk-abcdefghijkl, (sk-proj-abc_DEF-12345678)", environ={}) == (
+        "key: sk-<redacted>, (sk-<redacted>)"
+    )
+
+
 def test_a_crash_report_never_holds_a_remembered_key():
     remember(KEY)
     try:

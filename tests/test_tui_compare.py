@@ -133,6 +133,31 @@ async def test_marks_persist_across_app_restarts(study_ws):
     ws2.close()
 
 
+async def test_s_moves_to_the_next_suite_with_outputs(ws):
+    """Opened without a suite (key 5 after the demo) the screen shows the first suite by name;
+    `s` steps through the others, wrapping around, each with its own models."""
+    from tui.app import MirageApp
+
+    build_study(ws, n_items=4, suite="code")
+    build_study(ws, n_items=6, suite="nq")
+    app = MirageApp(ws.root, start="compare", start_args={"models": ["base", "teacher"]})
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        assert screen.view.suite == "code" and len(screen.panes) == 2
+        await pilot.press("s")
+        await _wait_loaded(pilot, screen)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.view.suite == "nq" and len(screen.view.order) == 6
+        assert [p.pane.model for p in screen.panes] == ["base", "imitation", "teacher"]
+        assert "nq" in str(screen.query_one("#compare-status").render())
+        await pilot.press("s")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert screen.view.suite == "code"
+
+
 async def test_empty_state_says_what_to_run(ws):
     from tui.app import MirageApp
 
@@ -200,3 +225,17 @@ async def test_analysis_empty_state_says_what_to_run(ws):
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert "mirage score" in str(app.screen.query_one("#analysis-empty").render())
+
+
+def test_gap_plot_says_what_is_missing():
+    """After the demo the gap plot asked for scores and `mirage coverage`, both done: every task's
+    gap closed was n/a (teacher below base). It now names the one thing that is missing."""
+    from tui.screens.analysis import gap_plot_note
+
+    def row(task, value, support):
+        return {"imitation_model": "imit", "task": task, "value": value, "support": support}
+
+    assert "scored" in gap_plot_note([row("all", None, None)])
+    assert "mirage coverage" in gap_plot_note([row("all", 0.2, None), row("geo", 0.3, None)])
+    note = gap_plot_note([row("all", None, None), row("geo", None, 0.75), row("lit", None, 0.0)])
+    assert "n/a on every task" in note and "mirage coverage" not in note

@@ -95,3 +95,26 @@ async def test_cancel_while_computing_then_continue(ws, monkeypatch):
         await wait_for(pilot, lambda: screen.res is not None)
         assert ws.db.execute("select count(*) from coverage_runs").fetchone()[0] == 1
         assert len(emb.EmbeddingStore(ws, emb.resolve_model(""), "user").index()) == 240
+
+
+async def test_opens_on_the_pair_whose_coverage_was_computed_last(study):  # noqa: F811
+    """After `mirage demo` the screen opened on suite `code` (first by name) and said "no coverage
+    computed" although the demo had computed imitation × qa: with no pair asked for, the latest
+    computed one is shown."""
+    from core.coverage import compute as cov
+    from core.runtime import progress
+
+    add_dataset(study, "another", [(q, "ok", "chat") for q in COOKING])  # sorts first among the data
+    add_suite(study, "code", [(q, ["x"], "code") for q in CODE])  # sorts first among the suites
+    progress.run(cov.compute(study, "imit", "qa", k=3))
+    app = MirageApp(study.root, start="coverage")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.res is not None)
+        assert (screen.data_name, screen.suite_name) == ("imit", "qa")
+        assert screen.query_one("#cov-table", DataTable).row_count == 3  # its tasks
+    # A pair asked for still wins, computed or not.
+    app = MirageApp(study.root, start="coverage", start_args={"data": "another", "suite": "code"})
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "no coverage computed" in status(app))
+        assert (app.screen.data_name, app.screen.suite_name) == ("another", "code")

@@ -98,3 +98,47 @@ async def test_launch_form_estimates_then_starts_a_finetune(ws, tmp_path):
         (job,) = jobs.list_jobs(ws)
         assert job["kind"] == "finetune" and job["config"]["batch_size"] == 4
         await wait_for(pilot, lambda: "adapter saved as model" in log_text(app))
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_log_lines_wrap_to_the_log_pane(ws, size):
+    """A long log line wraps inside the log pane instead of running off its right edge.
+
+    RichLog renders at its `min_width` (78 by default) when that is wider than the pane, so beside
+    the loss plot every line past ~60 columns was clipped behind a horizontal scrollbar.
+    """
+    job = jobs.submit(ws, "selftest", "long", {"steps": 1, "sleep": 0.0}, detach=False)
+    tail = "the end of a long line"
+    jobs._event(ws, job, message="teacher 'teacher' ready at http://127.0.0.1:8601/v1 after 7 s; " + tail)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: tail.split()[-1] in log_text(app))
+        log = app.screen.query_one("#jobs-log", RichLog)
+        assert log.virtual_size.width <= log.scrollable_content_region.width
+        assert tail in " ".join(log_text(app).split())
+
+
+async def test_status_line_counts_one_job_in_the_singular(ws):
+    """The demo's first seconds read "1 jobs, 1 running"."""
+    jobs.submit(ws, "selftest", "one", {"steps": 1, "sleep": 0.0}, detach=False)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        status = app.screen.query_one("#jobs-status", Static)
+        await wait_for(pilot, lambda: "running" in str(status.render()))
+        assert str(status.render()).startswith("1 job, 0 running, 0 queued")
+        jobs.submit(ws, "selftest", "two", {"steps": 1, "sleep": 0.0}, detach=False)
+        app.screen.poll()
+        await wait_for(pilot, lambda: str(status.render()).startswith("2 jobs, 0 running"))
+
+
+@pytest.mark.parametrize("start, keys", [("jobs", []), ("data", ["3"])])
+async def test_arrow_keys_move_through_jobs_at_once(ws, start, keys):
+    """Up did nothing on the Jobs screen until tab: focus sat on the hidden launch form's scroller."""
+    ids = [jobs.submit(ws, "selftest", f"j{i}", {"steps": 1, "sleep": 0.0}, detach=False) for i in range(3)]
+    app = MirageApp(ws.root, start=start)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*keys)
+        await wait_for(pilot, lambda: getattr(app.screen, "selected", None) == ids[-1] and len(table_status(app)) == 3)
+        assert isinstance(app.focused, DataTable)
+        await pilot.press("up")
+        await wait_for(pilot, lambda: app.screen.selected == ids[-2])

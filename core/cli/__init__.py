@@ -172,6 +172,8 @@ def ls(ctx, what, as_json):
     else:
         # An approximate count reads as one: "~1,234" (the JSON keeps the number, with tokens_approx).
         shown = [{**r, "tokens": f"~{r['tokens']:,}"} if r.get("tokens_approx") else r for r in rows]
+        # A run's loss to 4 places, as `mirage jobs` shows it (the JSON keeps the full float).
+        shown = [{**r, "loss": f"{r['loss']:.4f}"} if isinstance(r.get("loss"), float) else r for r in shown]
         print_table(shown, columns)
 
 

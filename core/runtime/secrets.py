@@ -13,7 +13,8 @@ import re
 import threading
 
 _SECRETISH = re.compile(r"(key|token|secret|password|passwd|auth)", re.I)
-_KEYLIKE = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
+# A key starts a word: without the look-behind "task-specific" was redacted to "task-<redacted>".
+_KEYLIKE = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 MIN_SECRET_LEN = 6  # shorter values (EMPTY, 1234) would redact ordinary words
 

@@ -31,6 +31,20 @@ def _table(title: str, note: str, head: list[str], rows: list[list[str]]) -> Tab
     return t
 
 
+def gap_plot_note(gap_closed: list[dict]) -> str:
+    """Why the gap-vs-coverage plot has no point: the one thing that is missing.
+
+    After the demo both were there, but every task's gap closed was n/a (the teacher is below the
+    base), and the plot still asked for scores and `mirage coverage`, which had both run.
+    """
+    rows = [g for g in gap_closed if g["task"] != "all"]
+    if not rows:
+        return "gap vs coverage: needs gap closed (base, imitation, teacher scored)"
+    if all(g.get("support") is None for g in rows):
+        return "gap vs coverage: needs `mirage coverage --data D --suite S` for this suite"
+    return "gap vs coverage: gap closed is n/a on every task (see the table below for why)"
+
+
 class AnalysisScreen(MirageScreen):
     NAME = "analysis"
     ACTIONS = [
@@ -132,10 +146,7 @@ class AnalysisScreen(MirageScreen):
             plt.xlabel("coverage support")
             plt.ylabel("gap closed")
         else:
-            plt.title(
-                "gap vs coverage: needs gap closed (base, imitation, teacher scored) and"
-                " `mirage coverage --data D --suite S`"
-            )
+            plt.title(gap_plot_note(rep["gap_closed"]))
         widget.refresh()
 
     def _plot_sweep(self, rep: dict) -> None:

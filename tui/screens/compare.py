@@ -76,6 +76,7 @@ class CompareScreen(MirageScreen):
         Action("compare.pane_prev", "h,shift+tab", "Prev pane", "pane(-1)", show=False),
         Action("compare.disagree", "n", "Next disagreement", "disagree(1)"),
         Action("compare.disagree_prev", "N", "Prev disagreement", "disagree(-1)", show=False),
+        Action("compare.suite", "s", "Next suite", "next_suite", show=False),
         Action("compare.task", "t", "Task filter", "cycle_task"),
         Action("compare.pattern", "v", "Verdict filter", "cycle_pattern"),
         Action("compare.search", "slash", "Search", "search"),
@@ -164,7 +165,9 @@ class CompareScreen(MirageScreen):
         self.active = min(self.active, len(view.models) - 1)
         container = self.query_one("#compare-panes", Horizontal)
         container.remove_children()
-        self.panes = [ModelPane(k, id=f"pane-{k}") for k in range(len(view.models))]
+        # No ids: the old panes are removed only after this handler returns, so reloading (another
+        # suite) with the same ids raised DuplicateIds and left the screen on "Loading…".
+        self.panes = [ModelPane(k) for k in range(len(view.models))]
         container.mount_all(self.panes)
         self.call_after_refresh(self._layout_and_render)
 
@@ -315,6 +318,23 @@ class CompareScreen(MirageScreen):
             return
         self.position = 0
         self.render_item()
+
+    def action_next_suite(self) -> None:
+        # Opened without --suite the screen shows the first suite with outputs by name (after the
+        # demo: `code`); without this key the other suites were out of reach from the TUI.
+        if self.view is None:
+            return
+        self.run_core(study.suites_with_outputs, on_result=self._go_next_suite, group="compare-suites")
+
+    def _go_next_suite(self, suites: list[str]) -> None:
+        if self.view is None or len(suites) < 2:
+            self.notify("no other suite has outputs", timeout=4)
+            return
+        cur = suites.index(self.view.suite) if self.view.suite in suites else -1
+        # The models asked for belong to the suite they were asked for; the next one uses its roles.
+        self.args.update(suite=suites[(cur + 1) % len(suites)], models=None)
+        self._show_empty("Loading the comparison…")
+        self.load()
 
     def action_cycle_task(self) -> None:
         if self.view is None:

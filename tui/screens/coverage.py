@@ -27,9 +27,15 @@ def bar(value: float, width: int = BAR, style: str = "green") -> Text:
 
 
 def _choices(ws) -> dict:
+    from core.coverage.compute import list_runs
     from core.data.datasets import list_datasets, list_suites
 
-    return {"data": [d["name"] for d in list_datasets(ws)], "suites": [s["name"] for s in list_suites(ws)]}
+    runs = list_runs(ws)  # newest first
+    return {
+        "data": [d["name"] for d in list_datasets(ws)],
+        "suites": [s["name"] for s in list_suites(ws)],
+        "latest": (runs[0]["data"], runs[0]["suite"]) if runs else None,
+    }
 
 
 def _results(ws, data: str, suite: str):
@@ -142,6 +148,11 @@ class CoverageScreen(MirageScreen):
     # -- loading -----------------------------------------------------------------------------------
     def _cov_got_choices(self, choices: dict) -> None:
         self.choices = choices
+        # Opened without a pair, show the one computed last (after `mirage demo`: imitation × qa)
+        # rather than the first names, whose coverage is usually not computed.
+        latest = choices.get("latest")
+        if latest and self.data_name is None and self.suite_name is None:
+            self.data_name, self.suite_name = latest
         if self.data_name not in choices["data"]:
             self.data_name = choices["data"][0] if choices["data"] else None
         if self.suite_name not in choices["suites"]:

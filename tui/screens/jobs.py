@@ -176,12 +176,16 @@ class JobsScreen(MirageScreen):
         yield table
         with Horizontal(id="jobs-detail"):
             yield PlotextPlot(id="jobs-loss")
-            yield RichLog(id="jobs-log", wrap=True, markup=False, max_lines=500)
+            # min_width: RichLog renders at least 78 columns wide by default, wider than this pane
+            # beside the loss plot, so long lines ran off its edge instead of wrapping.
+            yield RichLog(id="jobs-log", wrap=True, markup=False, max_lines=500, min_width=20)
         yield Static("", id="jobs-status")
 
     def on_mount(self) -> None:
         table = self.query_one("#jobs-table", DataTable)
         table.add_columns("id", "name", "kind", "status", "progress", "loss", "ETA", "error")
+        # Left to itself the screen focused the hidden launch form's scroller: ↑/↓ did nothing.
+        table.focus()
         self._draw_loss()
         self.poll()
         self.set_interval(POLL_S, self.poll)
@@ -235,7 +239,8 @@ class JobsScreen(MirageScreen):
         running = sum(r["status"] == "running" for r in self.job_rows)
         queued = sum(r["status"] == "queued" for r in self.job_rows)
         self.query_one("#jobs-status", Static).update(
-            f"{len(self.job_rows)} jobs, {running} running, {queued} queued — n new run · c cancel · r resume"
+            f"{len(self.job_rows)} job{'' if len(self.job_rows) == 1 else 's'}, {running} running, {queued} queued"
+            " — n new run · c cancel · r resume"
         )
 
     def _select(self, job_id: int | None) -> None:
