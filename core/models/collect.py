@@ -25,6 +25,7 @@ from core.models import generation
 from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
+from core.runtime import jobs
 from core.runtime.progress import Progress, Work, mapped, offset
 from core.runtime.secrets import redact
 from core.store.db import select_in
@@ -501,7 +502,8 @@ COLLECT_OPTIONS = (
 def run_job(ctx) -> dict:
     """Job kind "collect": config {teacher, name, and COLLECT_OPTIONS}."""
     c = ctx.config
-    kwargs = {k: c[k] for k in COLLECT_OPTIONS if c.get(k) is not None}
-    summary = ctx.drive(collect(ctx.ws, c["teacher"], name=c["name"], cancel=ctx.cancel, **kwargs))
+    summary = ctx.drive(
+        collect(ctx.ws, c["teacher"], name=c["name"], cancel=ctx.cancel, **jobs.given(c, COLLECT_OPTIONS))
+    )
     ctx.event(message=f"collected {summary['examples']} examples into {summary['dataset']}", **summary)
     return summary
