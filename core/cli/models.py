@@ -208,6 +208,11 @@ def _report(summary: dict, as_json: bool, fields: list[str]) -> None:
         click.echo("  ".join(f"{k}: {summary[k]}" for k in fields if k in summary))
 
 
+def _started(job_id: int, as_json: bool) -> None:
+    """What `generate` and `collect` say when --detach has started their job."""
+    emit_json({"job": job_id}) if as_json else click.echo(f"job {job_id} started (`mirage jobs` to watch)")
+
+
 @click.command("generate")
 @click.option("--model", required=True, help="Registered model name.")
 @click.option("--suite", required=True, help="Suite to generate on.")
@@ -279,7 +284,7 @@ def generate(
     )
     if detach:
         jid = jobs.submit(ws, "generate", f"generate {model} on {suite}", {"model": model, "suite": suite, **opts})
-        emit_json({"job": jid}) if as_json else click.echo(f"job {jid} started (`mirage jobs` to watch)")
+        _started(jid, as_json)
         return
     from core.runtime.progress import drive
 
@@ -359,7 +364,7 @@ def collect(
     opts = jobs.given(opts)
     if detach:
         jid = jobs.submit(ws, "collect", f"collect {name} from {teacher}", {"teacher": teacher, "name": name, **opts})
-        emit_json({"job": jid}) if as_json else click.echo(f"job {jid} started (`mirage jobs` to watch)")
+        _started(jid, as_json)
         return
     from core.runtime.progress import drive
 
