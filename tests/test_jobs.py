@@ -96,3 +96,11 @@ def test_cli_cancel_resume_log_take_a_name_or_an_id(ws, capsys):
     assert code == 0 and json.loads(out)[-1]["message"] == "done"
     code, out, err = jobs_cli(ws, capsys, "log", "weekly")
     assert code == 1 and err.startswith("error: no job 'weekly'")
+
+
+def test_given_keeps_set_options_in_order_and_drops_none():
+    # False and 0 are values a user set; only None stands for "the callee's default".
+    opts = {"b": 0, "a": None, "c": False, "d": "x"}
+    assert list(jobs.given(opts).items()) == [("b", 0), ("c", False), ("d", "x")]
+    # With names: only those, in the names' order; a name missing from the config is skipped.
+    assert list(jobs.given(opts, ("d", "a", "b", "missing")).items()) == [("d", "x"), ("b", 0)]

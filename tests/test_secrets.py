@@ -142,3 +142,23 @@ def test_an_event_whose_numbers_equal_a_secret_is_recorded_and_redacted(ws):
     assert message == "key <redacted>"
     data = json.loads(row)
     assert data["tokens"] == 123456789 and data["notes"] == ["<redacted>", 2]
+
+
+def test_a_secret_set_or_changed_after_first_use_is_redacted(monkeypatch):
+    # redact() caches what it takes out; a key exported later in the process (a user's shell, a
+    # test, a server started after the first message) must still be seen, and an old value forgotten.
+    monkeypatch.delenv("LATE_API_KEY", raising=False)
+    assert redact("said late-value-9f2k") == "said late-value-9f2k"
+    monkeypatch.setenv("LATE_API_KEY", "late-value-9f2k")
+    assert redact("said late-value-9f2k") == "said <LATE_API_KEY>"
+    monkeypatch.setenv("LATE_API_KEY", "changed-value-3h7q")
+    assert redact("said changed-value-3h7q, not late-value-9f2k") == "said <LATE_API_KEY>, not late-value-9f2k"
+    monkeypatch.delenv("LATE_API_KEY")
+    assert redact("said changed-value-3h7q") == "said changed-value-3h7q"
+    remember("remembered-later-5x")  # remembered after the replacements were cached
+    assert redact("said remembered-later-5x") == "said <redacted>"
+    # An environment given by the caller is read as it is at each call, too.
+    env = {"SERVICE_TOKEN": "tok-value-1234"}
+    assert redact("tok-value-1234", environ=env) == "<SERVICE_TOKEN>"
+    env["SERVICE_TOKEN"] = "tok-value-5678"
+    assert redact("tok-value-1234 tok-value-5678", environ=env) == "tok-value-1234 <SERVICE_TOKEN>"

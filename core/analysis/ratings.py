@@ -93,6 +93,24 @@ def pairwise_queue(
     return tasks
 
 
+# The columns that say which pair was shown and how, stored alike in `pairwise_ratings` (a verdict)
+# and `rating_pairs` (an issued blind pair): one list and one row builder, so the two cannot drift.
+_TASK_COLUMNS = "item_id, model, teacher, generation_id, teacher_generation_id, a_is_teacher, seed"
+
+
+def _task_row(task: PairTask) -> list:
+    """The values of `_TASK_COLUMNS` for a task, in that order."""
+    return [
+        task.item_id,
+        task.model,
+        task.teacher,
+        task.generation_id,
+        task.teacher_generation_id,
+        int(task.a_is_teacher),
+        task.seed,
+    ]
+
+
 def record_rating(ws: Workspace, task: PairTask, choice: str, *, rater: str | None = None) -> str:
     """Store the rater's pick ('A', 'B' or 'tie'); returns the outcome for the model."""
     rater = default_rater() if rater is None else rater
@@ -103,24 +121,12 @@ def record_rating(ws: Workspace, task: PairTask, choice: str, *, rater: str | No
     else:
         outcome = "teacher" if (choice == "A") == task.a_is_teacher else "model"
     ws.db.execute(
-        "insert into pairwise_ratings (item_id, model, teacher, generation_id, teacher_generation_id,"
-        " a_is_teacher, seed, choice, outcome, rater, created_at) values (?,?,?,?,?,?,?,?,?,?,?)"
+        f"insert into pairwise_ratings ({_TASK_COLUMNS}, choice, outcome, rater, created_at)"
+        " values (?,?,?,?,?,?,?,?,?,?,?)"
         " on conflict (generation_id, teacher_generation_id, rater) do update set"
         " choice = excluded.choice, outcome = excluded.outcome, a_is_teacher = excluded.a_is_teacher,"
         " seed = excluded.seed, created_at = excluded.created_at",
-        [
-            task.item_id,
-            task.model,
-            task.teacher,
-            task.generation_id,
-            task.teacher_generation_id,
-            int(task.a_is_teacher),
-            task.seed,
-            choice,
-            outcome,
-            rater,
-            now(),
-        ],
+        [*_task_row(task), choice, outcome, rater, now()],
     )
     return outcome
 
@@ -292,23 +298,12 @@ def next_pair(
         task = todo[model][0]
         pair_id = "p" + secrets.token_hex(6)
         ws.db.execute(
-            "insert into rating_pairs (id, item_id, model, teacher, generation_id, teacher_generation_id,"
-            " a_is_teacher, seed, rater, status, created_at) values (?,?,?,?,?,?,?,?,?,'open',?)"
+            f"insert into rating_pairs (id, {_TASK_COLUMNS}, rater, status, created_at)"
+            " values (?,?,?,?,?,?,?,?,?,'open',?)"
             " on conflict (generation_id, teacher_generation_id, rater) do update set"
             " id = excluded.id, a_is_teacher = excluded.a_is_teacher, seed = excluded.seed, status = 'open',"
             " created_at = excluded.created_at",
-            [
-                pair_id,
-                task.item_id,
-                task.model,
-                task.teacher,
-                task.generation_id,
-                task.teacher_generation_id,
-                int(task.a_is_teacher),
-                task.seed,
-                rater,
-                now(),
-            ],
+            [pair_id, *_task_row(task), rater, now()],
         )
         row = ws.db.execute(f"select {_PAIR_COLUMNS} from rating_pairs p where p.id = ?", [pair_id]).fetchone()
         return _blinded(ws, suite, row, remaining)

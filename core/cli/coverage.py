@@ -69,47 +69,26 @@ def coverage(
     from core.runtime.progress import drive
 
     ws = open_workspace(ctx)
+    # What a job stores and what runs here take the same options (a job leaves out batch size and
+    # --force); the job config names n_clusters "clusters", as coverage.run_job reads it.
+    opts = {
+        "k": k,
+        "threshold": threshold,
+        "embedding_model": embedding_model,
+        "whole_conversation": whole_conversation,
+        "n_clusters": n_clusters,
+        "seed": seed,
+        "devices": list(devices) or None,
+    }
     if detach:
         from core.runtime import jobs
 
-        job_id = jobs.submit(
-            ws,
-            "coverage",
-            f"coverage {data} x {suite}",
-            {
-                "data": data,
-                "suite": suite,
-                "k": k,
-                "threshold": threshold,
-                "embedding_model": embedding_model,
-                "whole_conversation": whole_conversation,
-                "clusters": n_clusters,
-                "seed": seed,
-                "devices": list(devices) or None,
-            },
-            detach=True,
-        )
+        config = {"clusters" if key == "n_clusters" else key: v for key, v in opts.items()}
+        job_id = jobs.submit(ws, "coverage", f"coverage {data} x {suite}", {"data": data, "suite": suite, **config})
         view = jobs.public_view(jobs.get_job(ws, job_id))
         emit_json(view) if as_json else click.echo(f"job {view['id']}: {view['status']} (follow with `mirage jobs`)")
         return
-    res = drive(
-        cov.compute(
-            ws,
-            data,
-            suite,
-            k=k,
-            threshold=threshold,
-            embedding_model=embedding_model,
-            whole_conversation=whole_conversation,
-            n_clusters=n_clusters,
-            seed=seed,
-            devices=list(devices) or None,
-            batch_size=batch_size,
-            force=force,
-        ),
-        "coverage",
-        quiet=as_json,
-    )
+    res = drive(cov.compute(ws, data, suite, **opts, batch_size=batch_size, force=force), "coverage", quiet=as_json)
     if as_json:
         emit_json(res)
         return

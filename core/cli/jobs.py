@@ -39,9 +39,16 @@ def cancel(ctx, job, as_json):
     """Stop a running or queued job."""
     from core.runtime import jobs
 
+    _act(ctx, job, as_json, jobs.cancel)
+
+
+def _act(ctx, job: str, as_json: bool, act) -> None:
+    """Find JOB by id or name, apply `act(ws, job_id)` (it returns the job's row), print its status."""
+    from core.runtime import jobs
+
     ws = open_workspace(ctx)
     job_id = jobs.find_job(ws, job)["id"]
-    view = jobs.public_view(jobs.cancel(ws, job_id))
+    view = jobs.public_view(act(ws, job_id))
     emit_json(view) if as_json else click.echo(f"job {job_id}: {view['status']}")
 
 
@@ -55,10 +62,7 @@ def resume(ctx, job, foreground, as_json):
     """Continue an interrupted, failed or cancelled job from its last checkpoint."""
     from core.runtime import jobs
 
-    ws = open_workspace(ctx)
-    job_id = jobs.find_job(ws, job)["id"]
-    view = jobs.public_view(jobs.resume(ws, job_id, detach=not foreground))
-    emit_json(view) if as_json else click.echo(f"job {job_id}: {view['status']}")
+    _act(ctx, job, as_json, lambda ws, job_id: jobs.resume(ws, job_id, detach=not foreground))
 
 
 @jobs_group.command("log")

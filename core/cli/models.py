@@ -208,6 +208,11 @@ def _report(summary: dict, as_json: bool, fields: list[str]) -> None:
         click.echo("  ".join(f"{k}: {summary[k]}" for k in fields if k in summary))
 
 
+def _started(job_id: int, as_json: bool) -> None:
+    """What `generate` and `collect` say when --detach has started their job."""
+    emit_json({"job": job_id}) if as_json else click.echo(f"job {job_id} started (`mirage jobs` to watch)")
+
+
 @click.command("generate")
 @click.option("--model", required=True, help="Registered model name.")
 @click.option("--suite", required=True, help="Suite to generate on.")
@@ -257,39 +262,33 @@ def generate(
     from core.data import datasets
     from core.models import generation
     from core.models import registry as models
+    from core.runtime import jobs
 
     ws = open_workspace(ctx)
     models.get_model(ws, model)
     datasets.get_suite(ws, suite)
-    opts = {
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "seed": seed,
-        "kshot": kshot,
-        "prompt_style": prompt_style,
-        "batch_size": batch_size,
-        "concurrency": concurrency,
-        "task": task,
-        "limit": limit,
-        "timeout": timeout,
-        "samples": samples,
-    }
+    opts = jobs.given(
+        {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "kshot": kshot,
+            "prompt_style": prompt_style,
+            "batch_size": batch_size,
+            "concurrency": concurrency,
+            "task": task,
+            "limit": limit,
+            "timeout": timeout,
+            "samples": samples,
+        }
+    )
     if detach:
-        from core.runtime import jobs
-
-        jid = jobs.submit(
-            ws,
-            "generate",
-            f"generate {model} on {suite}",
-            {"model": model, "suite": suite, **{k: v for k, v in opts.items() if v is not None}},
-        )
-        emit_json({"job": jid}) if as_json else click.echo(f"job {jid} started (`mirage jobs` to watch)")
+        jid = jobs.submit(ws, "generate", f"generate {model} on {suite}", {"model": model, "suite": suite, **opts})
+        _started(jid, as_json)
         return
     from core.runtime.progress import drive
 
-    summary = drive(
-        generation.generate(ws, model, suite, **{k: v for k, v in opts.items() if v is not None}), f"{model} on {suite}"
-    )
+    summary = drive(generation.generate(ws, model, suite, **opts), f"{model} on {suite}")
     _report(summary, as_json, ["model", "suite", "items", "generated", "cached", "style", "seconds"])
 
 
@@ -339,6 +338,7 @@ def collect(
     """Store a teacher's answers as an imitation dataset (with provenance); safe to kill and rerun."""
     from core.models import collect as collect_mod
     from core.models import registry as models
+    from core.runtime import jobs
 
     ws = open_workspace(ctx)
     models.get_model(ws, teacher)
@@ -361,12 +361,10 @@ def collect(
         "timeout": timeout,
         "command": " ".join(["mirage", *sys.argv[1:]]),
     }
-    opts = {k2: v for k2, v in opts.items() if v is not None}
+    opts = jobs.given(opts)
     if detach:
-        from core.runtime import jobs
-
         jid = jobs.submit(ws, "collect", f"collect {name} from {teacher}", {"teacher": teacher, "name": name, **opts})
-        emit_json({"job": jid}) if as_json else click.echo(f"job {jid} started (`mirage jobs` to watch)")
+        _started(jid, as_json)
         return
     from core.runtime.progress import drive
 

@@ -15,9 +15,13 @@ def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+# One --rater for every command that writes or reads as a rater; readers add --all-raters.
+_rater_option = click.option("--rater", help="Rater name (default: your login name).")
+
+
 def _rater_options(f):
     f = click.option("--all-raters", is_flag=True, help="Every rater's, not only yours.")(f)
-    return click.option("--rater", help="Rater name (default: your login name).")(f)
+    return _rater_option(f)
 
 
 def _who(rater: str | None, all_raters: bool) -> str | None:
@@ -62,7 +66,7 @@ def _set(ctx, value, suite, model, item, generation, rater, as_json) -> None:
 
     ws = open_workspace(ctx)
     gid, out = _resolve_target(ws, suite, model, item, generation)
-    rater = rater or marks.default_rater()
+    rater = _who(rater, False)
     marks.set_mark(ws, gid, value, rater=rater)
     out.update(mark=value, rater=rater)
     if as_json:
@@ -75,7 +79,7 @@ def _set(ctx, value, suite, model, item, generation, rater, as_json) -> None:
 @mark_group.command("add")
 @click.argument("mark", type=click.Choice(["correct", "incorrect", "unsure"]))
 @_target_options
-@click.option("--rater", help="Rater name (default: your login name).")
+@_rater_option
 @json_option
 @workspace_option
 @click.pass_context
@@ -86,7 +90,7 @@ def mark_add(ctx, mark, suite, model, item, generation, rater, as_json):
 
 @mark_group.command("rm")
 @_target_options
-@click.option("--rater", help="Rater name (default: your login name).")
+@_rater_option
 @json_option
 @workspace_option
 @click.pass_context
@@ -155,7 +159,7 @@ def _pair_options(f):
 @click.group("rate", invoke_without_command=True)
 @click.option("--suite", help="Rate on this suite, interactively (a terminal loop).")
 @_pair_options
-@click.option("--rater", help="Rater name (default: your login name).")
+@_rater_option
 @workspace_option
 @click.pass_context
 def rate_group(ctx, suite, models, teacher, seed, rater):
@@ -213,7 +217,7 @@ def _interactive(ctx, suite, models, teacher, seed, rater) -> None:
 @rate_group.command("next")
 @click.option("--suite", required=True)
 @_pair_options
-@click.option("--rater", help="Rater name (default: your login name).")
+@_rater_option
 @json_option
 @workspace_option
 @click.pass_context

@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import datasets as ds_mod
@@ -25,6 +26,7 @@ from core.models import generation
 from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
+from core.runtime import jobs
 from core.runtime.progress import Progress, Work, mapped, offset
 from core.runtime.secrets import redact
 from core.store.db import select_in
@@ -203,6 +205,36 @@ def _teacher_tokenizer(rm: ResolvedModel):
 
 
 # -- the recipes -----------------------------------------------------------------------------------------------
+@dataclass
+class _Asking:
+    """What both recipes (answers to prompts, synthetic QA pairs) share: the teacher, the dataset
+    being filled, the decoding and how requests are sent."""
+
+    ws: Workspace
+    rm: ResolvedModel
+    name: str
+    decoding_kw: dict
+    recipe: dict
+    concurrency: int | None
+    batch_size: int
+    timeout: float | None
+    cancel: threading.Event | None
+    t0: float
+
+    def ask(self, todo: list, store) -> Work[dict]:
+        """Send the requests not yet cached; `store` is given each batch of answers as it comes."""
+        return generation.run_requests(
+            self.ws,
+            self.rm,
+            todo,
+            store=store,
+            batch_size=self.batch_size,
+            concurrency=self.concurrency,
+            cancel=self.cancel,
+            timeout=self.timeout,
+        )
+
+
 def collect(
     ws: Workspace,
     teacher: str,
@@ -247,29 +279,12 @@ def collect(
         "command": command or " ".join(["mirage", *sys.argv[1:]]),
         "decoding": {**decoding_kw, **({"system": system} if system else {})},
     }
+    asking = _Asking(ws, rm, name, decoding_kw, recipe, concurrency, batch_size, timeout, cancel, t0)
     if synthetic:
         if not n or n <= 0:
             raise BadInput("collect", "--synthetic-from needs --n N (how many new QA pairs)", field="n")
         recipe["recipe"] = {"synthetic_from": synthetic_from, "n": int(n), "k": int(k), "seed": int(seed)}
-        return (
-            yield from _collect_synthetic(
-                ws,
-                rm,
-                name,
-                synthetic_from,
-                int(n),
-                int(k),
-                int(seed),
-                fp,
-                decoding_kw,
-                recipe,
-                concurrency,
-                batch_size,
-                timeout,
-                cancel,
-                t0,
-            )
-        )
+        return (yield from _collect_synthetic(asking, synthetic_from, int(n), int(k), int(seed)))
     if prompts_file:
         prompts = read_prompts(prompts_file)
         recipe["recipe"] = {"prompts_file": str(Path(prompts_file).resolve().name), "prompts": len(prompts)}
@@ -300,17 +315,12 @@ def collect(
     def store_fn(results):
         added[0] += _store(ws, dataset_id, teacher, fp, results, to_example)
 
-    stats = yield from offset(
-        generation.run_requests(
-            ws, rm, todo, store=store_fn, batch_size=batch_size, concurrency=concurrency, cancel=cancel, timeout=timeout
-        ),
-        len(done_reqs),
-        len(reqs),
-    )
-    return _finish(ws, dataset_id, name, teacher, stats, t0, prompts=len(reqs), cached=len(done_reqs))
+    stats = yield from offset(asking.ask(todo, store_fn), len(done_reqs), len(reqs))
+    return _finish(asking, dataset_id, stats, prompts=len(reqs), cached=len(done_reqs))
 
 
-def _finish(ws, dataset_id, name, teacher, stats, t0, **extra) -> dict:
+def _finish(asking: _Asking, dataset_id: int, stats: dict, **extra) -> dict:
+    ws, name, teacher, t0 = asking.ws, asking.name, asking.rm.name, asking.t0
     n_examples = ws.db.execute("select count(*) from examples where dataset_id = ?", [dataset_id]).fetchone()[0]
     summary = {
         "dataset": name,
@@ -353,24 +363,8 @@ def _norm_q(q: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", q.lower()).split())
 
 
-def _collect_synthetic(
-    ws,
-    rm: ResolvedModel,
-    name,
-    suite,
-    n,
-    k,
-    seed,
-    fp,
-    decoding_kw,
-    recipe,
-    concurrency,
-    batch_size,
-    timeout,
-    cancel,
-    t0,
-) -> Work[dict]:
-    teacher = rm.name
+def _collect_synthetic(asking: _Asking, suite: str, n: int, k: int, seed: int) -> Work[dict]:
+    ws, rm, name, fp, teacher = asking.ws, asking.rm, asking.name, asking.rm.fingerprint, asking.rm.name
     seeds = [it for it in ds_mod.iter_items(ws, suite) if it.get("gold")]
     if len(seeds) < k:
         raise BadInput(
@@ -379,7 +373,7 @@ def _collect_synthetic(
             field="synthetic_from",
         )
     tokenizer = _teacher_tokenizer(rm)
-    dataset_id = _open_dataset(ws, name, teacher, recipe)
+    dataset_id = _open_dataset(ws, name, teacher, asking.recipe)
     seen = {_norm_q(it["prompt"]) for it in seeds}  # copying a seed question is not a new pair
     existing: set[str] = set()
     for u, h in ws.db.execute(
@@ -429,7 +423,7 @@ def _collect_synthetic(
             convs.append(conv)
             shown_ids[i] = ids
         # Each request index gets its own sampling seed, so equal prompts still give new pairs.
-        kw = {**decoding_kw, "seed": lambda i: seed * 100_003 + i}
+        kw = {**asking.decoding_kw, "seed": lambda i: seed * 100_003 + i}
         reqs = _chat_requests(teacher, convs, idxs, kw, fp, tokenizer)
         cached = _cached_outputs(ws, [r.key for r in reqs])
         ordered = sorted((r for r in reqs if r.key in cached), key=lambda r: r.tag)
@@ -443,17 +437,7 @@ def _collect_synthetic(
 
         # Progress counts new pairs (what --n asks for), not requests answered.
         stats = yield from mapped(
-            generation.run_requests(
-                ws,
-                rm,
-                todo,
-                store=store_fn,
-                batch_size=batch_size,
-                concurrency=concurrency,
-                cancel=cancel,
-                timeout=timeout,
-            ),
-            lambda p: Progress(min(have(), n), n, f"{have()}/{n} new pairs"),
+            asking.ask(todo, store_fn), lambda p: Progress(min(have(), n), n, f"{have()}/{n} new pairs")
         )
         asked += stats["generated"]
         failed += stats["failed"]
@@ -462,12 +446,9 @@ def _collect_synthetic(
             break
     stats = {"generated": asked, "failed": failed, "errors": errors}
     summary = _finish(
-        ws,
+        asking,
         dataset_id,
-        name,
-        teacher,
         stats,
-        t0,
         requests=issued,
         cached=cached_total,
         target=n,
@@ -501,7 +482,8 @@ COLLECT_OPTIONS = (
 def run_job(ctx) -> dict:
     """Job kind "collect": config {teacher, name, and COLLECT_OPTIONS}."""
     c = ctx.config
-    kwargs = {k: c[k] for k in COLLECT_OPTIONS if c.get(k) is not None}
-    summary = ctx.drive(collect(ctx.ws, c["teacher"], name=c["name"], cancel=ctx.cancel, **kwargs))
+    summary = ctx.drive(
+        collect(ctx.ws, c["teacher"], name=c["name"], cancel=ctx.cancel, **jobs.given(c, COLLECT_OPTIONS))
+    )
     ctx.event(message=f"collected {summary['examples']} examples into {summary['dataset']}", **summary)
     return summary

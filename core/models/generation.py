@@ -24,6 +24,7 @@ from core.errors import Cancelled, EndpointError, ModelError
 from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
+from core.runtime import jobs
 from core.runtime.progress import Progress, Work, check_cancel, offset
 from core.runtime.secrets import redact
 from core.store.db import select_in
@@ -558,7 +559,6 @@ GENERATE_OPTIONS = (
 def run_job(ctx) -> dict:
     """Job kind "generate": config {model, suite, and any of GENERATE_OPTIONS}."""
     c = ctx.config
-    kwargs = {k: c[k] for k in GENERATE_OPTIONS if c.get(k) is not None}
-    summary = ctx.drive(generate(ctx.ws, c["model"], c["suite"], cancel=ctx.cancel, **kwargs))
+    summary = ctx.drive(generate(ctx.ws, c["model"], c["suite"], cancel=ctx.cancel, **jobs.given(c, GENERATE_OPTIONS)))
     ctx.event(message=f"generated {summary['generated']}, cached {summary['cached']}", **summary)
     return summary

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,16 @@ def spawn(ws: Workspace, job_id: int) -> int:
         [proc.pid, process_start(proc.pid), now(), job_id],
     )
     return proc.pid
+
+
+def given(options: Mapping[str, Any], names: Iterable[str] | None = None) -> dict:
+    """The options that were set (not None), only `names` if given, in their order.
+
+    One rule for what a CLI command passes on (to a job's config, or to the work it drives here)
+    and what a handler reads back from that config: None means "the callee's default", so it is
+    left out rather than passed, and a job stored without it runs with the same default.
+    """
+    return {k: options[k] for k in (options if names is None else names) if options.get(k) is not None}
 
 
 def submit(

@@ -8,8 +8,8 @@ import threading
 import unicodedata
 
 from core.api.suites import PROMPT_FIELDS
-from core.data.ingest.errors import bad, record_too_long, results_hint
-from core.data.ingest.sources import Source, read_records
+from core.data.ingest.errors import bad, results_hint
+from core.data.ingest.sources import Source, good_records
 from core.data.ingest.staging import BATCH, BadRows
 from core.errors import BadInput, FieldError, read_str, type_name
 from core.runtime.progress import Progress, Work, check_cancel
@@ -62,14 +62,7 @@ def import_outputs(
     generators: list[str] = []
     read = 0
     try:
-        for loc, rec in read_records(src, kind):
-            if isinstance(rec, BadInput):
-                badrows(rec)
-                continue
-            reason = record_too_long(rec)
-            if reason is not None:
-                badrows(bad(src.label, reason, loc))
-                continue
+        for loc, rec in good_records(src, kind, badrows):
             try:
                 if not isinstance(rec, dict):
                     raise FieldError(None, f"expected an object, got {type_name(rec)}")

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from core.api.suites import IMPORT_LETTERS
-from core.data.ingest.errors import Loc, bad, record_too_long
+from core.data.ingest.errors import Loc, bad
 from core.data.ingest.outputs import match_key
-from core.data.ingest.sources import Source, read_records
+from core.data.ingest.sources import Source, good_records, read_records
 from core.data.ingest.suites import _ITEM_INSERT, item_hash, normalise_item
 from core.errors import BadInput, FieldError, type_name
 from core.runtime.progress import Progress, Work, check_cancel
@@ -254,17 +254,16 @@ def read_lm_eval(paths: list[Path]) -> list[Run]:
     return list(runs.values())
 
 
+def _raise(e: BadInput) -> None:
+    raise e
+
+
 def _lm_eval_samples(path: Path, task: str, cfg: dict) -> list[Sample]:
     src = Source(path)
     by_doc: dict[Any, Sample] = {}
     filters: set[str] = set()
     raw_scores: dict[Any, list[tuple[str, str, Any]]] = {}
-    for loc, rec in read_records(src, "jsonl"):
-        if isinstance(rec, BadInput):
-            raise rec
-        reason = record_too_long(rec)
-        if reason is not None:
-            raise bad(src.label, reason, loc)
+    for loc, rec in good_records(src, "jsonl", _raise):
         try:
             sample = _lm_eval_sample(src.label, loc, rec, task, cfg)
         except FieldError as fe:

@@ -14,11 +14,11 @@ import io
 import itertools
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.data.ingest.errors import MAX_RECORD_BYTES, Loc, bad, too_long
+from core.data.ingest.errors import MAX_RECORD_BYTES, Loc, bad, record_too_long, too_long
 from core.data.ingest.staging import BATCH
 from core.errors import BadInput
 
@@ -162,6 +162,20 @@ def read_records(src: Source, kind: str) -> Iterator[tuple[Loc, Any]]:
     (the caller skips or raises it). Errors that leave no way to find the next record raise."""
     with unreadable_gzip(src):
         yield from _records(src, kind)
+
+
+def good_records(src: Source, kind: str, on_bad: Callable[[BadInput], None]) -> Iterator[tuple[Loc, Any]]:
+    """`read_records` without the records that cannot be read or are over the size bound: each of
+    those goes to `on_bad` (a BadRows, which reports it or raises; or a function that raises)."""
+    for loc, rec in read_records(src, kind):
+        if isinstance(rec, BadInput):
+            on_bad(rec)
+            continue
+        reason = record_too_long(rec)
+        if reason is not None:
+            on_bad(bad(src.label, reason, loc))
+            continue
+        yield loc, rec
 
 
 def _records(src: Source, kind: str) -> Iterator[tuple[Loc, Any]]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from core.api import suites
 from core.api.registry import SUITE_KIND_NAMES
-from core.data.ingest.errors import bad, record_too_long, results_hint
-from core.data.ingest.sources import Source, read_records
+from core.data.ingest.errors import bad, results_hint
+from core.data.ingest.sources import Source, good_records
 from core.data.ingest.staging import BATCH, BadRows, Staging, insert_indexed, parse_meta
 from core.errors import BadInput, FieldError, type_name
 from core.runtime.progress import Progress, Work, check_cancel
@@ -105,14 +105,7 @@ def import_suite(
     suite_fmt = None if fmt == "auto" else fmt
     try:
         batch: list[tuple] = []
-        for loc, rec in read_records(src, kind):
-            if isinstance(rec, BadInput):
-                badrows(rec)
-                continue
-            reason = record_too_long(rec)
-            if reason is not None:
-                badrows(bad(src.label, reason, loc))
-                continue
+        for loc, rec in good_records(src, kind, badrows):
             try:
                 rec = _with_answer_field(rec, answer_field)
             except FieldError as fe:
