@@ -274,3 +274,38 @@ def test_gap_plot_says_what_is_missing():
     assert "mirage coverage" in gap_plot_note([row("all", 0.2, None), row("geo", 0.3, None)])
     note = gap_plot_note([row("all", None, None), row("geo", None, 0.75), row("lit", None, 0.0)])
     assert "n/a on every task" in note and "mirage coverage" not in note
+
+
+def test_analysis_tables_fit_80_columns():
+    """At 80×24 model names folded mid-word and the gap table's n/a reason took ~8 lines a row;
+    names stay whole and the reason is a short cell explained once in the caption."""
+    from rich.console import Console
+
+    from core.analysis import report
+    from tui.screens.analysis import _table
+
+    g = {
+        "imitation_model": "imitation-geography",
+        "task": "units_arithmetic",
+        "metric": "exact_match",
+        "base": 0.806,
+        "imitation": 0.556,
+        "teacher": 0.528,
+        "value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "teacher_below_base": True,
+        "imitation_minus_base": -0.25,
+        "reason": "teacher below base: imitation moved toward a weaker teacher",
+        "support": 0.75,
+        "n": 36,
+    }
+    head, rows = report._gap_rows({"gap_closed": [g, {**g, "imitation_model": "gemma3-270m"}]})
+    console = Console(width=78, record=True)
+    console.print(_table("Gap closed", "n/a, Δ: the teacher is below the base", head, rows))
+    lines = console.export_text().splitlines()
+    body = lines[lines.index(next(x for x in lines if "imitation-geography" in x)) :]
+    assert any("imitation-geography" in x for x in lines) and any("gemma3-270m" in x for x in lines)
+    second = next(i for i, x in enumerate(body) if "gemma3-270m" in x)
+    assert second <= 3, "a gap row takes at most 3 lines at 78 columns"
+    assert max(len(x) for x in lines) <= 78
