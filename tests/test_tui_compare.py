@@ -134,28 +134,63 @@ async def test_marks_persist_across_app_restarts(study_ws):
 
 
 async def test_s_moves_to_the_next_suite_with_outputs(ws):
-    """Opened without a suite (key 5 after the demo) the screen shows the first suite by name;
-    `s` steps through the others, wrapping around, each with its own models."""
+    """Opened without a suite (key 5 after the demo) the screen shows the suite scored most recently,
+    not the first by name (`code` after the demo); `s` steps through the others, wrapping around,
+    each with its own models."""
     from tui.app import MirageApp
 
-    build_study(ws, n_items=4, suite="code")
     build_study(ws, n_items=6, suite="nq")
+    build_study(ws, n_items=4, suite="code")
+    build_study(ws, n_items=5, suite="style")
+    # Rescoring nq makes it the latest scores (ids grow with every insert).
+    ws.db.conn.execute(
+        "insert into scores (generation_id, metric, version, inputs_hash, value, created_at)"
+        " select g.id, 'again', '1', 'h', 1.0, '' from generations g join items i on i.id = g.item_id"
+        " join suites s on s.id = i.suite_id where s.name = 'nq' limit 1"
+    )
+    ws.db.conn.commit()
     app = MirageApp(ws.root, start="compare", start_args={"models": ["base", "teacher"]})
     async with app.run_test(size=(160, 40)) as pilot:
         screen = app.screen
         await _wait_loaded(pilot, screen)
-        assert screen.view.suite == "code" and len(screen.panes) == 2
+        assert screen.view.suite == "nq" and len(screen.panes) == 2
         await pilot.press("s")
         await _wait_loaded(pilot, screen)
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
-        assert screen.view.suite == "nq" and len(screen.view.order) == 6
+        assert screen.view.suite == "style" and len(screen.view.order) == 5
         assert [p.pane.model for p in screen.panes] == ["base", "imitation", "teacher"]
-        assert "nq" in str(screen.query_one("#compare-status").render())
+        assert "style" in str(screen.query_one("#compare-status").render())
         await pilot.press("s")
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
         assert screen.view.suite == "code"
+
+
+def test_default_suite_is_the_latest_coverage_runs_then_the_latest_scores(ws):
+    build_study(ws, n_items=3, suite="code")
+    build_study(ws, n_items=3, suite="qa")
+    build_study(ws, n_items=3, suite="style")
+    have = study.suites_with_outputs(ws)
+    assert have == ["code", "qa", "style"]
+    assert study.default_suite(ws, have) == "style"  # scored last
+    qa_id = ws.db.execute("select id from suites where name = 'qa'").fetchone()[0]
+    did = ws.db.execute(
+        "insert into datasets (name, kind, format, source, meta, created_at) values ('d','imitation','messages','x','{}','')"
+    ).lastrowid
+    ws.db.execute(
+        "insert into coverage_runs (key, dataset_id, suite_id, data, suite, model_key, model_name, mode, threshold,"
+        " k, n_clusters, seed, data_hash, suite_hash, summary, clusters, created_at)"
+        " values ('k', ?, ?, 'd', 'qa', 'm', 'm', 'user', 0.5, 1, 1, 0, 'h', 'h', '{}', '[]', '')",
+        [did, qa_id],
+    )
+    ws.db.conn.commit()
+    # The demo measures coverage on qa: where gap closed has its support and the README points.
+    assert study.default_suite(ws, have) == "qa"
+    from core.analysis import views
+
+    assert views.analysis(ws)["suite"] == "qa"  # the Analysis screen (`6`) opens on it too
+    assert study.default_suite(ws, ["code", "style"]) == "style"  # a covered suite without outputs is skipped
 
 
 async def test_empty_state_says_what_to_run(ws):
@@ -239,3 +274,38 @@ def test_gap_plot_says_what_is_missing():
     assert "mirage coverage" in gap_plot_note([row("all", 0.2, None), row("geo", 0.3, None)])
     note = gap_plot_note([row("all", None, None), row("geo", None, 0.75), row("lit", None, 0.0)])
     assert "n/a on every task" in note and "mirage coverage" not in note
+
+
+def test_analysis_tables_fit_80_columns():
+    """At 80×24 model names folded mid-word and the gap table's n/a reason took ~8 lines a row;
+    names stay whole and the reason is a short cell explained once in the caption."""
+    from rich.console import Console
+
+    from core.analysis import report
+    from tui.screens.analysis import _table
+
+    g = {
+        "imitation_model": "imitation-geography",
+        "task": "units_arithmetic",
+        "metric": "exact_match",
+        "base": 0.806,
+        "imitation": 0.556,
+        "teacher": 0.528,
+        "value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "teacher_below_base": True,
+        "imitation_minus_base": -0.25,
+        "reason": "teacher below base: imitation moved toward a weaker teacher",
+        "support": 0.75,
+        "n": 36,
+    }
+    head, rows = report._gap_rows({"gap_closed": [g, {**g, "imitation_model": "gemma3-270m"}]})
+    console = Console(width=78, record=True)
+    console.print(_table("Gap closed", "n/a, Δ: the teacher is below the base", head, rows))
+    lines = console.export_text().splitlines()
+    body = lines[lines.index(next(x for x in lines if "imitation-geography" in x)) :]
+    assert any("imitation-geography" in x for x in lines) and any("gemma3-270m" in x for x in lines)
+    second = next(i for i, x in enumerate(body) if "gemma3-270m" in x)
+    assert second <= 3, "a gap row takes at most 3 lines at 78 columns"
+    assert max(len(x) for x in lines) <= 78

@@ -118,3 +118,21 @@ async def test_opens_on_the_pair_whose_coverage_was_computed_last(study):  # noq
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "no coverage computed" in status(app))
         assert (app.screen.data_name, app.screen.suite_name) == ("another", "code")
+
+
+async def test_clusters_serves_column_in_view_at_80_columns(study):  # noqa: F811
+    """At 80×24 the clusters' "serves" column was cut ("geograp"): it comes before the terms."""
+    from core.coverage import compute as cov
+    from core.runtime import progress
+
+    progress.run(cov.compute(study, "imit", "qa", k=3))
+    app = MirageApp(study.root, start="coverage")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.res is not None)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: screen.level == "clusters")
+        table = screen.query_one("#cov-table", DataTable)
+        serves = [str(c.label) for c in table.ordered_columns].index("serves")
+        assert sum(c.get_render_width(table) for c in table.ordered_columns[: serves + 1]) <= 80
+        assert any(str(table.get_row_at(i)[serves]) for i in range(table.row_count))

@@ -204,3 +204,14 @@ async def test_typing_q_in_search_does_not_quit(data_ws):
         )
         assert app.is_running and t.total == 300
         assert "[Question]" in t.row_at(0)["user"]
+
+
+@pytest.mark.parametrize(("size", "most"), [((80, 24), 24), ((120, 40), 34)])
+async def test_sources_sidebar_narrows_on_small_terminals(data_ws, size, most):
+    """At 80×24 the sources list took 33 of 80 columns; below 100 it takes 24."""
+    app = MirageApp(data_ws.root)
+    async with app.run_test(size=size) as pilot:
+        await started(pilot)
+        await pilot.pause()
+        assert app.screen.query_one("#data-sources").size.width <= most
+        assert app.screen.query_one("#data-sources").size.width >= most - 2

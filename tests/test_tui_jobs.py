@@ -142,3 +142,17 @@ async def test_arrow_keys_move_through_jobs_at_once(ws, start, keys):
         assert isinstance(app.focused, DataTable)
         await pilot.press("up")
         await wait_for(pilot, lambda: app.screen.selected == ids[-2])
+
+
+async def test_error_column_in_view_at_80_columns(ws):
+    """At 80×24 the error column was past the right edge; the bar gives way to the count."""
+    ok = jobs.submit(ws, "selftest", "a long job name that goes on", {"steps": 2, "sleep": 0.0}, detach=False)
+    bad = jobs.submit(ws, "selftest", "failing", {"steps": 2, "sleep": 0.0, "fail": True}, detach=False)
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        t = app.screen.query_one("#jobs-table", DataTable)
+        await wait_for(pilot, lambda: t.row_count == 2)
+        row = t.get_row(str(bad))
+        assert str(row[-1]).startswith("asked to fail") and str(row[4]) == "2/2"
+        assert str(t.get_row(str(ok))[1]).endswith("…")
+        assert sum(c.get_render_width(t) for c in t.ordered_columns) <= 80

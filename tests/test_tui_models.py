@@ -72,3 +72,30 @@ async def test_models_screen_lists_adds_and_cancels(ws, tmp_path):
             assert 1 <= done < 40  # what finished is kept; the rest was not asked
     finally:
         srv.stop()
+
+
+async def test_server_column_in_view_at_120_columns(ws):
+    """At 120 columns the server column was cut to "http://127.0.0."; it now comes before the
+    location, as HOST:PORT, and the location's tail fills what is left."""
+    import json
+    import os
+
+    from core.models import serving
+
+    rec = serving.Server(
+        model="gemma3-270m",
+        port=8123,
+        pid=os.getpid(),  # alive for the length of the test, so the record counts as running
+        base_url="http://127.0.0.1:8123/v1",
+        model_id="x",
+        log="",
+        started_at="",
+    )
+    (ws.artifact_dir("servers") / "8123.json").write_text(json.dumps(rec.__dict__))
+    app = MirageApp(ws.root, start="models")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "gemma3-270m" in table_names(app))
+        t = app.screen.query_one("#models-table", DataTable)
+        row = t.get_row_at(table_names(app).index("gemma3-270m"))
+        assert row[5] == "127.0.0.1:8123"
+        assert sum(c.get_render_width(t) for c in t.ordered_columns) <= 120

@@ -524,6 +524,31 @@ def suites_with_outputs(ws: Workspace) -> list[str]:
     ]
 
 
+def default_suite(ws: Workspace, have: list[str]) -> str:
+    """Which of `have` (non-empty) a screen opened without a suite shows.
+
+    The suite the latest coverage run measured, where the study is complete (gap closed has its
+    coverage support: after the demo, `qa`); else the suite scored most recently; else the first by
+    name. The first by name was `code` after the demo, where the README's geography row is not.
+    """
+    for sql in (
+        "select suite_id from coverage_runs order by id desc",
+        "select i.suite_id from scores sc join generations g on g.id = sc.generation_id"
+        " join items i on i.id = g.item_id order by sc.id desc limit 1",
+    ):
+        ids = [r[0] for r in ws.db.execute(sql).fetchall()]
+        names = {
+            r[0]: r[1]
+            for r in ws.db.execute(
+                f"select id, name from suites where id in ({','.join('?' * len(ids))})", ids
+            ).fetchall()
+        }
+        for sid in ids:
+            if names.get(sid) in have:
+                return names[sid]
+    return have[0]
+
+
 def open_view(
     ws: Workspace,
     suite: str | None = None,
@@ -545,7 +570,7 @@ def open_view(
                 " for the base, imitation and teacher models",
                 title="Nothing to compare",
             )
-        suite = have[0]
+        suite = default_suite(ws, have)
     if not models_with_outputs(ws, suite):
         get_suite(ws, suite)  # a missing suite says so first
         raise NotFound(

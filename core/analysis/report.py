@@ -183,10 +183,13 @@ def _gap_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
         if g["value"] is not None:
             gc = fmt("ratio", g["value"], g["ci_low"], g["ci_high"])
         elif g.get("teacher_below_base"):
-            change = fmt(g["metric"], g["imitation_minus_base"])
-            gc = f"n/a ({g['reason']}; imitation − base = {change})"
+            # Short cells, explained once in the section's note: the whole reason in every row
+            # wrapped to ~8 lines a row in an 80-column terminal.
+            gc = f"n/a, Δ {fmt(g['metric'], g['imitation_minus_base'])}"
+        elif g.get("reason") == "teacher − base interval includes 0":
+            gc = "n/a"
         else:
-            gc = f"n/a ({g['reason']})"
+            gc = f"n/a: {g['reason']}"
         rows.append(
             [
                 g["imitation_model"],
@@ -250,8 +253,9 @@ def sections(rep: dict) -> list[tuple[str, str, tuple[list[str], list[list[str]]
         secs.append(
             (
                 "Gap closed — (imitation − base) / (teacher − base)",
-                "n/a where the teacher − base interval includes 0, or where the teacher is below the base"
-                " (then imitation can only move toward a weaker teacher). " + " ".join(notes),
+                "n/a: the teacher − base interval includes 0; n/a, Δ: the teacher is below the base, so"
+                " imitation can only move toward a weaker teacher (Δ = imitation − base, negative when it"
+                " did). " + " ".join(notes),
                 _gap_rows(rep),
             )
         )

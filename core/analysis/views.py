@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from core.analysis import report
+from core.analysis.compare import default_suite
 from core.analysis.marks import agreement
 from core.analysis.ratings import pairwise_result
 from core.errors import BadInput, NotFound
@@ -41,7 +42,7 @@ def analysis(ws: Workspace, suite: str | None = None, *, rater: str | None = Non
             raise NotFound(
                 "no scores yet: run `mirage score --suite NAME` after `mirage generate`", title="Nothing to analyse"
             )
-        suite = have[0]
+        suite = default_suite(ws, have)
     rep = report.build(ws, suite)
     teacher = rep.get("teacher")
     rep["human"] = {

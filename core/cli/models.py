@@ -229,7 +229,10 @@ def _started(job_id: int, as_json: bool) -> None:
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120).",
+    help=(
+        "Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120;"
+        " a server started by mirage: 1800, and a timed-out request is not retried)."
+    ),
 )
 @click.option(
     "--samples",
@@ -310,7 +313,10 @@ def generate(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120).",
+    help=(
+        "Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120;"
+        " a server started by mirage: 1800, and a timed-out request is not retried)."
+    ),
 )
 @click.option("--detach", is_flag=True, help="Run as a background job.")
 @json_option

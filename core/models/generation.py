@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.api.suites import SuiteKind, suite_kind
 from core.data import datasets as ds_mod
@@ -241,10 +242,26 @@ def _retry_after(exc) -> float | None:
         return None
 
 
+def local_server(spec: dict) -> bool:
+    """A server mirage started itself on loopback (`register_endpoint` records `served_from`)."""
+    host = urlsplit(spec.get("base_url") or "").hostname or ""
+    return bool(spec.get("served_from")) and host in ("127.0.0.1", "localhost", "::1")
+
+
 def _call_endpoint(
-    client, model_id: str, base_url: str, api_key_env: str | None, req: Request, cancel: threading.Event | None
+    client,
+    model_id: str,
+    base_url: str,
+    api_key_env: str | None,
+    req: Request,
+    cancel: threading.Event | None,
+    retry_timeouts: bool = True,
 ) -> tuple[str, dict]:
-    """One request with retries and backoff on 429, 5xx, timeouts and malformed responses."""
+    """One request with retries and backoff on 429, 5xx, timeouts and malformed responses.
+
+    `retry_timeouts=False` (a local server): a request the client gave up on is still being worked
+    on by the server, which does not notice the closed connection; a retry only queues another copy
+    behind it, and on a loaded machine retries piled up until most requests failed."""
     import openai
 
     d = req.decoding
@@ -299,6 +316,11 @@ def _call_endpoint(
             last, wait_s = "rate limited (429)", _retry_after(e)
         except openai.APITimeoutError:
             last, wait_s = "timed out", None
+            if not retry_timeouts:
+                raise _RequestFailed(
+                    f"timed out after {client.timeout} s on the local server (not retried: it is still"
+                    " working on it); rerun to retry, or raise --timeout"
+                ) from None
         except openai.APIConnectionError:
             last, wait_s = "connection failed", None
             if attempt >= 3:  # a server that is down stays down: say so quickly
@@ -334,6 +356,7 @@ def _run_endpoint(rm: ResolvedModel, reqs, *, store, concurrency, cancel, stats,
     model, spec = rm.name, rm.spec
     client, model_id = rm.client(timeout=timeout)
     workers = int(concurrency or spec.get("max_concurrency") or DEFAULT_CONCURRENCY)
+    retry_timeouts = not local_server(spec)
     # Workers stop at the caller's cancel and at a fatal error (401, endpoint down) alike.
     stop = threading.Event()
 
@@ -353,7 +376,6 @@ def _run_endpoint(rm: ResolvedModel, reqs, *, store, concurrency, cancel, stats,
             return watch()
 
     both = _Both()
-    done = 0
     yield Progress(0, len(reqs), f"{model}: requesting")
     fatal: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirage-endpoint")
@@ -364,7 +386,16 @@ def _run_endpoint(rm: ResolvedModel, reqs, *, store, concurrency, cancel, stats,
             while queue and len(pending) < workers and fatal is None and not watch():
                 r = queue.pop(0)
                 pending[
-                    pool.submit(_call_endpoint, client, model_id, spec["base_url"], spec.get("api_key_env"), r, both)
+                    pool.submit(
+                        _call_endpoint,
+                        client,
+                        model_id,
+                        spec["base_url"],
+                        spec.get("api_key_env"),
+                        r,
+                        both,
+                        retry_timeouts,
+                    )
                 ] = r
             if not pending:
                 break
@@ -384,12 +415,13 @@ def _run_endpoint(rm: ResolvedModel, reqs, *, store, concurrency, cancel, stats,
                     if fatal is None:
                         fatal = e
                         stop.set()
-                done += 1
             if batch:
                 store(batch)
                 stats["generated"] += len(batch)
             if finished:
-                yield Progress(done, len(reqs), f"{model}: {done}/{len(reqs)}")
+                # Successes only: a run that ends "8/8" and then reports 5 failures misleads.
+                failed = f", {stats['failed']} failed" if stats["failed"] else ""
+                yield Progress(stats["generated"], len(reqs), f"{model}: {stats['generated']}/{len(reqs)}{failed}")
             if cancel is not None and cancel.is_set():
                 stop.set()
         if fatal is not None:

@@ -39,6 +39,11 @@ BATCHED_CONCURRENCY = 16
 # hold 16 requests of ~1,000 tokens, BATCHED_CONCURRENCY's worth.
 CB_BLOCK_SIZE = 32
 CB_NUM_BLOCKS = 512
+# A request's timeout on a server mirage started itself. On a loaded CPU a batch of long answers
+# takes minutes, and a client that gives up does not stop the server working (the request is only
+# abandoned), so the remote default (endpoints.DEFAULT_TIMEOUT_S) failed most of the demo's teacher
+# requests. Not part of the cache key: a served model is fingerprinted by its weights alone.
+LOCAL_TIMEOUT_S = 1800
 
 
 @dataclass
@@ -258,6 +263,7 @@ def register_endpoint(ws: Workspace, server: Server, name: str | None = None) ->
             "model": server.model_id,
             "served_from": server.model,
             "max_concurrency": server.concurrency,
+            "timeout_s": LOCAL_TIMEOUT_S,
         },
         replace=True,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,9 +24,25 @@ from tui.screens.base import EmptyState, MirageScreen
 def _table(title: str, note: str, head: list[str], rows: list[list[str]]) -> Table | Text:
     if not rows:
         return Text(f"{title}\n{note}\n(nothing yet)")
-    t = Table(title=title, caption=note, title_justify="left", caption_justify="left", expand=False)
+    # Light rules and single spaces between columns: the gap table's nine columns did not fit 80
+    # columns inside full borders, and its numbers folded to a digit or two a line.
+    t = Table(
+        title=title,
+        caption=note,
+        title_justify="left",
+        caption_justify="left",
+        expand=False,
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for n, h in enumerate(head):
-        t.add_column(h, justify="left" if n < 2 else "right", overflow="fold")
+        if n == 0:  # the model: whole, never folded mid-name ("gemma3-270" / "m" at 80 columns)
+            t.add_column(h, justify="left", no_wrap=True, min_width=min(20, max(len(r[0]) for r in rows)))
+        elif n == 1:
+            t.add_column(h, justify="left", overflow="ellipsis", min_width=10)
+        else:
+            t.add_column(h, justify="right", overflow="fold", min_width=4)
     for r in rows:
         t.add_row(*[Text(c) for c in r])  # data, not markup: a "[n/a]" interval must not vanish as a tag
     return t
@@ -112,10 +129,13 @@ class AnalysisScreen(MirageScreen):
         self.query_one("#analysis-empty").display = False
         self.query_one("#analysis-tabs").display = True
         self.query_one("#analysis-status", Static).update(
+            # The hint before the long model list: at 80 columns the end of the line is cut.
             Text(
-                f"{rep['suite']} ({rep['kind']}) · models {', '.join(rep['models'])} · teacher {rep['teacher'] or '—'}"
+                f"{rep['suite']} ({rep['kind']}) · s next suite · e/E export · teacher {rep['teacher'] or '—'}"
                 f" · base {rep['base'] or '—'} · imitation {', '.join(rep['imitation']) or '—'}"
-                "   e/E export · s next suite"
+                f" · models {', '.join(rep['models'])}",
+                no_wrap=True,
+                overflow="ellipsis",
             )
         )
         for view, _title in analysis_views.ANALYSIS_VIEWS:

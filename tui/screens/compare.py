@@ -320,8 +320,8 @@ class CompareScreen(MirageScreen):
         self.render_item()
 
     def action_next_suite(self) -> None:
-        # Opened without --suite the screen shows the first suite with outputs by name (after the
-        # demo: `code`); without this key the other suites were out of reach from the TUI.
+        # Opened without --suite the screen shows one suite (core's default_suite); without this
+        # key the other suites were out of reach from the TUI.
         if self.view is None:
             return
         self.run_core(study.suites_with_outputs, on_result=self._go_next_suite, group="compare-suites")

@@ -405,6 +405,8 @@ class CoverageScreen(MirageScreen):
 
     def _cov_render_clusters(self) -> None:
         rows = []
+        # What a cluster serves comes before its terms: at 80 columns "serves" was cut to "geograp".
+        n_terms = 6 if self.size.width >= 100 else 3
         for c in sorted(self.res["clusters"], key=lambda c: -c["size"]):
             rows.append(
                 (
@@ -412,13 +414,13 @@ class CoverageScreen(MirageScreen):
                     [
                         str(c["cluster"]),
                         str(c["size"]),
-                        ", ".join(c["terms"][:6]),
                         ", ".join(f"{t['task']} ({t['items']})" for t in c["tasks"][:3]),
+                        ", ".join(c["terms"][:n_terms]),
                         (c["samples"][0]["text"][:50] if c["samples"] else ""),
                     ],
                 )
             )
-        self._cov_fill_table(["cluster", "size", "terms", "serves", "sample"], rows)
+        self._cov_fill_table(["cluster", "size", "serves", "terms", "sample"], rows)
         self._cov_status("topic clusters of the imitation data · n subset of the cluster under the cursor · esc back")
 
     # -- subsets from the current view -----------------------------------------------------------------

@@ -79,7 +79,12 @@ class DataScreen(MirageScreen):
             markup=False,
         )
 
+    def on_resize(self) -> None:
+        # Below 100 columns the sources list is narrower (app.tcss): 34 of 80 cramped the table.
+        self.set_class(self.size.width < 100, "-narrow")
+
     def on_mount(self) -> None:
+        self.set_class(self.size.width < 100, "-narrow")
         self.query_one("#data-layout").display = False
         self.query_one("#data-empty").display = False
         # After the first frame: the frame shows at once, the rows a moment later.

@@ -111,6 +111,8 @@ def duration(s: float | None) -> str:
 def progress_bar(step: int | None, total: int | None, width: int = 14) -> Text:
     if not total:
         return Text(f"{step or 0}", style="dim")
+    if width <= 0:
+        return Text(f"{step or 0}/{total}")
     frac = min(max((step or 0) / total, 0.0), 1.0)
     full = int(round(frac * width))
     return Text.assemble(("█" * full, "green"), ("░" * (width - full), "dim"), f" {step or 0}/{total}")
@@ -206,18 +208,31 @@ class JobsScreen(MirageScreen):
         table = self.query_one("#jobs-table", DataTable)
         cursor_id = self.selected
         table.clear()
+        # Below 100 columns (80x24) the error column was off the screen: the bar goes (the count
+        # stays), long names are cut, and the error gets what is left (in full in the log below).
+        narrow = self.size.width < 100
+        rows = []
         for r in self.job_rows:
-            table.add_row(
-                str(r["id"]),
-                r["name"],
-                r["kind"],
-                Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
-                progress_bar(r["step"], r["total_steps"]),
-                "" if r["loss"] is None else f"{r['loss']:.4f}",
-                duration(r.get("eta_s")),
-                (r.get("error") or "")[:60],
-                key=str(r["id"]),
+            name = r["name"]
+            if narrow and len(name) > 18:
+                name = name[:17] + "…"
+            rows.append(
+                [
+                    str(r["id"]),
+                    name,
+                    r["kind"],
+                    Text(r["status"], style=STATUS_STYLE.get(r["status"], "")),
+                    progress_bar(r["step"], r["total_steps"], width=0 if narrow else 14),
+                    "" if r["loss"] is None else f"{r['loss']:.4f}",
+                    duration(r.get("eta_s")),
+                ]
             )
+        heads = ("id", "name", "kind", "status", "progress", "loss", "ETA")
+        used = sum(max([len(h)] + [len(str(row[i])) for row in rows]) + 2 for i, h in enumerate(heads))
+        room = max(12, min(60, self.size.width - used - 2))
+        for r, row in zip(self.job_rows, rows):
+            err = r.get("error") or ""
+            table.add_row(*row, err if len(err) <= room else err[: room - 1] + "…", key=str(r["id"]))
         if self.job_rows:
             ids = [r["id"] for r in self.job_rows]
             if cursor_id not in ids:

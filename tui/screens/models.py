@@ -210,7 +210,9 @@ class ModelsScreen(MirageScreen):
 
     def on_mount(self) -> None:
         t = self.query_one("#models-table", DataTable)
-        t.add_columns("name", "kind", "size", "chat", "location", "outputs", "server")
+        # Location last: it is the long one, cut to what is left; at 120 columns it used to push
+        # the server column off the edge ("http://127.0.0.").
+        t.add_columns("name", "kind", "size", "chat", "outputs", "server", "location")
         j = self.query_one("#models-jobs", DataTable)
         j.add_columns("job", "name", "status", "progress", "error")
         self.query_one("#models-work").display = False
@@ -231,13 +233,22 @@ class ModelsScreen(MirageScreen):
         t = self.query_one("#models-table", DataTable)
         keep = t.cursor_row
         t.clear()
+        rows = []
         for r in state["models"]:
             chat = {True: "yes", False: "no"}.get(r["chat_template"], "?")
-            loc = r["location"] or ""
-            loc = loc if len(loc) <= 44 else "…" + loc[-43:]  # keep outputs and server in view
-            t.add_row(
-                r["name"], r["kind"], r["size"] or "", chat, loc, str(r["generations"]), r["server"], key=r["name"]
+            server = r["server"].removeprefix("http://").removesuffix("/v1")  # 127.0.0.1:PORT
+            rows.append(
+                [r["name"], r["kind"], r["size"] or "", chat, str(r["generations"]), server, r["location"] or ""]
             )
+        # What the other columns leave of the screen (2 cells of padding each), the tail of the
+        # path kept: its end names the model.
+        heads = ("name", "kind", "size", "chat", "outputs", "server")
+        used = sum(max([len(h)] + [len(row[i]) for row in rows]) + 2 for i, h in enumerate(heads))
+        room = max(16, self.size.width - used - 4)
+        for row, r in zip(rows, state["models"]):
+            loc = row[6]
+            row[6] = loc if len(loc) <= room else "…" + loc[-(room - 1) :]
+            t.add_row(*row, key=r["name"])
         if state["models"]:
             t.move_cursor(row=min(keep, len(state["models"]) - 1))
         j = self.query_one("#models-jobs", DataTable)
