@@ -21,6 +21,7 @@ from typing import Any
 from core.api.suites import SuiteKind, suite_kind
 from core.data import datasets as ds_mod
 from core.errors import Cancelled, EndpointError, ModelError
+from core.models import greedy
 from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
@@ -164,6 +165,7 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
     model_obj, tok = loaded or rm.load()
     tok.padding_side = "left"  # decoder-only batching: pad on the left so every row ends at the prompt
     device = next(model_obj.parameters()).device
+    fast_greedy = greedy.supported(model_obj)
     # Similar lengths in one batch waste less on padding; results are keyed, so order is free.
     order = sorted(reqs, key=lambda r: len(r.prompt))
     done = 0
@@ -194,13 +196,18 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
                 kwargs.update(do_sample=True, temperature=d["temperature"], top_p=1.0, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if d["stop"]:
-                # transformers' own stop_strings precomputes over the whole vocabulary on every
-                # call (~10 s for Gemma's 262k tokens); decoding each row's new tokens is cheap.
-                kwargs["stopping_criteria"] = _stop_criteria(tok, d["stop"], enc["input_ids"].shape[1])
-            with torch.inference_mode():
-                out = model_obj.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :]
+            if d["temperature"] <= 0 and fast_greedy:
+                # generate's tokens, with the prompts' shared prefix computed once (core.models.greedy).
+                with torch.inference_mode():
+                    new = greedy.greedy(model_obj, enc, d["max_new_tokens"], tok.pad_token_id, tok=tok, stops=d["stop"])
+            else:
+                if d["stop"]:
+                    # transformers' own stop_strings precomputes over the whole vocabulary on every
+                    # call (~10 s for Gemma's 262k tokens); decoding each row's new tokens is cheap.
+                    kwargs["stopping_criteria"] = _stop_criteria(tok, d["stop"], enc["input_ids"].shape[1])
+                with torch.inference_mode():
+                    out = model_obj.generate(**enc, **kwargs)
+                new = out[:, enc["input_ids"].shape[1] :]
             texts = tok.batch_decode(new, skip_special_tokens=True)
             elapsed = time.monotonic() - t0
             for r, text, ids in zip(group, texts, new):
