@@ -285,9 +285,17 @@ def test_fast_greedy_gives_generates_tokens(tiny_folder):
     assert fast.tolist() == hf.tolist() and hf.shape[1] == 12
 
     # Rows that end at different steps: make a token row 0 emits at step 2 an EOS token.
+    # Ended rows leave the batch: the decode steps after row 0's EOS run on fewer rows.
     model.generation_config.eos_token_id = [tok.eos_token_id, int(hf[0, 2])]
+    widths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True
+    )
     _, hf_eos, fast_eos = _hf_and_fast(model, tok, prompts, 12, [])
+    hook.remove()
     assert fast_eos.tolist() == hf_eos.tolist()
+    decode = [w[0] for w in widths if w[1] == 1][-(hf_eos.shape[1] - 1) :]  # greedy's own decode steps
+    assert decode[0] == len(prompts) and decode[-1] < len(prompts)
     ends = [int((r == tok.pad_token_id).nonzero()[0]) if (r == tok.pad_token_id).any() else 12 for r in hf_eos]
     assert len(set(ends)) > 1 and min(ends) == 3
     model.generation_config.eos_token_id = tok.eos_token_id

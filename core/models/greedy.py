@@ -144,24 +144,29 @@ def greedy(model_obj, enc, max_new_tokens: int, pad_id, *, tok=None, stops: list
     ).logits
     last = positions[:, -1:]
     out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
-    running = torch.ones(n, dtype=torch.bool, device=device)
+    # Batch position -> row of `out`. An ended row leaves the batch (its cache, mask and position
+    # sliced away): generate keeps feeding it pad tokens until the longest row ends and discards
+    # those outputs, here the later steps compute only the rows still writing. Rows' outputs do not
+    # depend on each other (their own mask and positions), so the tokens stay generate's.
+    alive = torch.arange(n, device=device)
     steps = 0
     for step in range(max_new_tokens):
-        # Ended rows go on being fed the pad token, as in generate: their outputs are discarded.
-        nxt = torch.where(running, logits[:, -1, :].argmax(-1), pad)
-        out[:, step] = nxt
+        nxt = logits[:, -1, :].argmax(-1)
+        out[alive, step] = nxt
         steps = step + 1
-        if len(eos_ids):
-            running &= ~torch.isin(nxt, eos_ids)
+        ended = torch.isin(nxt, eos_ids) if len(eos_ids) else torch.zeros_like(nxt, dtype=torch.bool)
         if stops:
-            live = running.nonzero().squeeze(-1).tolist()
-            texts = tok.batch_decode(out[live, :steps], skip_special_tokens=True) if live else []
-            for i, text in zip(live, texts):
+            texts = tok.batch_decode(out[alive, :steps], skip_special_tokens=True)
+            for i, text in enumerate(texts):
                 if any(s in text for s in stops):
-                    running[i] = False
-        if step + 1 == max_new_tokens or not bool(running.any()):
+                    ended[i] = True
+        if step + 1 == max_new_tokens or bool(ended.all()):
             break
-        full_mask = torch.cat([full_mask, full_mask.new_ones((n, 1))], dim=-1)
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            alive, nxt, full_mask, last = alive[keep], nxt[keep], full_mask[keep], last[keep]
+        full_mask = torch.cat([full_mask, full_mask.new_ones((len(alive), 1))], dim=-1)
         last = last + 1
         logits = model_obj(
             input_ids=nxt[:, None],
