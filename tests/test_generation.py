@@ -311,3 +311,27 @@ def test_fast_greedy_gives_generates_tokens(tiny_folder):
     for batch in (prompts[:1], [q for q, _ in QA[:4]]):
         _, hf_b, fast_b = _hf_and_fast(model, tok, batch, 7, [])
         assert fast_b.tolist() == hf_b.tolist() and hf_b.shape[1] == 7
+
+    # Continuous batching: more prompts than slots; ended rows' slots take waiting prompts (EOS
+    # and stop strings ending rows at different steps). Each row's tokens equal those HF generate
+    # gives it on batches of `slots` prompts.
+    many = [head + q for q, _ in QA[:8]]
+    model.generation_config.eos_token_id = [tok.eos_token_id, int(hf[0, 2])]
+    for slots, stops in ((3, []), (2, [stop]), (8, [stop])):
+        tok.padding_side = "left"
+        enc = tok(many, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            fast_many = greedy.greedy(model, enc, 12, tok.pad_token_id, tok=tok, stops=stops, slots=slots)
+        hf_rows = []
+        for k in range(0, len(many), slots):
+            _, hf_k, _ = _hf_and_fast(model, tok, many[k : k + slots], 12, stops)
+            hf_rows += hf_k.tolist()
+
+        def trim(r):
+            while r and r[-1] == tok.pad_token_id:
+                r = r[:-1]
+            return r
+
+        assert [trim(r) for r in fast_many.tolist()] == [trim(r) for r in hf_rows]
+        assert len({len(trim(r)) for r in hf_rows}) > 1  # rows end at different steps
+    model.generation_config.eos_token_id = tok.eos_token_id

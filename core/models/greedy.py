@@ -89,90 +89,168 @@ def common_prefix(rows: list[list[int]]) -> int:
     return n
 
 
-def greedy(model_obj, enc, max_new_tokens: int, pad_id, *, tok=None, stops: list[str] | None = None):
-    """New tokens for a left-padded batch `enc` (input_ids, attention_mask), laid out as generate
-    lays them out: one column per step until every row ends, ended rows filled with `pad_id`.
+def greedy(
+    model_obj, enc, max_new_tokens: int, pad_id, *, tok=None, stops: list[str] | None = None, slots: int | None = None
+):
+    """`rows` collected: a tensor of new tokens, one row per prompt of `enc`, ended rows filled
+    with `pad_id` to the longest row's length (as generate lays them out)."""
+    import torch
+
+    n = enc["input_ids"].shape[0]
+    eos_list = _eos_list(model_obj)
+    pad = int(pad_id if pad_id is not None else (eos_list[0] if eos_list else 0))
+    got = dict(rows(model_obj, enc, max_new_tokens, pad_id, tok=tok, stops=stops, slots=slots))
+    width = max((len(t) for t in got.values()), default=0)
+    out = torch.full((n, width), pad, dtype=torch.long, device=enc["input_ids"].device)
+    for i, t in got.items():
+        out[i, : len(t)] = t
+    return out
+
+
+def _eos_list(model_obj) -> list[int]:
+    eos = model_obj.generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def rows(
+    model_obj, enc, max_new_tokens: int, pad_id, *, tok=None, stops: list[str] | None = None, slots: int | None = None
+):
+    """Yield (row, new tokens) for each prompt of a left-padded batch `enc` (input_ids,
+    attention_mask) as it ends, so a caller can store finished rows while others decode.
 
     A row ends at an EOS token, at a stop string in its new text (decoded with `tok`) or at
     `max_new_tokens`. The cache holds [shared prefix | padding | row's suffix]: the padding is
     masked and the position ids count real tokens only, as generate computes them from the mask.
+    At most `slots` rows decode at once (all when None); a row that ends leaves the batch and the
+    next waiting prompt takes its place (continuous batching), so the steps computed are about the
+    rows' own lengths, not the batch's longest row times its width. Each row's tokens depend only
+    on its own prompt, so they are those generate gives it in any batch.
     """
+    import copy
+
     import torch
 
     ids, mask = enc["input_ids"], enc["attention_mask"]
     n = ids.shape[0]
     device = ids.device
-    eos = model_obj.generation_config.eos_token_id
-    eos_list = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos_list = _eos_list(model_obj)
     eos_ids = torch.tensor(eos_list, dtype=torch.long, device=device)
     pad = int(pad_id if pad_id is not None else (eos_list[0] if eos_list else 0))
     if max_new_tokens <= 0:
-        return torch.full((n, 0), pad, dtype=torch.long, device=device)
-    cache = _full_attention_cache(model_obj)
+        for i in range(n):
+            yield i, ids.new_zeros((0,))
+        return
+    slots = n if not slots or slots <= 0 else min(slots, n)
     kw = _cache_kwarg(model_obj)
     rows = [ids[i][mask[i].bool()].tolist() for i in range(n)]
     prefix = common_prefix(rows) if n > 1 else 0
     if prefix < MIN_PREFIX:
         prefix = 0
+    prefix_cache = None
     if prefix:
-        # One row's prefix; `batch_repeat_interleave` copies its keys and values to every row.
+        # The prefix once, on one row; every row's cache starts from a copy of its keys and values.
+        prefix_cache = _full_attention_cache(model_obj)
         model_obj(
             input_ids=ids.new_tensor([rows[0][:prefix]]),
             position_ids=torch.arange(prefix, device=device)[None],
             use_cache=True,
             logits_to_keep=1,
-            **{kw: cache},
+            **{kw: prefix_cache},
         )
-        cache.batch_repeat_interleave(n)
-    width = max(len(r) for r in rows) - prefix
-    suffix = torch.full((n, width), pad, dtype=torch.long, device=device)
-    suffix_mask = torch.zeros((n, width), dtype=mask.dtype, device=device)
-    for i, r in enumerate(rows):
-        own = r[prefix:]
-        suffix[i, width - len(own) :] = torch.tensor(own, dtype=torch.long)
-        suffix_mask[i, width - len(own) :] = 1
-    positions = prefix + suffix_mask.long().cumsum(-1) - 1
-    positions.masked_fill_(suffix_mask == 0, 0)
-    full_mask = torch.cat([mask.new_ones((n, prefix)), suffix_mask], dim=-1)
-    logits = model_obj(
-        input_ids=suffix,
-        attention_mask=full_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-        **{kw: cache},
-    ).logits
-    last = positions[:, -1:]
-    out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
-    # Batch position -> row of `out`. An ended row leaves the batch (its cache, mask and position
-    # sliced away): generate keeps feeding it pad tokens until the longest row ends and discards
-    # those outputs, here the later steps compute only the rows still writing. Rows' outputs do not
-    # depend on each other (their own mask and positions), so the tokens stay generate's.
-    alive = torch.arange(n, device=device)
-    steps = 0
-    for step in range(max_new_tokens):
-        nxt = logits[:, -1, :].argmax(-1)
-        out[alive, step] = nxt
-        steps = step + 1
-        ended = torch.isin(nxt, eos_ids) if len(eos_ids) else torch.zeros_like(nxt, dtype=torch.bool)
-        if stops:
-            texts = tok.batch_decode(out[alive, :steps], skip_special_tokens=True)
-            for i, text in enumerate(texts):
-                if any(s in text for s in stops):
-                    ended[i] = True
-        if step + 1 == max_new_tokens or bool(ended.all()):
-            break
-        if bool(ended.any()):
-            keep = (~ended).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            alive, nxt, full_mask, last = alive[keep], nxt[keep], full_mask[keep], last[keep]
-        full_mask = torch.cat([full_mask, full_mask.new_ones((len(alive), 1))], dim=-1)
-        last = last + 1
+
+    def prefill(idx: list[int]):
+        """Cache, mask, last positions and last logits of rows `idx`, suffixes left-padded."""
+        if prefix_cache is None:
+            cache = _full_attention_cache(model_obj)
+        else:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+        width = max(len(rows[i]) for i in idx) - prefix
+        suffix = torch.full((len(idx), width), pad, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((len(idx), width), dtype=mask.dtype, device=device)
+        for j, i in enumerate(idx):
+            own = rows[i][prefix:]
+            suffix[j, width - len(own) :] = torch.tensor(own, dtype=torch.long)
+            suffix_mask[j, width - len(own) :] = 1
+        positions = prefix + suffix_mask.long().cumsum(-1) - 1
+        positions.masked_fill_(suffix_mask == 0, 0)
+        full_mask = torch.cat([mask.new_ones((len(idx), prefix)), suffix_mask], dim=-1)
         logits = model_obj(
-            input_ids=nxt[:, None],
+            input_ids=suffix,
             attention_mask=full_mask,
-            position_ids=last,
+            position_ids=positions,
             use_cache=True,
+            logits_to_keep=1,
             **{kw: cache},
         ).logits
-    return out[:, :steps]
+        return cache, full_mask, positions[:, -1:], logits[:, -1, :]
+
+    def merge(a, b):
+        """Batch `b` appended to batch `a`; the shorter's cache padded (masked) on the left."""
+        (ca, ma, la), (cb, mb, lb) = a, b
+        ta, tb = ma.shape[1], mb.shape[1]
+        for x, y in zip(ca.layers, cb.layers):
+            for name in ("keys", "values"):
+                u, v = getattr(x, name), getattr(y, name)
+                if ta < tb:
+                    u = torch.cat([u.new_zeros(u.shape[:2] + (tb - ta,) + u.shape[3:]), u], dim=2)
+                elif tb < ta:
+                    v = torch.cat([v.new_zeros(v.shape[:2] + (ta - tb,) + v.shape[3:]), v], dim=2)
+                setattr(x, name, torch.cat([u, v], dim=0))
+        if ta < tb:
+            ma = torch.cat([ma.new_zeros((ma.shape[0], tb - ta)), ma], dim=-1)
+        elif tb < ta:
+            mb = torch.cat([mb.new_zeros((mb.shape[0], ta - tb)), mb], dim=-1)
+        return ca, torch.cat([ma, mb]), torch.cat([la, lb])
+
+    out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
+    lengths = [0] * n
+    # Batch position -> row of `out`. An ended row leaves the batch (its cache, mask and position
+    # sliced away): generate keeps feeding it pad tokens until the longest row ends and discards
+    # those outputs; here the later steps compute only rows still writing.
+    alive = list(range(slots))
+    waiting = list(range(slots, n))
+    cache, full_mask, last, logits = prefill(alive)
+    while alive:
+        nxt = logits.argmax(-1)
+        for j, i in enumerate(alive):
+            out[i, lengths[i]] = nxt[j]
+            lengths[i] += 1
+        hit = torch.isin(nxt, eos_ids).tolist() if len(eos_ids) else [False] * len(alive)
+        texts = tok.batch_decode([out[i, : lengths[i]] for i in alive], skip_special_tokens=True) if stops else None
+        keep = [
+            j
+            for j, i in enumerate(alive)
+            if not (hit[j] or lengths[i] == max_new_tokens or (texts and any(s in texts[j] for s in stops)))
+        ]
+        if len(keep) < len(alive):
+            kept = set(keep)
+            for j, i in enumerate(alive):
+                if j not in kept:
+                    yield i, out[i, : lengths[i]].clone()
+            keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+            alive = [alive[j] for j in keep]
+            nxt, full_mask, last = nxt[keep_t], full_mask[keep_t], last[keep_t]
+            if keep:
+                cache.batch_select_indices(keep_t)
+        if alive:
+            full_mask = torch.cat([full_mask, full_mask.new_ones((len(alive), 1))], dim=-1)
+            last = last + 1
+            logits = model_obj(
+                input_ids=nxt[:, None],
+                attention_mask=full_mask,
+                position_ids=last,
+                use_cache=True,
+                **{kw: cache},
+            ).logits[:, -1, :]
+        new = waiting[: slots - len(alive)]
+        if new:
+            # Freed slots take waiting prompts: their prefill gives their first token's logits.
+            waiting = waiting[len(new) :]
+            c, m, p, lg = prefill(new)
+            if alive:
+                cache, full_mask, last = merge((cache, full_mask, last), (c, m, p))
+                logits = torch.cat([logits, lg])
+            else:
+                cache, full_mask, last, logits = c, m, p, lg
+            alive = alive + new
