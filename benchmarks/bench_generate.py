@@ -7,7 +7,9 @@ says so in `identical`. Target: ratio (sequential time / batched time) >= 4.
 
 A second line compares mirage's engine with plain HF batched `generate` on the same batches (the
 same length-sorted order, batch size, left padding and tokenisation; model in its default dtype):
-baseline `hf_generate_batched`, target ratio >= 1.5 with `identical` outputs. The two alternate
+baseline `hf_generate_batched`, target ratio >= 1.5 with `identical` outputs. mirage's greedy path
+(core.models.greedy) prefills the prompts' shared prefix (here the chat template's system prompt and
+the instruction) once per batch instead of once per row. The two alternate
 `--repeats` times and the medians are compared, so load from other processes hits both alike.
 
     python benchmarks/bench_generate.py [--n 64] [--batch-size 16] [--max-new-tokens 32] [--repeats 3]

@@ -240,3 +240,98 @@ def test_generate_job_runs_in_foreground(ws, tiny):
     assert job["status"] == "done", job["error"]
     assert job["step"] == 4 and job["total_steps"] == 4
     assert len(gen_rows(ws)) == 4
+
+
+def _hf_and_fast(model, tok, prompts, max_new_tokens, stops):
+    """New tokens from plain HF `generate` (mirage's stop criteria) and from core.models.greedy."""
+    import torch
+
+    from core.models import greedy
+
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    if stops:
+        kwargs["stopping_criteria"] = generation._stop_criteria(tok, stops, enc["input_ids"].shape[1])
+    with torch.inference_mode():
+        hf = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
+        fast = greedy.greedy(model, enc, max_new_tokens, tok.pad_token_id, tok=tok, stops=stops)
+    return enc, hf, fast
+
+
+def test_fast_greedy_gives_generates_tokens(tiny_folder):
+    """The shared-prefix greedy loop against HF generate on one left-padded batch of unequal prompts:
+    the same tokens, EOS and stop strings ending rows at different steps, max_new_tokens kept."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.models import greedy
+
+    tok = AutoTokenizer.from_pretrained(tiny_folder)
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder).eval()
+    # At its init scale the tiny model's attention is near uniform, blind to positions and masks:
+    # sharpen it so a wrong position id or a leaked pad changes the tokens.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight *= 12
+            layer.self_attn.k_proj.weight *= 12
+    assert greedy.supported(model)
+    head = "Answer the question with a short answer.\nQuestion: "
+    prompts = [head + q for q, _ in QA[:6]]
+    enc, hf, fast = _hf_and_fast(model, tok, prompts, 12, [])
+    rows = [r[m.bool()].tolist() for r, m in zip(enc["input_ids"], enc["attention_mask"])]
+    assert len({len(r) for r in rows}) > 2  # unequal lengths: real left padding
+    assert greedy.common_prefix(rows) >= greedy.MIN_PREFIX  # the prefix path is the one tested
+    assert fast.tolist() == hf.tolist() and hf.shape[1] == 12
+
+    # Rows that end at different steps: make a token row 0 emits at step 2 an EOS token.
+    # Ended rows leave the batch: the decode steps after row 0's EOS run on fewer rows.
+    model.generation_config.eos_token_id = [tok.eos_token_id, int(hf[0, 2])]
+    widths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    _, hf_eos, fast_eos = _hf_and_fast(model, tok, prompts, 12, [])
+    hook.remove()
+    assert fast_eos.tolist() == hf_eos.tolist()
+    decode = [w[0] for w in widths if w[1] == 1][-(hf_eos.shape[1] - 1) :]  # greedy's own decode steps
+    assert decode[0] == len(prompts) and decode[-1] < len(prompts)
+    ends = [int((r == tok.pad_token_id).nonzero()[0]) if (r == tok.pad_token_id).any() else 12 for r in hf_eos]
+    assert len(set(ends)) > 1 and min(ends) == 3
+    model.generation_config.eos_token_id = tok.eos_token_id
+
+    # A stop string cut from row 1's text ends that row (and any other that writes it) early.
+    text = tok.decode(hf[1], skip_special_tokens=True)
+    stop = text[len(text) // 3 : len(text) // 3 + 2]
+    _, hf_stop, fast_stop = _hf_and_fast(model, tok, prompts, 12, [stop])
+    assert fast_stop.tolist() == hf_stop.tolist()
+    assert (hf_stop[1] == tok.pad_token_id).any()
+
+    # One row (no prefix to share) and a batch without a common prefix take the same path.
+    for batch in (prompts[:1], [q for q, _ in QA[:4]]):
+        _, hf_b, fast_b = _hf_and_fast(model, tok, batch, 7, [])
+        assert fast_b.tolist() == hf_b.tolist() and hf_b.shape[1] == 7
+
+    # Continuous batching: more prompts than slots; ended rows' slots take waiting prompts (EOS
+    # and stop strings ending rows at different steps). Each row's tokens equal those HF generate
+    # gives it on batches of `slots` prompts.
+    many = [head + q for q, _ in QA[:8]]
+    model.generation_config.eos_token_id = [tok.eos_token_id, int(hf[0, 2])]
+    for slots, stops in ((3, []), (2, [stop]), (8, [stop])):
+        tok.padding_side = "left"
+        enc = tok(many, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            fast_many = greedy.greedy(model, enc, 12, tok.pad_token_id, tok=tok, stops=stops, slots=slots)
+        hf_rows = []
+        for k in range(0, len(many), slots):
+            _, hf_k, _ = _hf_and_fast(model, tok, many[k : k + slots], 12, stops)
+            hf_rows += hf_k.tolist()
+
+        def trim(r):
+            while r and r[-1] == tok.pad_token_id:
+                r = r[:-1]
+            return r
+
+        assert [trim(r) for r in fast_many.tolist()] == [trim(r) for r in hf_rows]
+        assert len({len(trim(r)) for r in hf_rows}) > 1  # rows end at different steps
+    model.generation_config.eos_token_id = tok.eos_token_id

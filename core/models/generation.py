@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from core.api.suites import SuiteKind, suite_kind
 from core.data import datasets as ds_mod
 from core.errors import Cancelled, EndpointError, ModelError
+from core.models import greedy
 from core.models.kinds import ResolvedModel
 from core.models.loading import has_chat_template
 from core.models.registry import resolve
@@ -166,10 +167,59 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
     model_obj, tok = loaded or rm.load()
     tok.padding_side = "left"  # decoder-only batching: pad on the left so every row ends at the prompt
     device = next(model_obj.parameters()).device
+    fast_greedy = greedy.supported(model_obj)
     # Similar lengths in one batch waste less on padding; results are keyed, so order is free.
     order = sorted(reqs, key=lambda r: len(r.prompt))
     done = 0
     yield Progress(0, len(reqs), f"{model}: generating")
+    if fast_greedy:
+        # Greedy requests with one decoding go to core.models.greedy together, `batch_size` rows
+        # decoding at once: an ended row's slot takes the next waiting prompt (continuous
+        # batching) instead of the batch stepping on until its longest row ends.
+        chunks: dict[str, list[Request]] = {}
+        rest = []
+        for r in order:
+            if r.decoding["temperature"] <= 0:
+                chunks.setdefault(dumps({k: v for k, v in r.decoding.items() if k != "seed"}), []).append(r)
+            else:
+                rest.append(r)
+        for group in chunks.values():
+            d = group[0].decoding
+            t0 = time.monotonic()
+            enc = tok(
+                [r.prompt for r in group],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=group[0].style != "chat",
+            ).to(device)
+            finished: list = []
+            stream = greedy.rows(
+                model_obj, enc, d["max_new_tokens"], tok.pad_token_id, tok=tok, stops=d["stop"], slots=batch_size
+            )
+            for k in range(len(group)):
+                with torch.inference_mode():  # per step: a generator's `with` would leak into the caller
+                    i, ids = next(stream)
+                finished.append((group[i], ids))
+                if len(finished) < max(1, batch_size) and k + 1 < len(group):
+                    continue
+                # Stored as rows end, a batch's worth at a time: an interrupted run keeps them.
+                part = [r for r, _ in finished]
+                store(
+                    _local_results(
+                        tok,
+                        part,
+                        [t for _, t in finished],
+                        d,
+                        min(len(group), max(1, batch_size)),
+                        time.monotonic() - t0,
+                    )
+                )
+                stats["generated"] += len(part)
+                done += len(part)
+                finished = []
+                yield Progress(done, len(reqs), f"{model}: {done}/{len(reqs)}")
+                check_cancel(cancel)
+        order = rest
     for start in range(0, len(order), max(1, batch_size)):
         check_cancel(cancel)
         batch = order[start : start + batch_size]
@@ -203,21 +253,27 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
             with torch.inference_mode():
                 out = model_obj.generate(**enc, **kwargs)
             new = out[:, enc["input_ids"].shape[1] :]
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-            elapsed = time.monotonic() - t0
-            for r, text, ids in zip(group, texts, new):
-                n_new = int((ids != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(ids)
-                meta = {
-                    "new_tokens": n_new,
-                    "batch_size": len(group),
-                    "batch_latency_s": round(elapsed, 3),
-                    "raw": text if text != truncate_at_stop(text, d["stop"]) else None,
-                }
-                results.append((r, truncate_at_stop(text, d["stop"]), {k: v for k, v in meta.items() if v is not None}))
+            results += _local_results(tok, group, new, d, len(group), time.monotonic() - t0)
         store(results)
         stats["generated"] += len(results)
         done += len(batch)
         yield Progress(done, len(reqs), f"{model}: {done}/{len(reqs)}")
+
+
+def _local_results(tok, group, new, d, batch_size: int, elapsed: float) -> list:
+    """(request, text, meta) for each row of new tokens `new` (pad-filled after a row's end)."""
+    results = []
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    for r, text, ids in zip(group, texts, new):
+        n_new = int((ids != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(ids)
+        meta = {
+            "new_tokens": n_new,
+            "batch_size": batch_size,
+            "batch_latency_s": round(elapsed, 3),
+            "raw": text if text != truncate_at_stop(text, d["stop"]) else None,
+        }
+        results.append((r, truncate_at_stop(text, d["stop"]), {k: v for k, v in meta.items() if v is not None}))
+    return results
 
 
 def _stop_criteria(tok, stops: list[str], prompt_len: int):
