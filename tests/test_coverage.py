@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -380,57 +379,38 @@ def test_multi_process_pool_gives_the_same_vectors(ws, tmp_path):
     np.testing.assert_allclose(pooled.astype(np.float32), single.astype(np.float32), atol=2e-3)
 
 
-def test_fast_precisions_keep_the_fp32_neighbours(ws):
-    """The int8 path (quantized Linear layers) and the bf16 path (autocast matmuls) find the same
-    nearest examples as fp32, each in its own cache; int8 runs wherever PyTorch has its x86 engine,
-    even on a CPU where "auto" would not pick it, so a broken quantization fails here everywhere."""
-    fp32 = emb.resolve_model("", precision="fp32")
-    fast = [emb.resolve_model("", precision="bf16")]
-    fast.append(
-        emb.resolve_model("", precision="int8")
-        if emb.cpu_int8()
-        else dataclasses.replace(fp32, precision="int8", key=fp32.key + "-int8")
-    )
-    assert len({m.key for m in [fp32, *fast]}) == 3 and len({m.vectors_id for m in [fp32, *fast]}) == 3
+def test_bf16_embedding_keeps_the_fp32_neighbours(ws):
+    """The bf16 path (autocast matmuls, larger batches) finds the same nearest examples as fp32, in
+    its own cache; a text under two keys is embedded once and stored under both."""
+    fp32, bf16 = emb.resolve_model("", precision="fp32"), emb.resolve_model("", precision="bf16")
+    assert bf16.key != fp32.key and bf16.vectors_id != fp32.vectors_id
+    assert emb.precision_of_key(bf16.key) == "bf16" and emb.precision_of_key(fp32.key) == "fp32"
     examples = COOKING + CODE + UNRELATED + [PLANTED, f"Quick question: {SHORT_PLANTED}? Thanks"]
-    examples.append(COOKING[0])  # the same text under a second key: embedded once, stored under both
+    examples.append(COOKING[0])
     queries = ["how do i make bread", "python list sorting", "who won the championship for philadelphia"]
     queries += [SHORT_PLANTED, "what is the temperature at which mercury boils"]
     keys = [f"e{i}" for i in range(len(examples))]
     qkeys = [f"q{i}" for i in range(len(queries))]
     got = {}
-    for m in (fp32, *fast):
+    for m in (fp32, bf16):
         ex, new = progress.run(emb.embed(ws, m, "user", keys, examples))
         q, _ = progress.run(emb.embed(ws, m, "prompt", qkeys, queries))
         assert new == len(keys) and np.array_equal(ex[0], ex[-1])
         got[m.precision] = (q.astype(np.float32) @ ex.astype(np.float32).T, ex.astype(np.float32))
-    assert emb.precision_of_key(fast[1].key) == "int8" and emb.precision_of_key(fp32.key) == "fp32"
-    ref = got["fp32"][0]
-    for m in fast:
-        sims, vecs = got[m.precision]
-        top = np.argsort(-sims, axis=1)[:, :3]
-        # fp32's 3 nearest examples, except those within 0.02 of the 4th (a near tie may swap).
-        fourth = np.sort(ref, axis=1)[:, -4]
-        for qi in range(len(queries)):
-            assert set(np.flatnonzero(ref[qi] > fourth[qi] + 0.02)) <= set(top[qi].tolist()), (m.precision, qi)
-        # int8's activation rounding moves similarities by up to ~0.05 here; a broken path, far more.
-        assert np.abs(sims - ref).max() < (0.08 if m.precision == "int8" else 0.03), (
-            m.precision,
-            np.abs(sims - ref).max(),
-        )
-        # close, yet really computed another way (a path that silently ran fp32 fails here)
-        cos = (vecs * got["fp32"][1]).sum(axis=1)
-        assert cos.min() > (0.95 if m.precision == "int8" else 0.98) and not np.array_equal(vecs, got["fp32"][1]), (
-            m.precision,
-            cos.min(),
-        )
+    ref, sims = got["fp32"][0], got["bf16"][0]
+    top = np.argsort(-sims, axis=1)[:, :3]
+    # fp32's 3 nearest examples, except those within 0.02 of the 4th (a near tie may swap).
+    fourth = np.sort(ref, axis=1)[:, -4]
+    for qi in range(len(queries)):
+        assert set(np.flatnonzero(ref[qi] > fourth[qi] + 0.02)) <= set(top[qi].tolist()), qi
+    assert np.abs(sims - ref).max() < 0.03
+    cos = (got["bf16"][1] * got["fp32"][1]).sum(axis=1)
+    assert cos.min() > 0.99 and not np.array_equal(got["bf16"][1], got["fp32"][1])  # close, yet really bf16
 
 
-def test_int8_is_refused_where_it_is_not_fast(monkeypatch):
-    monkeypatch.setattr(emb, "cpu_int8", lambda: False)
-    with pytest.raises(ModelError, match="int8"):
-        emb.resolve_model("", precision="int8")
-    assert emb.resolve_model("", precision="auto").precision == ("bf16" if emb.cpu_bf16() else "fp32")
-    monkeypatch.setattr(emb, "cpu_int8", lambda: True)
-    model = emb.resolve_model("", precision="int8")
-    assert model.precision == "int8" and model.key.endswith("-int8") and model.vectors_id.endswith(":int8")
+def test_bf16_batches_grow_for_short_texts_only(ws, tmp_path):
+    st = emb.load(emb.resolve_model(str(_tiny_sentence_model(tmp_path)), precision="fp32"))
+    max_len = st.max_seq_length
+    assert emb._batch_for(st, ["who wrote carmen"] * 3, 64) == emb.BF16_BATCH
+    assert emb._batch_for(st, ["word " * 2000], 64) == max(64, min(emb.BF16_BATCH, emb.BF16_BATCH_TOKENS // max_len))
+    assert emb._batch_for(st, ["word " * 2000], 512) == 512  # never below what was asked

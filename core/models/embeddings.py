@@ -53,8 +53,7 @@ class EmbeddingModel:
     path: Path
     key: str
     fingerprint: str
-    # "int8": Linear layers dynamically quantized to int8 (see `cpu_int8`); "bf16": matmuls under
-    # bf16 autocast (see `cpu_bf16`); "fp32" otherwise. Part of `key`, so vectors made at one
+    # "bf16": matmuls under bf16 autocast (see `cpu_bf16`); "fp32" otherwise. Part of `key`, so vectors made at one
     # precision are never mixed with another's.
     precision: str = "fp32"
 
@@ -65,7 +64,7 @@ class EmbeddingModel:
         return self.fingerprint if self.precision == "fp32" else f"{self.fingerprint}:{self.precision}"
 
 
-PRECISIONS = ("auto", "int8", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def _cpu_flags() -> str:
@@ -73,18 +72,6 @@ def _cpu_flags() -> str:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-
-
-def cpu_int8() -> bool:
-    """Whether int8 dynamic quantization has fast kernels here: PyTorch's x86 (fbgemm) engine on a
-    CPU with VNNI, which multiplies int8 at ~4x the fp32 rate (2x bf16's); elsewhere the
-    quantize/dequantize around each layer eats the gain, so bf16 or fp32 stays."""
-    flags = _cpu_flags()
-    if "avx512_vnni" not in flags and "avx_vnni" not in flags:
-        return False
-    import torch
-
-    return "x86" in torch.backends.quantized.supported_engines
 
 
 def cpu_bf16() -> bool:
@@ -101,7 +88,7 @@ def cpu_bf16() -> bool:
 def precision_of_key(key: str) -> str:
     """The precision vectors under a model key were made at (the suffix `resolve_model` gives it)."""
     tail = key.rsplit("-", 1)[-1]
-    return tail if tail in ("int8", "bf16") else "fp32"
+    return "bf16" if tail == "bf16" else "fp32"
 
 
 def packaged_model_path() -> Path:
@@ -134,15 +121,12 @@ def resolve_model(spec: str | None, precision: str | None = None) -> EmbeddingMo
     """The packaged all-MiniLM-L6-v2 for "" / its name, else a local folder; never the hub.
 
     `precision` (default `$MIRAGE_EMBED_PRECISION`, else "auto"): "auto" is bf16 where the CPU has
-    native bf16 matmuls (`cpu_bf16`), else fp32; "int8" (quantized Linear layers) is asked for by
-    name and refused where the CPU has no fast int8 kernels (`cpu_int8`)."""
+    native bf16 matmuls (`cpu_bf16`), else fp32."""
     precision = (precision or os.environ.get("MIRAGE_EMBED_PRECISION") or "auto").strip().lower()
     if precision not in PRECISIONS:
         raise ModelError(f"embedding precision '{precision}': must be one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         precision = "bf16" if cpu_bf16() else "fp32"
-    elif precision == "int8" and not cpu_int8():
-        raise ModelError("embedding precision 'int8': this CPU or PyTorch build has no fast int8 kernels (VNNI)")
     spec = (spec or "").strip()
     if spec.lower() in _PACKAGED_ALIASES:
         path, name = packaged_model_path(), PACKAGED_NAME
@@ -167,10 +151,8 @@ _load_lock = threading.Lock()
 
 
 def load(model: EmbeddingModel, device: str | None = None):
-    """The SentenceTransformer for `model`, loaded once per process (offline, from its folder); an
-    int8 `model` on the CPU gets its Linear layers quantized (`quantize_int8`)."""
-    int8 = model.precision == "int8" and (device or "cpu") == "cpu"
-    cache_key = f"{model.fingerprint}:{device}" + (":int8" if int8 else "")
+    """The SentenceTransformer for `model`, loaded once per process (offline, from its folder)."""
+    cache_key = f"{model.fingerprint}:{device}"
     with _load_lock:
         if cache_key not in _loaded:
             from sentence_transformers import SentenceTransformer
@@ -182,26 +164,8 @@ def load(model: EmbeddingModel, device: str | None = None):
                 st = SentenceTransformer(str(model.path), device=device or "cpu", local_files_only=True)
             except Exception as e:  # a broken folder is the user's input, not a crash
                 raise ModelError(f"embedding model {model.path}: could not load: {e}") from None
-            if int8:
-                quantize_int8(st)
             _loaded[cache_key] = st
         return _loaded[cache_key]
-
-
-def quantize_int8(st) -> None:
-    """Quantize the Linear layers of `st`'s transformer to int8 in place (PyTorch's dynamic
-    quantization: weights int8 per output channel, activations quantized per batch as they come).
-
-    Why these layers: they are ~90% of MiniLM's work at coverage's text lengths and VNNI runs them
-    at ~4x fp32; attention, layer norms and pooling stay fp32. Per-channel weight scales rather
-    than one per tensor: the rounding error of one scale per matrix is set by its largest row."""
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
-        torch.backends.quantized.engine = "x86"
-    first = st[0]
-    first.auto_model = quantize_dynamic(first.auto_model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
 class EmbeddingStore:
@@ -297,6 +261,21 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 # 1.57x -> 1.77x fp32 `encode` on MiniLM here); it costs ~5 s once per process, so only for runs
 # that embed enough texts to earn it back.
 COMPILE_MIN_TEXTS = SHARD_ROWS
+# In bf16 each Linear re-casts and re-lays out its weights on every call, a cost that does not
+# shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
+# recall (fp32 encode at 64 as the baseline: 1.43x -> 2.47x, loaded machine). Capped by tokens so
+# that long texts keep attention's memory (batch x heads x length^2) what a batch of 64 at full
+# length costs.
+BF16_BATCH = 256
+BF16_BATCH_TOKENS = 64 * 256
+
+
+def _batch_for(st, chunk: Sequence[str], batch_size: int) -> int:
+    """The bf16 batch for a chunk sorted longest first: up to BF16_BATCH texts, BF16_BATCH_TOKENS
+    tokens at the chunk's longest text (~4 characters a token), never below `batch_size`."""
+    max_len = getattr(st, "max_seq_length", None) or 512
+    longest = min(max_len, len(chunk[0]) // 4 + 2) if chunk else max_len
+    return max(batch_size, min(BF16_BATCH, BF16_BATCH_TOKENS // max(1, longest)))
 
 
 def _compile(st) -> None:
@@ -383,7 +362,7 @@ def embed(
             for start in range(0, len(unique), SHARD_ROWS):
                 check_cancel(cancel)
                 chunk = unique[start : start + SHARD_ROWS]
-                vecs = _encode(st, chunk, batch_size, pool, bf16=fast)
+                vecs = _encode(st, chunk, _batch_for(st, chunk, batch_size) if fast else batch_size, pool, bf16=fast)
                 rows = [i for i, t in enumerate(chunk) for _ in by_text[t]]
                 store.add([k for t in chunk for k in by_text[t]], vecs[rows])
                 embedded += len(rows)
