@@ -341,6 +341,7 @@ def test_cli_json_shape_and_errors(study, capsys):
     assert e.value.code == 0
     out = json.loads(capsys.readouterr().out)
     assert {"items", "tasks", "clusters"} <= set(out)
+    assert out["embedding_precision"] == emb.resolve_model("").precision
     item = next(r for r in out["items"] if r["prompt"] == PLANTED)
     assert {"prompt", "task", "max_similarity", "contaminated", "neighbors"} <= set(item)
     assert item["contaminated"] is True and len(item["neighbors"]) == 2
