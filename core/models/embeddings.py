@@ -258,8 +258,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # torch.compile fuses the layer norms, GELUs and residual adds around the bf16 matmuls (measured
-# 1.57x -> 1.77x fp32 `encode` on MiniLM here); it costs ~5 s once per process, so only for runs
-# that embed enough texts to earn it back.
+# 1.57x -> 1.77x fp32 `encode` on MiniLM here at batch 64); it costs ~5 s once per process, so
+# only for runs that embed enough texts to earn it back. Opt-in (MIRAGE_EMBED_COMPILE=1) since
+# batches of 256: compiled at 256 measured 1.19x (CPU time 1.46x) on the coverage benchmark against
+# 1.53x compiled at 64 in the run before it, while eager at 256 beat eager at 64 by 1.7x.
 COMPILE_MIN_TEXTS = SHARD_ROWS
 # In bf16 each Linear re-casts and re-lays out its weights on every call, a cost that does not
 # shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
@@ -357,7 +359,7 @@ def embed(
         try:
             yield Progress(0, len(todo), f"embedding {len(todo)} new {mode} texts")
             fast = model.precision == "bf16" and pool is None and st.device.type == "cpu"
-            if fast and len(unique) >= COMPILE_MIN_TEXTS:
+            if fast and len(unique) >= COMPILE_MIN_TEXTS and os.environ.get("MIRAGE_EMBED_COMPILE") == "1":
                 _compile(st)
             for start in range(0, len(unique), SHARD_ROWS):
                 check_cancel(cancel)
