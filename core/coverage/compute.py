@@ -284,6 +284,7 @@ def _read_run(ws: Workspace, run_id: int) -> dict:
         "suite": run["suite"],
         "embedding_model": run["model_name"],
         "model_key": run["model_key"],
+        "embedding_precision": emb.precision_of_key(run["model_key"]),
         "mode": run["mode"],
         "threshold": threshold,
         "k": run["k"],

@@ -53,8 +53,8 @@ class EmbeddingModel:
     path: Path
     key: str
     fingerprint: str
-    # "bf16": matmuls under bf16 autocast (see `cpu_bf16`); "fp32" otherwise. Part of `key`, so
-    # vectors made at one precision are never mixed with the other's.
+    # "bf16": matmuls under bf16 autocast (see `cpu_bf16`); "fp32" otherwise. Part of `key`, so vectors made at one
+    # precision are never mixed with another's.
     precision: str = "fp32"
 
     @property
@@ -67,18 +67,28 @@ class EmbeddingModel:
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 matmuls run 2-5x
     faster than fp32; elsewhere bf16 is emulated and slower, so fp32 stays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     if "avx512_bf16" not in flags and "amx_bf16" not in flags:
         return False
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_of_key(key: str) -> str:
+    """The precision vectors under a model key were made at (the suffix `resolve_model` gives it)."""
+    tail = key.rsplit("-", 1)[-1]
+    return "bf16" if tail == "bf16" else "fp32"
 
 
 def packaged_model_path() -> Path:
@@ -132,7 +142,7 @@ def resolve_model(spec: str | None, precision: str | None = None) -> EmbeddingMo
         path, name = path.resolve(), path.resolve().name
     fp = _fingerprint(path)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:48] or "model"
-    key = f"{slug}-{fp[:12]}" + ("-bf16" if precision == "bf16" else "")
+    key = f"{slug}-{fp[:12]}" + ("" if precision == "fp32" else f"-{precision}")
     return EmbeddingModel(name=name, path=path, key=key, fingerprint=fp, precision=precision)
 
 
@@ -151,9 +161,10 @@ def load(model: EmbeddingModel, device: str | None = None):
             hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise in the CLI
 
             try:
-                _loaded[cache_key] = SentenceTransformer(str(model.path), device=device or "cpu", local_files_only=True)
+                st = SentenceTransformer(str(model.path), device=device or "cpu", local_files_only=True)
             except Exception as e:  # a broken folder is the user's input, not a crash
                 raise ModelError(f"embedding model {model.path}: could not load: {e}") from None
+            _loaded[cache_key] = st
         return _loaded[cache_key]
 
 
@@ -247,9 +258,26 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # torch.compile fuses the layer norms, GELUs and residual adds around the bf16 matmuls (measured
-# 1.57x -> 1.77x fp32 `encode` on MiniLM here); it costs ~5 s once per process, so only for runs
-# that embed enough texts to earn it back.
+# 1.57x -> 1.77x fp32 `encode` on MiniLM here at batch 64); it costs ~5 s once per process, so
+# only for runs that embed enough texts to earn it back. Opt-in (MIRAGE_EMBED_COMPILE=1) since
+# batches of 256: compiled at 256 measured 1.19x (CPU time 1.46x) on the coverage benchmark against
+# 1.53x compiled at 64 in the run before it, while eager at 256 beat eager at 64 by 1.7x.
 COMPILE_MIN_TEXTS = SHARD_ROWS
+# In bf16 each Linear re-casts and re-lays out its weights on every call, a cost that does not
+# shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
+# recall (fp32 encode at 64 as the baseline: 1.43x -> 2.47x, loaded machine). Capped by tokens so
+# that long texts keep attention's memory (batch x heads x length^2) what a batch of 64 at full
+# length costs.
+BF16_BATCH = 256
+BF16_BATCH_TOKENS = 64 * 256
+
+
+def _batch_for(st, chunk: Sequence[str], batch_size: int) -> int:
+    """The bf16 batch for a chunk sorted longest first: up to BF16_BATCH texts, BF16_BATCH_TOKENS
+    tokens at the chunk's longest text (~4 characters a token), never below `batch_size`."""
+    max_len = getattr(st, "max_seq_length", None) or 512
+    longest = min(max_len, len(chunk[0]) // 4 + 2) if chunk else max_len
+    return max(batch_size, min(BF16_BATCH, BF16_BATCH_TOKENS // max(1, longest)))
 
 
 def _compile(st) -> None:
@@ -311,27 +339,35 @@ def embed(
     `devices` (e.g. ["cuda:0", "cuda:1"] or ["cpu"] * 4) encodes with a sentence-transformers
     multi-process pool, one process per device.
     """
+    if devices and model.precision != "fp32":
+        # The pool's workers load their own fp32 copies: their vectors belong under the fp32 key.
+        raise ModelError("a multi-process embedding pool embeds in fp32: resolve the model with precision='fp32'")
     store = EmbeddingStore(ws, model, mode)
     text_of = dict(zip(keys, texts))
     todo = store.missing(list(keys))
     embedded = 0
     if todo:
+        # Keys whose texts are equal (one prompt, several answers, in user mode) are embedded once.
+        by_text: dict[str, list[str]] = {}
+        for k in todo:
+            by_text.setdefault(text_of[k], []).append(k)
         # Longest first, as encode() itself sorts within a call: chunks then hold texts of similar
         # length, so padding waste stays what one big encode() call would have.
-        todo.sort(key=lambda k: -len(text_of[k]))
+        unique = sorted(by_text, key=len, reverse=True)
         st = load(model)
         pool = st.start_multi_process_pool(list(devices)) if devices else None
         try:
             yield Progress(0, len(todo), f"embedding {len(todo)} new {mode} texts")
             fast = model.precision == "bf16" and pool is None and st.device.type == "cpu"
-            if fast and len(todo) >= COMPILE_MIN_TEXTS:
+            if fast and len(unique) >= COMPILE_MIN_TEXTS and os.environ.get("MIRAGE_EMBED_COMPILE") == "1":
                 _compile(st)
-            for start in range(0, len(todo), SHARD_ROWS):
+            for start in range(0, len(unique), SHARD_ROWS):
                 check_cancel(cancel)
-                chunk = todo[start : start + SHARD_ROWS]
-                vecs = _encode(st, [text_of[k] for k in chunk], batch_size, pool, bf16=fast)
-                store.add(chunk, vecs)
-                embedded += len(chunk)
+                chunk = unique[start : start + SHARD_ROWS]
+                vecs = _encode(st, chunk, _batch_for(st, chunk, batch_size) if fast else batch_size, pool, bf16=fast)
+                rows = [i for i, t in enumerate(chunk) for _ in by_text[t]]
+                store.add([k for t in chunk for k in by_text[t]], vecs[rows])
+                embedded += len(rows)
                 yield Progress(embedded, len(todo), f"embedded {embedded}/{len(todo)} {mode} texts")
         finally:
             if pool is not None:
