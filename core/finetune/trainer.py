@@ -357,7 +357,11 @@ class Trainer:
             self.loss_impl = "full"
         self.module = trainable_module(self.peft_model, cfg["logit_chunk"], self.loss_impl)
         self.params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+        # One fused kernel for all adapter tensors instead of ~10 small ops per tensor (the same update).
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.params)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0), fused=fused
+        )
         warmup = math.ceil(cfg["warmup_ratio"] * self.plan.total_steps)
         self.scheduler = get_scheduler(
             cfg["scheduler"], self.optimizer, num_warmup_steps=warmup, num_training_steps=self.plan.total_steps
