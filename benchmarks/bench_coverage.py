@@ -198,8 +198,8 @@ def main() -> None:
         # may be compiled and runs under bf16 autocast).
         st = SentenceTransformer(str(model.path), device="cpu", local_files_only=True)
         st.encode(ex_texts[:256], batch_size=64)  # warm-up, not timed
-        # Warm mirage's path too, in a throwaway workspace so its vector cache cannot serve the timed
-        # run: compile and first-call costs stay out of both timings alike.
+        # mirage's path is warmed as well, in a throwaway workspace whose vector cache the timed run
+        # cannot read, so first-call costs fall outside both timings alike.
         warm_ws = Workspace.init(tmp / "warm")
         progress.run(emb.embed(warm_ws, model, "user", ex_keys[: emb.SHARD_ROWS], ex_texts[: emb.SHARD_ROWS]))
         warm_ws.close()

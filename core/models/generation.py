@@ -160,6 +160,22 @@ def run_requests(
     return stats
 
 
+def _encode(tok, group: list[Request], device):
+    """One left-padded batch of a group's prompts on the model's device."""
+    # A chat prompt is rendered by the template, which already holds any BOS token.
+    return tok(
+        [r.prompt for r in group],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=group[0].style != "chat",
+    ).to(device)
+
+
+def _decoding_key(r: Request) -> str:
+    """Requests that differ only in their sampling seed decode together."""
+    return dumps({k: v for k, v in r.decoding.items() if k != "seed"})
+
+
 def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loaded) -> Work[None]:
     import torch
 
@@ -180,18 +196,13 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
         rest = []
         for r in order:
             if r.decoding["temperature"] <= 0:
-                chunks.setdefault(dumps({k: v for k, v in r.decoding.items() if k != "seed"}), []).append(r)
+                chunks.setdefault(_decoding_key(r), []).append(r)
             else:
                 rest.append(r)
         for group in chunks.values():
             d = group[0].decoding
             t0 = time.monotonic()
-            enc = tok(
-                [r.prompt for r in group],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=group[0].style != "chat",
-            ).to(device)
+            enc = _encode(tok, group, device)
             finished: list = []
             stream = greedy.rows(
                 model_obj, enc, d["max_new_tokens"], tok.pad_token_id, tok=tok, stops=d["stop"], slots=batch_size
@@ -228,18 +239,12 @@ def _run_local(rm: ResolvedModel, reqs, *, store, batch_size, cancel, stats, loa
         for r in batch:  # one generate call per distinct decoding (usually one)
             # Per-request sampling seeds (synthetic collection) share a batch: it is seeded with
             # its first request's seed, so a batch of samples stays one generate call.
-            groups.setdefault(dumps({k: v for k, v in r.decoding.items() if k != "seed"}), []).append(r)
+            groups.setdefault(_decoding_key(r), []).append(r)
         results = []
         t0 = time.monotonic()
         for group in groups.values():
             d = group[0].decoding
-            # A chat prompt is rendered by the template, which already holds any BOS token.
-            enc = tok(
-                [r.prompt for r in group],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=group[0].style != "chat",
-            ).to(device)
+            enc = _encode(tok, group, device)
             kwargs: dict[str, Any] = {"max_new_tokens": d["max_new_tokens"], "pad_token_id": tok.pad_token_id}
             if d["temperature"] > 0:
                 torch.manual_seed(d.get("seed", 0))
