@@ -213,6 +213,18 @@ def _started(job_id: int, as_json: bool) -> None:
     emit_json({"job": job_id}) if as_json else click.echo(f"job {job_id} started (`mirage jobs` to watch)")
 
 
+# generate and collect reach endpoints the same way, so they take the same per-request timeout.
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help=(
+        "Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120;"
+        " a server started by mirage: 1800, and a timed-out request is not retried)."
+    ),
+)
+
+
 @click.command("generate")
 @click.option("--model", required=True, help="Registered model name.")
 @click.option("--suite", required=True, help="Suite to generate on.")
@@ -225,15 +237,7 @@ def _started(job_id: int, as_json: bool) -> None:
 @click.option("--concurrency", type=int, help="Endpoints: concurrent requests.")
 @click.option("--task", help="Only this task of the suite.")
 @click.option("--limit", type=int, help="Only the first N items.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help=(
-        "Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120;"
-        " a server started by mirage: 1800, and a timed-out request is not retried)."
-    ),
-)
+@timeout_option
 @click.option(
     "--samples",
     type=click.IntRange(min=1),
@@ -309,15 +313,7 @@ def generate(
 @click.option("--system", help="A system message for every request.")
 @click.option("--concurrency", type=int, help="Endpoints: concurrent requests.")
 @click.option("--limit", type=int, help="Only the first N prompts.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    help=(
-        "Endpoints: seconds per request before it is retried (default: the model's timeout_s, else 120;"
-        " a server started by mirage: 1800, and a timed-out request is not retried)."
-    ),
-)
+@timeout_option
 @click.option("--detach", is_flag=True, help="Run as a background job.")
 @json_option
 @workspace_option
