@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from compare_data import build_study
+from pilot_helpers import wait_for
 
 from core.analysis import compare as study
 from core.analysis import marks
@@ -309,3 +310,52 @@ def test_analysis_tables_fit_80_columns():
     second = next(i for i, x in enumerate(body) if "gemma3-270m" in x)
     assert second <= 3, "a gap row takes at most 3 lines at 78 columns"
     assert max(len(x) for x in lines) <= 78
+
+
+def _four_model_study(ws):
+    """The demo's four models with their long names: base, two imitation models, teacher."""
+    from compare_data import set_roles
+
+    build_study(ws, n_items=30, models=("gemma3-270m", "imitation-broad", "imitation-geography", "teacher"))
+    set_roles(
+        ws,
+        '[roles]\nteacher = "teacher"\nbase = "gemma3-270m"\nimitation = ["imitation-broad", "imitation-geography"]\n',
+    )
+    return ws
+
+
+@pytest.mark.parametrize(
+    ("size", "models", "cut"),
+    [((80, 24), 4, True), ((120, 40), 4, True), ((160, 40), 3, False)],
+)
+async def test_analysis_status_line_ends_in_ellipsis_or_whole(ws, size, models, cut):
+    """At 120 columns the status line (four models' names) wrapped at a word and height 1 cut it
+    after "imitation-broad," with nothing to say more followed. It is one line ending in "…" when
+    too long, and whole, down to its last model, when it fits."""
+    from tui.app import MirageApp
+
+    if models == 4:
+        _four_model_study(ws)
+    else:
+        build_study(ws, n_items=30)
+    app = MirageApp(ws.root, start="analysis", start_args={"suite": "nq"})
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.report is not None)
+        await pilot.pause()
+        rep = screen.report
+        full = (
+            f"nq (qa) · s next suite · e/E export · teacher teacher · base {rep['base']}"
+            f" · imitation {', '.join(rep['imitation'])} · models {', '.join(rep['models'])}"
+        )
+        status = screen.query_one("#analysis-status")
+        visible = status.render_line(0).text.strip()
+        assert status.size.height == 1
+        if cut:
+            assert len(full) > status.size.width
+            assert visible.endswith("…"), visible
+            assert full.startswith(visible[:-1].rstrip())
+            assert len(visible) >= status.size.width - 4  # cut at the edge, not at an earlier word
+        else:
+            assert visible == full
+            assert visible.endswith("models base, imitation, teacher")
