@@ -69,9 +69,11 @@ async def test_narrow_terminal_cycles_panes(study_ws):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await _wait_loaded(pilot, screen)
-        assert [p.display for p in screen.panes] == [True, False, False]
+        assert [p.display for p in screen.panes] == [True, True, False]  # two of three fit
         await pilot.press("l")
-        assert [p.display for p in screen.panes] == [False, True, False]
+        assert [p.display for p in screen.panes] == [True, True, False]  # the active one was shown
+        await pilot.press("l")
+        assert [p.display for p in screen.panes] == [False, True, True]
         assert screen.narrow
 
 
@@ -359,3 +361,57 @@ async def test_analysis_status_line_ends_in_ellipsis_or_whole(ws, size, models, 
         else:
             assert visible == full
             assert visible.endswith("models base, imitation, teacher")
+
+
+def _shown(screen):
+    return [p.pane.model for p in screen.panes if p.display]
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        ((80, 24), ["gemma3-270m", "imitation-broad"]),
+        ((120, 40), ["gemma3-270m", "imitation-broad", "imitation-geography"]),
+        ((160, 40), ["gemma3-270m", "imitation-broad", "imitation-geography", "teacher"]),
+    ],
+)
+async def test_four_models_side_by_side_as_width_allows(ws, size, shown):
+    """Four models (the demo's base, two imitation models, teacher) showed one pane below 152
+    columns: all or one. As many as fit at MIN_PANE_WIDTH show, and l / h (tab) scroll the
+    window so every model comes into view beside its neighbour."""
+    from tui.screens.compare import MIN_PANE_WIDTH
+
+    _four_model_study(ws)
+    app = _app(ws)
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        assert _shown(screen) == shown
+        await pilot.pause()
+        widths = [p.size.width for p in screen.panes if p.display]
+        assert min(widths) >= MIN_PANE_WIDTH - 2  # inside the border
+        strip = screen.query_one("#compare-strip").render_line(0).text.rstrip()
+        models = ["gemma3-270m", "imitation-broad", "imitation-geography", "teacher"]
+        for _ in range(4):  # round the four models: the active pane is always one shown
+            await pilot.press("l")
+            assert screen.panes[screen.active].display and len(_shown(screen)) == len(shown)
+        assert screen.active == 0 and _shown(screen) == shown
+        await pilot.press("h")  # wraps to the teacher, with its neighbours beside it
+        assert _shown(screen) == models[4 - len(shown) :]
+        if len(shown) < 4:  # some hidden: the strip says how to reach them and names every model
+            assert strip.lstrip().startswith("h/l")
+            assert all(m in strip for m in models) and not strip.endswith("…")
+        else:
+            assert not screen.narrow and "h/l" not in strip
+
+
+def test_pane_window_follows_the_active_pane():
+    from tui.screens.compare import pane_window
+
+    assert pane_window(4, 0, 0, 160) == (0, 4)
+    assert pane_window(4, 0, 0, 120) == (0, 3)
+    assert pane_window(4, 3, 0, 120) == (1, 3)  # moved just enough
+    assert pane_window(4, 1, 1, 120) == (1, 3)  # still inside: unchanged
+    assert pane_window(4, 0, 1, 120) == (0, 3)
+    assert pane_window(4, 2, 0, 30) == (2, 1)  # narrower than one pane: still one
+    assert pane_window(3, 2, 2, 200) == (0, 3)  # widened: back to all
