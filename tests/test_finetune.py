@@ -390,6 +390,35 @@ def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
     assert not list((data_ws.artifacts / "jobs" / str(job_id)).glob("ckpt-*"))
 
 
+def _adapter_tensors(ws, name: str) -> dict:
+    from safetensors.torch import load_file
+
+    from core.models import registry as models
+
+    return load_file(str(Path(models.get_model(ws, name)["spec"]["path"]) / "adapter_model.safetensors"))
+
+
+def test_two_seeded_runs_give_bit_identical_adapters_and_another_seed_does_not(data_ws, tiny_base):
+    """The demo's imitation figures moved between two runs and finetuning was suspected. Each run
+    here is its own job process (as the demo's are, each with its own hash seed), with dropout on,
+    a mid-run checkpoint and held-out evaluation: the same seed gives the same losses and adapter
+    tensors bit for bit, and another seed does not (so the comparison can tell them apart)."""
+    common = dict(lr=2e-2, max_steps=6, batch_size=4, save_every=3, dropout=0.1, eval_fraction=0.1)
+    ids = {}
+    for name, seed in (("seed0-a", 0), ("seed0-b", 0), ("seed1", 1)):
+        (ids[name],) = runs.submit(data_ws, str(tiny_base), "arith", detach=True, name=name, seed=seed, **common)
+    _wait(lambda: all(jobs.get_job(data_ws, j)["status"] not in jobs.ACTIVE for j in ids.values()), timeout=240)
+    for j in ids.values():
+        assert jobs.get_job(data_ws, j)["status"] == "done", jobs.get_job(data_ws, j)["error"]
+    losses = {n: [_step_events(data_ws, j)[s]["loss"] for s in range(1, 7)] for n, j in ids.items()}
+    assert losses["seed0-a"] == losses["seed0-b"]
+    assert losses["seed0-a"] != losses["seed1"]
+    a, b, c = (_adapter_tensors(data_ws, n) for n in ("seed0-a", "seed0-b", "seed1"))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and (a[k] == b[k]).all() for k in a)
+    assert not all((a[k] == c[k]).all() for k in a)
+
+
 def _wait(pred, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

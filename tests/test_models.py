@@ -289,3 +289,17 @@ def test_has_chat_template_reads_folders_and_tokenizers(tmp_path, tiny_folder):
         chat_template = None
 
     assert not has_chat_template(NoTemplate())
+
+
+def test_loading_a_model_draws_no_progress_bar(tiny_folder, capfd):
+    """`mirage demo --headless` printed transformers' "Loading weights: 18%|█▊ ..." frames on
+    stderr at every model load, among the study's own progress lines."""
+    from transformers.utils import logging as hf_logging
+
+    from core.models import loading
+
+    hf_logging.enable_progress_bar()  # as in a fresh process (another test may have turned it off)
+    capfd.readouterr()
+    loading.load_folder(tiny_folder, dtype=None, device="cpu")
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err

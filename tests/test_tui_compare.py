@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from compare_data import build_study
+from pilot_helpers import wait_for
 
 from core.analysis import compare as study
 from core.analysis import marks
@@ -68,9 +69,11 @@ async def test_narrow_terminal_cycles_panes(study_ws):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await _wait_loaded(pilot, screen)
-        assert [p.display for p in screen.panes] == [True, False, False]
+        assert [p.display for p in screen.panes] == [True, True, False]  # two of three fit
         await pilot.press("l")
-        assert [p.display for p in screen.panes] == [False, True, False]
+        assert [p.display for p in screen.panes] == [True, True, False]  # the active one was shown
+        await pilot.press("l")
+        assert [p.display for p in screen.panes] == [False, True, True]
         assert screen.narrow
 
 
@@ -309,3 +312,106 @@ def test_analysis_tables_fit_80_columns():
     second = next(i for i, x in enumerate(body) if "gemma3-270m" in x)
     assert second <= 3, "a gap row takes at most 3 lines at 78 columns"
     assert max(len(x) for x in lines) <= 78
+
+
+def _four_model_study(ws):
+    """The demo's four models with their long names: base, two imitation models, teacher."""
+    from compare_data import set_roles
+
+    build_study(ws, n_items=30, models=("gemma3-270m", "imitation-broad", "imitation-geography", "teacher"))
+    set_roles(
+        ws,
+        '[roles]\nteacher = "teacher"\nbase = "gemma3-270m"\nimitation = ["imitation-broad", "imitation-geography"]\n',
+    )
+    return ws
+
+
+@pytest.mark.parametrize(
+    ("size", "models", "cut"),
+    [((80, 24), 4, True), ((120, 40), 4, True), ((160, 40), 3, False)],
+)
+async def test_analysis_status_line_ends_in_ellipsis_or_whole(ws, size, models, cut):
+    """At 120 columns the status line (four models' names) wrapped at a word and height 1 cut it
+    after "imitation-broad," with nothing to say more followed. It is one line ending in "…" when
+    too long, and whole, down to its last model, when it fits."""
+    from tui.app import MirageApp
+
+    if models == 4:
+        _four_model_study(ws)
+    else:
+        build_study(ws, n_items=30)
+    app = MirageApp(ws.root, start="analysis", start_args={"suite": "nq"})
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.report is not None)
+        await pilot.pause()
+        rep = screen.report
+        full = (
+            f"nq (qa) · s next suite · e/E export · teacher teacher · base {rep['base']}"
+            f" · imitation {', '.join(rep['imitation'])} · models {', '.join(rep['models'])}"
+        )
+        status = screen.query_one("#analysis-status")
+        visible = status.render_line(0).text.strip()
+        assert status.size.height == 1
+        if cut:
+            assert len(full) > status.size.width
+            assert visible.endswith("…"), visible
+            assert full.startswith(visible[:-1].rstrip())
+            assert len(visible) >= status.size.width - 4  # cut at the edge, not at an earlier word
+        else:
+            assert visible == full
+            assert visible.endswith("models base, imitation, teacher")
+
+
+def _shown(screen):
+    return [p.pane.model for p in screen.panes if p.display]
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        ((80, 24), ["gemma3-270m", "imitation-broad"]),
+        ((120, 40), ["gemma3-270m", "imitation-broad", "imitation-geography"]),
+        ((160, 40), ["gemma3-270m", "imitation-broad", "imitation-geography", "teacher"]),
+    ],
+)
+async def test_four_models_side_by_side_as_width_allows(ws, size, shown):
+    """Four models (the demo's base, two imitation models, teacher) showed one pane below 152
+    columns: all or one. As many as fit at MIN_PANE_WIDTH show, and l / h (tab) scroll the
+    window so every model comes into view beside its neighbour."""
+    from tui.screens.compare import MIN_PANE_WIDTH
+
+    _four_model_study(ws)
+    app = _app(ws)
+    async with app.run_test(size=size) as pilot:
+        screen = app.screen
+        await _wait_loaded(pilot, screen)
+        assert _shown(screen) == shown
+        await pilot.pause()
+        widths = [p.size.width for p in screen.panes if p.display]
+        assert min(widths) >= MIN_PANE_WIDTH - 2  # inside the border
+        strip = screen.query_one("#compare-strip").render_line(0).text.rstrip()
+        models = ["gemma3-270m", "imitation-broad", "imitation-geography", "teacher"]
+        for _ in range(4):  # round the four models: the active pane is always one shown
+            await pilot.press("l")
+            assert screen.panes[screen.active].display and len(_shown(screen)) == len(shown)
+        assert screen.active == 0 and _shown(screen) == shown
+        await pilot.press("h")  # wraps to the teacher, with its neighbours beside it
+        assert _shown(screen) == models[4 - len(shown) :]
+        if len(shown) < 4:  # some hidden: the strip says how to reach them and names every model
+            assert strip.lstrip().startswith("h/l")
+            assert all(m in strip for m in models) and not strip.endswith("…")
+        else:
+            assert not screen.narrow and "h/l" not in strip
+
+
+def test_pane_window_follows_the_active_pane():
+    from tui.screens.compare import pane_window
+
+    assert pane_window(4, 0, 0, 160) == (0, 4)
+    assert pane_window(4, 0, 0, 120) == (0, 3)
+    assert pane_window(4, 3, 0, 120) == (1, 3)  # moved just enough
+    assert pane_window(4, 1, 1, 120) == (1, 3)  # still inside: unchanged
+    assert pane_window(4, 0, 1, 120) == (0, 3)
+    assert pane_window(4, 2, 0, 30) == (2, 1)  # narrower than one pane: still one
+    assert pane_window(3, 2, 2, 200) == (0, 3)  # widened: back to all

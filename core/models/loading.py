@@ -58,7 +58,11 @@ def load_folder(folder: Path, *, dtype, device: str):
     """(model, tokenizer) from a HF safetensors folder, on `device`, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # transformers draws a "Loading weights" bar per load: in `mirage demo --headless` and in job
+    # logs each load left a line of carriage-return frames among the study's own progress lines.
+    hf_logging.disable_progress_bar()
     if dtype is None:  # bf16 where a GPU computes it natively; fp32 on a CPU (generation quality)
         on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
         dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32

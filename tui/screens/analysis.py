@@ -73,7 +73,10 @@ class AnalysisScreen(MirageScreen):
         Action("analysis.reload", "r", "Reload", "reload"),
     ]
     DEFAULT_CSS = """
-    AnalysisScreen #analysis-status { height: 1; background: $panel; padding: 0 1; }
+    /* Textual wraps a Static's text by its CSS, not by the Rich Text's no_wrap/overflow: without these
+       the line wrapped at a word and height 1 cut it there, with no sign that more followed. */
+    AnalysisScreen #analysis-status { height: 1; background: $panel; padding: 0 1; text-wrap: nowrap;
+                                      text-overflow: ellipsis; }
     AnalysisScreen TabbedContent { height: 1fr; }
     AnalysisScreen TabPane { height: 1fr; padding: 0; }
     AnalysisScreen VerticalScroll { height: 1fr; }
@@ -133,9 +136,7 @@ class AnalysisScreen(MirageScreen):
             Text(
                 f"{rep['suite']} ({rep['kind']}) · s next suite · e/E export · teacher {rep['teacher'] or '—'}"
                 f" · base {rep['base'] or '—'} · imitation {', '.join(rep['imitation']) or '—'}"
-                f" · models {', '.join(rep['models'])}",
-                no_wrap=True,
-                overflow="ellipsis",
+                f" · models {', '.join(rep['models'])}"
             )
         )
         for view, _title in analysis_views.ANALYSIS_VIEWS:

@@ -24,10 +24,21 @@ from tui.widgets.compare.rendered import RenderedView
 
 PATTERN_CYCLE = [None, *study.PATTERNS]
 SORT_CYCLE = list(study.SORTS)
-# Side by side when each pane gets at least this many columns; else one pane at a time.
+# As many panes side by side as get this many columns each; h/l scroll the rest into view.
 MIN_PANE_WIDTH = 38
 PREFETCH_AFTER_S = 0.12
 PREFETCH_STEP_S = 0.02
+
+
+def pane_window(n: int, active: int, first: int, width: int) -> tuple[int, int]:
+    """(first, count): the panes shown side by side, `active` among them, moving as little as it can.
+
+    All-or-one left a 120-column terminal with one of four panes (base, two imitation models,
+    teacher) where three fit; a window that follows the active pane keeps h/l reaching every model.
+    """
+    count = max(1, min(n, width // MIN_PANE_WIDTH))
+    first = min(max(first, active - count + 1), active)
+    return max(0, min(first, n - count)), count
 
 
 def _status(view: study.CompareView, row: study.ItemRow | None) -> Text:
@@ -90,10 +101,14 @@ class CompareScreen(MirageScreen):
         Action("compare.agreement", "i", "Agreement", "agreement"),
     ]
     DEFAULT_CSS = """
-    CompareScreen #compare-status { height: 1; background: $panel; padding: 0 1; }
+    /* One line each, ending in … when cut: Textual wraps a Static by its CSS, and height 1 then
+       dropped the end of the line (the strip's h/l hint at 80 columns) without a sign. */
+    CompareScreen #compare-status { height: 1; background: $panel; padding: 0 1; text-wrap: nowrap;
+                                    text-overflow: ellipsis; }
     CompareScreen #compare-top { height: 7; padding: 0 0 0 1; border-bottom: hkey $foreground 20%; }
     CompareScreen.-narrow #compare-top { height: 5; }
-    CompareScreen #compare-strip { height: 1; padding: 0 1; color: $text-muted; }
+    CompareScreen #compare-strip { height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap;
+                                   text-overflow: ellipsis; }
     CompareScreen #compare-panes { height: 1fr; }
     CompareScreen #compare-search { dock: bottom; height: 3; display: none; }
     CompareScreen #compare-search.-open { display: block; }
@@ -105,6 +120,7 @@ class CompareScreen(MirageScreen):
         self.view: study.CompareView | None = None
         self.position = 0
         self.active = 0
+        self.first = 0  # the leftmost pane shown
         self.panes: list[ModelPane] = []
         self.narrow = False
         self._prefetch_timer = None
@@ -183,10 +199,11 @@ class CompareScreen(MirageScreen):
     def _apply_layout(self) -> None:
         if self.view is None:
             return
-        self.narrow = self.size.width < MIN_PANE_WIDTH * len(self.view.models)
+        self.first, count = pane_window(len(self.panes), self.active, self.first, self.size.width)
+        self.narrow = count < len(self.panes)
         self.set_class(self.narrow, "-narrow")
         for pane in self.panes:
-            pane.display = (not self.narrow) or pane.index == self.active
+            pane.display = self.first <= pane.index < self.first + count
 
     def _focus_active(self) -> None:
         if self.panes and not self.query_one("#compare-search", Input).has_focus:
@@ -260,12 +277,13 @@ class CompareScreen(MirageScreen):
 
     def _render_strip(self, row: study.ItemRow) -> None:
         t = Text()
+        if self.narrow:  # first, so it is not the part cut off at 80 columns
+            t.append("h/l", style="bold")
         for k, pane in enumerate(row.panes):
-            style = "reverse bold" if k == self.active else ""
+            shown = self.panes[k].display if k < len(self.panes) else True
+            style = "reverse bold" if k == self.active else ("" if shown else "dim")
             t.append(f" {strip_label(pane)} ", style=style)
             t.append(" ")
-        if self.narrow:
-            t.append(" h/l switch pane", style="dim")
         self.query_one("#compare-strip", Static).update(t, layout=False)
 
     # -- actions -----------------------------------------------------------------------------------
