@@ -10,7 +10,9 @@ same left-padded batch (tests/test_generation.py checks, stop strings and unequa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import weakref
 
 # generation_config fields that make HF's greedy search more than argmax (logits processors):
 # with any of them set, generation goes through `generate` itself.
@@ -68,6 +70,73 @@ def supported(model_obj) -> bool:
     if not all(getattr(cfg, f, None) in ok for f, ok in _PROCESSOR_FIELDS.items()):
         return False
     return _full_attention_cache(model_obj) is not None
+
+
+# Forwards of at most this many tokens (decode steps, small refills) run their linear layers
+# through oneDNN with prepacked weights; longer prefills keep torch's own (MKL) matmul, which is
+# as fast there.
+PACKED_MAX_TOKENS = 128
+
+# nn.Linear -> (weight version, weight storage, packed weight), per module, dropped with it.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _packed_weight(lin, batch: int):
+    """`lin`'s weight reordered once into oneDNN's blocked layout, or None where oneDNN cannot take it.
+
+    torch's fp32 matmul on CPU is MKL sgemm, which repacks the weight on every call: at decode
+    sizes (a few to a few dozen rows against a 540 MB model) that repacking, not the arithmetic,
+    sets a step's time. The packed copy is rebuilt when the weight changes in place (training)."""
+    import torch
+
+    w = lin.weight
+    if w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
+        return None
+    key = (w._version, w.data_ptr())
+    hit = _PACKED.get(lin)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.inference_mode():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)
+    _PACKED[lin] = (key, packed)
+    return packed
+
+
+def _packed_available() -> bool:
+    import torch
+
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def _packed_linears(model_obj, tokens: int, batch: int):
+    """During one forward of `tokens` tokens, the model's plain nn.Linear layers compute through
+    oneDNN on prepacked weights (same fp32 arithmetic, a different blocking of the same sums).
+
+    Only for the duration of the call, on this path: the model object is left as it was, so
+    `generate` and any other user of it see torch's own layers."""
+    import torch
+
+    swapped = []
+    if tokens <= PACKED_MAX_TOKENS and _packed_available():
+        for m in model_obj.modules():
+            # A forward already set on the instance (accelerate's hooks) is someone else's: kept.
+            if type(m) is not torch.nn.Linear or "forward" in m.__dict__:
+                continue
+            packed = _packed_weight(m, batch)
+            if packed is None:
+                continue
+
+            def forward(x, packed=packed, bias=m.bias):
+                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+            m.forward = forward
+            swapped.append(m)
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
 
 
 def _cache_kwarg(model_obj) -> str:
@@ -146,11 +215,16 @@ def rows(
     prefix = common_prefix(rows) if n > 1 else 0
     if prefix < MIN_PREFIX:
         prefix = 0
+
+    def call(**inputs):
+        with _packed_linears(model_obj, inputs["input_ids"].numel(), slots):
+            return model_obj(**inputs)
+
     prefix_cache = None
     if prefix:
         # The prefix once, on one row; every row's cache starts from a copy of its keys and values.
         prefix_cache = _full_attention_cache(model_obj)
-        model_obj(
+        call(
             input_ids=ids.new_tensor([rows[0][:prefix]]),
             position_ids=torch.arange(prefix, device=device)[None],
             use_cache=True,
@@ -175,7 +249,7 @@ def rows(
         positions = prefix + suffix_mask.long().cumsum(-1) - 1
         positions.masked_fill_(suffix_mask == 0, 0)
         full_mask = torch.cat([mask.new_ones((len(idx), prefix)), suffix_mask], dim=-1)
-        logits = model_obj(
+        logits = call(
             input_ids=suffix,
             attention_mask=full_mask,
             position_ids=positions,
@@ -236,7 +310,7 @@ def rows(
         if alive:
             full_mask = torch.cat([full_mask, full_mask.new_ones((len(alive), 1))], dim=-1)
             last = last + 1
-            logits = model_obj(
+            logits = call(
                 input_ids=nxt[:, None],
                 attention_mask=full_mask,
                 position_ids=last,
