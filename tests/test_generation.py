@@ -335,3 +335,49 @@ def test_fast_greedy_gives_generates_tokens(tiny_folder):
         assert [trim(r) for r in fast_many.tolist()] == [trim(r) for r in hf_rows]
         assert len({len(trim(r)) for r in hf_rows}) > 1  # rows end at different steps
     model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_packed_linears_are_used_for_small_forwards_only_and_restored(tiny_folder):
+    """Decode-sized forwards run the model's nn.Linear layers through oneDNN on prepacked weights
+    (the same logits within float rounding); long ones and everything after keep torch's layers,
+    and a weight changed in place is packed again rather than served stale."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.models import greedy
+
+    if not greedy._packed_available():
+        pytest.skip("this torch has no oneDNN linear")
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder).eval()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert linears
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def counting(*a):
+        calls.append(1)
+        return real(*a)
+
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        torch.ops.mkldnn._linear_pointwise = counting
+        try:
+            with greedy._packed_linears(model, ids.numel(), 1):
+                assert all("forward" in m.__dict__ for m in linears)
+                packed = model(input_ids=ids).logits
+            assert len(calls) == len(linears)
+            assert not any("forward" in m.__dict__ for m in linears)
+            calls.clear()
+            with greedy._packed_linears(model, greedy.PACKED_MAX_TOKENS + 1, 1):
+                model(input_ids=ids)
+            assert not calls
+        finally:
+            torch.ops.mkldnn._linear_pointwise = real
+        torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)
+        linears[-1].weight.mul_(2)  # the output layer, changed in place as training would
+        doubled = model(input_ids=ids).logits
+        with greedy._packed_linears(model, ids.numel(), 1):
+            again = model(input_ids=ids).logits
+    torch.testing.assert_close(again, doubled, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(doubled, plain)
