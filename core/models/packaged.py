@@ -201,7 +201,11 @@ def _convert_gguf(gguf: Path, out: Path, meta: dict) -> None:
     copied into a model built from the same config (no quantization_config, architectures set)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # The conversion reports its own progress; transformers' load and shard-writing bars would
+    # print between those lines.
+    hf_logging.disable_progress_bar()
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
