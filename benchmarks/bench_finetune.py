@@ -13,11 +13,13 @@ Activation checkpointing is the same on both sides: on by default (TRL's SFTConf
 TRL's side is its SFTConfig defaults.
 
 Ablations of mirage's loop (each a worker too): `full_logits` (the model's own loss over the
-whole vocabulary at every position, instead of chunked logits at label positions only) and
-`no_grouping` (shuffled batches instead of length-grouped ones).
+whole vocabulary at every position, instead of chunked logits at label positions only),
+`no_grouping` (shuffled batches instead of length-grouped ones) and `torch_layers` (SDPA attention
+and torch's nn.Dropout, where mirage on a CPU picks eager attention for short sequences and cheaper
+dropout masks, core/finetune/cpu.py; TRL runs with its defaults, SDPA and nn.Dropout).
 
 Usage: python benchmarks/bench_finetune.py [--models smollm2-135m-instruct,gemma3-270m] [--steps 10]
-       [--ablations full_logits,no_grouping]
+       [--ablations full_logits,no_grouping,torch_layers]
 Prints one JSON line per measurement.
 """
 
@@ -134,9 +136,14 @@ def _plans(args):
         # TRL's SFTTrainer clips at 1.0 too (TrainingArguments.max_grad_norm).
         max_grad_norm=1.0,
     )
-    extra = {"ours": {}, "full_logits": {"loss_impl": "full"}, "no_grouping": {"group_by_length": False}, "trl": {}}[
-        args.worker
-    ]
+    extra = {
+        "ours": {},
+        "full_logits": {"loss_impl": "full"},
+        "no_grouping": {"group_by_length": False},
+        # torch's own layers where mirage picks cheaper ones on a CPU (core/finetune/cpu.py)
+        "torch_layers": {"attn_implementation": "sdpa", "cheap_dropout": False},
+        "trl": {},
+    }[args.worker]
     plan = make_plan(ws, make_config(args.folder, "train", **common, **extra))
     plan_eval = make_plan(ws, make_config(args.folder, "heldout", **common))
     return plan, plan_eval
@@ -461,7 +468,11 @@ def bench_model(model_name: str, args, root: Path) -> None:
         V_d=head,
         P_lora=lora,
     )
-    for k, what in (("full_logits", "chunked_label_only_logits"), ("no_grouping", "length_grouped_batches")):
+    for k, what in (
+        ("full_logits", "chunked_label_only_logits"),
+        ("no_grouping", "length_grouped_batches"),
+        ("torch_layers", "cpu_attention_and_dropout"),
+    ):
         if k in stats:
             emit(
                 f"finetune_gain_{what}[{tag}]",
@@ -486,7 +497,7 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=24)
     ap.add_argument(
         "--ablations",
-        default="full_logits,no_grouping",
+        default="full_logits,no_grouping,torch_layers",
         help="variants of mirage's loop to measure too (comma-separated; empty for none)",
     )
     ap.add_argument(

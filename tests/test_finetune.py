@@ -322,7 +322,7 @@ def test_gradient_checkpointing_is_on_when_asked_and_changes_no_gradient(tiny_ba
         cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, gradient_checkpointing=ckpt)
         plan = trainer.make_plan(data_ws, cfg)
         peft_model, _ = trainer.build_model(plan, "cpu")
-        assert peft_model.get_base_model().is_gradient_checkpointing is ckpt
+        assert peft_model.get_base_model().is_activation_checkpointing is ckpt
         torch.manual_seed(1)
         for _, p in peft_model.named_parameters():
             if p.requires_grad:
@@ -608,3 +608,73 @@ def test_detach_returns_before_counting_and_the_job_records_the_budget_note(data
     assert r.exit_code == 0, r.output
     assert r.output.startswith("note: budget 5M is larger than 'arith'")
     assert r.output.count("is larger than 'arith'") == 1
+
+
+# -- CPU step choices (core/finetune/cpu.py) -------------------------------------------------------------------
+def test_cheap_dropout_drops_p_in_every_lane_scales_kept_values_and_replays_under_a_seed():
+    import torch
+
+    from core.finetune.cpu import dropout_module
+
+    drop = dropout_module()(0.05).train()
+    x = torch.ones(100_003)  # not a multiple of 4: the last draw is cut
+    torch.manual_seed(3)
+    y = drop(x)
+    dropped = y == 0
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.95)
+    # Each of the four int16 lanes of a 64-bit draw drops at p (a lane that never dropped: 0.0375 overall).
+    for lane in range(4):
+        assert float(dropped[lane::4].float().mean()) == pytest.approx(0.05, abs=0.005), lane
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    assert torch.equal(drop.eval()(x), x)
+    g = torch.ones(100_003, requires_grad=True)
+    drop.train()(g).sum().backward()
+    assert int((g.grad == 0).sum()) > 0 and float(g.grad.max()) == pytest.approx(1 / 0.95)
+
+
+def test_auto_attention_is_eager_on_a_cpu_while_its_saved_probabilities_are_small():
+    from types import SimpleNamespace
+
+    from core.finetune.cpu import attention_for
+
+    small = SimpleNamespace(num_attention_heads=9, num_hidden_layers=30)
+    kw = dict(batch_size=4, max_length=256)
+    assert attention_for(small, device="cpu", checkpointing=True, **kw) == "eager"
+    assert attention_for(small, device="cuda:0", checkpointing=True, **kw) is None
+    # 30 layers x 4 x 9 x 2048^2 x 6 bytes held at once: left to transformers (sdpa).
+    assert attention_for(small, device="cpu", checkpointing=False, batch_size=4, max_length=2048) is None
+    nested = SimpleNamespace(text_config=small)  # multimodal configs keep the text model's sizes inside
+    assert attention_for(nested, device="cpu", checkpointing=True, **kw) == "eager"
+
+
+def test_a_cpu_run_gets_eager_attention_and_cheap_dropout_and_checkpointing_replays_its_masks(tiny_base, data_ws):
+    """With dropout on, the checkpointed step's gradients equal the plain step's only if the replay
+    draws the same dropout masks (torch's generator restored for the recompute)."""
+    import torch
+
+    grads = {}
+    for ckpt in (False, True):
+        cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.3, gradient_checkpointing=ckpt)
+        plan = trainer.make_plan(data_ws, cfg)
+        peft_model, _ = trainer.build_model(plan, "cpu")
+        assert peft_model.get_base_model().config._attn_implementation == "eager"
+        kinds = {type(m).__name__ for m in peft_model.modules()}
+        assert "CheapDropout" in kinds and "Dropout" not in kinds
+        torch.manual_seed(1)
+        for _, p in peft_model.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)
+        module = loss.trainable_module(peft_model, cfg["logit_chunk"])
+        module.train()
+        torch.manual_seed(2)
+        loss_sum, n = module(*ftdata.collate(plan, [0, 1, 2], "cpu"))
+        (loss_sum / n).backward()
+        grads[ckpt] = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+    for k in grads[False]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-5, atol=1e-7)
+    # An explicit kernel is kept.
+    cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", attn_implementation="sdpa")
+    peft_model, _ = trainer.build_model(trainer.make_plan(data_ws, cfg), "cpu")
+    assert peft_model.get_base_model().config._attn_implementation == "sdpa"

@@ -344,9 +344,9 @@ def test_packed_linears_are_used_for_small_forwards_only_and_restored(tiny_folde
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.models import greedy
+    from core.models import greedy, packed
 
-    if not greedy._packed_available():
+    if not packed.available():
         pytest.skip("this torch has no oneDNN linear")
     model = AutoModelForCausalLM.from_pretrained(tiny_folder).eval()
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]

@@ -81,7 +81,7 @@ class FinetuneConfig:
     )
     attn_implementation: str = setting(
         "auto",
-        "Attention kernel; auto = transformers' choice (sdpa where supported).",
+        "Attention kernel; auto = eager on a CPU where its memory is small (faster on short sequences), else transformers' choice (sdpa where supported).",
         choices=("auto", "sdpa", "eager", "flash_attention_2"),
     )
     qlora: bool = setting(
@@ -100,6 +100,7 @@ class FinetuneKnobs:
     loss_impl: str = setting(
         "chunked", "full: the model's own loss over full-vocabulary logits.", choices=("chunked", "full")
     )
+    cheap_dropout: bool = setting(True, "On a CPU, LoRA dropout masks from 16-bit draws (core/finetune/cpu.py).")
     throttle_s: float = setting(0.0, "Pause after each step (a window to kill a run mid-way).")
     eval_max_examples: int = setting(200, "At most this many held-out examples (eval time stays small).", at_least=1)
 

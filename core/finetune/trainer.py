@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,21 @@ def build_model(plan: Plan, device: str):
     dtype = pick_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg.get("attn_implementation", "auto") != "auto":
-        kwargs["attn_implementation"] = cfg["attn_implementation"]
+    attn = cfg.get("attn_implementation", "auto")
+    if attn == "auto" and not cfg.get("qlora"):
+        from transformers import AutoConfig
+
+        from core.finetune.cpu import attention_for
+
+        attn = attention_for(
+            AutoConfig.from_pretrained(str(plan.folder)),
+            device=device,
+            batch_size=cfg["batch_size"],
+            max_length=cfg["max_length"],
+            checkpointing=bool(cfg.get("gradient_checkpointing")),
+        )
+    if attn and attn != "auto":
+        kwargs["attn_implementation"] = attn
     if cfg.get("qlora"):
         kwargs.update(_qlora_kwargs(device, dtype))
     try:
@@ -242,7 +256,12 @@ def build_model(plan: Plan, device: str):
         )
     if cfg.get("gradient_checkpointing"):
         # transformers' own per-layer checkpointing; non-reentrant needs no grad on the inputs.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # (5.x renamed it activation checkpointing; the old name warns.)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = cfg["target_modules"]
     targets = "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     lora = LoraConfig(
@@ -253,11 +272,18 @@ def build_model(plan: Plan, device: str):
         target_modules=targets,
     )
     try:
-        peft_model = get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` alias: its warning, not ours.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            peft_model = get_peft_model(model, lora)
     except ValueError as e:
         raise BadInput("--target-modules", str(e).splitlines()[0], field="target_modules") from None
     if cfg.get("qlora"):  # bitsandbytes placed the quantised weights on the GPU already
         return peft_model, dtype
+    if str(device).startswith("cpu") and cfg.get("cheap_dropout", True):
+        from core.finetune.cpu import cheapen_lora_dropout
+
+        cheapen_lora_dropout(peft_model)
     return peft_model.to(device), dtype
 
 

@@ -263,8 +263,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 # batches of 256: compiled at 256 measured 1.19x (CPU time 1.46x) on the coverage benchmark against
 # 1.53x compiled at 64 in the run before it, while eager at 256 beat eager at 64 by 1.7x.
 COMPILE_MIN_TEXTS = SHARD_ROWS
-# In bf16 each Linear re-casts and re-lays out its weights on every call, a cost that does not
-# shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
+# In bf16 under autocast alone each Linear re-casts and re-lays out its weights on every call (now
+# done once, `core.models.packed`), a cost that does not shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
 # recall (fp32 encode at 64 as the baseline: 1.43x -> 2.47x, loaded machine). Capped by tokens so
 # that long texts keep attention's memory (batch x heads x length^2) what a batch of 64 at full
 # length costs.
@@ -303,12 +303,19 @@ def _compile(st) -> None:
 def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.ndarray:
     """sentence-transformers' encode, with its matmuls in bf16 where `bf16` (autocast keeps layer
     norms, softmax and the residual stream in fp32: recall@10 against fp32 neighbours stayed ~0.99,
-    where bf16 weights throughout gave 0.98 on the coverage benchmark)."""
+    where bf16 weights throughout gave 0.98 on the coverage benchmark). In bf16 the linear layers
+    run on weights cast and packed once (`core.models.packed`) instead of on every call: the same
+    bf16 products as autocast's linear."""
     import contextlib
 
     import torch
 
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    from core.models import packed
+
+    ctx = contextlib.ExitStack()
+    if bf16:
+        ctx.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        ctx.enter_context(packed.packed_linears(st, batch_size, torch.bfloat16))
     with ctx:
         vecs = st.encode(
             texts,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import weakref
+
+from core.models import packed
 
 # generation_config fields that make HF's greedy search more than argmax (logits processors):
 # with any of them set, generation goes through `generate` itself.
@@ -77,66 +78,19 @@ def supported(model_obj) -> bool:
 # as fast there.
 PACKED_MAX_TOKENS = 128
 
-# nn.Linear -> (weight version, weight storage, packed weight), per module, dropped with it.
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _packed_weight(lin, batch: int):
-    """`lin`'s weight reordered once into oneDNN's blocked layout, or None where oneDNN cannot take it.
-
-    torch's fp32 matmul on CPU is MKL sgemm, which repacks the weight on every call: at decode
-    sizes (a few to a few dozen rows against a 540 MB model) that repacking, not the arithmetic,
-    sets a step's time. The packed copy is rebuilt when the weight changes in place (training)."""
-    import torch
-
-    w = lin.weight
-    if w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2:
-        return None
-    key = (w._version, w.data_ptr())
-    hit = _PACKED.get(lin)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    with torch.inference_mode():
-        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)
-    _PACKED[lin] = (key, packed)
-    return packed
-
-
-def _packed_available() -> bool:
-    import torch
-
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
 
 @contextlib.contextmanager
 def _packed_linears(model_obj, tokens: int, batch: int):
-    """During one forward of `tokens` tokens, the model's plain nn.Linear layers compute through
-    oneDNN on prepacked weights (same fp32 arithmetic, a different blocking of the same sums).
-
-    Only for the duration of the call, on this path: the model object is left as it was, so
-    `generate` and any other user of it see torch's own layers."""
+    """During one forward of `tokens` tokens, the model's linear layers compute through oneDNN on
+    packed fp32 weights (`core.models.packed`): only for small forwards of an fp32 model, on this
+    path (bf16 and GPU models keep torch's layers, whose outputs `generate` is compared with)."""
     import torch
 
-    swapped = []
-    if tokens <= PACKED_MAX_TOKENS and _packed_available():
-        for m in model_obj.modules():
-            # A forward already set on the instance (accelerate's hooks) is someone else's: kept.
-            if type(m) is not torch.nn.Linear or "forward" in m.__dict__:
-                continue
-            packed = _packed_weight(m, batch)
-            if packed is None:
-                continue
-
-            def forward(x, packed=packed, bias=m.bias):
-                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-            m.forward = forward
-            swapped.append(m)
-    try:
+    if tokens > PACKED_MAX_TOKENS or _base(model_obj).dtype != torch.float32:
         yield
-    finally:
-        for m in swapped:
-            del m.forward
+        return
+    with packed.packed_linears(model_obj, batch):
+        yield
 
 
 def _cache_kwarg(model_obj) -> str:
