@@ -104,3 +104,22 @@ def test_given_keeps_set_options_in_order_and_drops_none():
     assert list(jobs.given(opts).items()) == [("b", 0), ("c", False), ("d", "x")]
     # With names: only those, in the names' order; a name missing from the config is skipped.
     assert list(jobs.given(opts, ("d", "a", "b", "missing")).items()) == [("d", "x"), ("b", 0)]
+
+
+def test_a_progress_counted_in_bytes_reads_as_a_percentage_not_as_rows(capsys, monkeypatch):
+    """An import's study note read "48 imported 36463/40208" (file bytes beside a row count)."""
+    from core.runtime import progress
+    from core.runtime.progress import Progress
+
+    assert Progress(36463, 40208, "48 imported", unit="bytes").count_text() == "91%"
+    assert Progress(27, 171, "base").count_text() == "27/171"
+    assert Progress(5, None, "x", unit="bytes").count_text() == ""
+
+    def work():
+        yield Progress(36463, 40208, "48 imported", unit="bytes")
+        return 1
+
+    # stderr is not a terminal here: the plain-line form, shown at once rather than after 10 s.
+    monkeypatch.setattr(progress, "_after", lambda cb, seconds: cb)
+    assert progress.drive(work(), "import") == 1
+    assert capsys.readouterr().err.splitlines() == ["import: 91% 48 imported"]

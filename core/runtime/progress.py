@@ -27,6 +27,17 @@ class Progress:
     detail: str = ""
     # Numbers a step carries beside its count, e.g. the trainer's loss, lr, tokens_per_s, eta_s.
     metrics: Mapping[str, float | None] | None = None
+    # What done/total count: "" for items; "bytes" (an import's position in its file) reads as a
+    # percentage, since "36463/40208" next to "48 imported" reads as rows.
+    unit: str = ""
+
+    def count_text(self) -> str:
+        """done/total as a line shows it: "27/171", "91%" for bytes, "27" with no total."""
+        if not self.total:
+            return "" if self.unit == "bytes" else str(self.done)
+        if self.unit == "bytes":
+            return f"{100 * self.done / self.total:.0f}%"
+        return f"{self.done}/{self.total}"
 
 
 Work = Generator[Progress, None, T]
@@ -148,8 +159,7 @@ def drive(gen: Work[T], description: str, *, show_after: float = 1.0, quiet: boo
 
         # Non-interactive: an occasional plain line so logs show liveness without flooding.
         def line(p: Progress) -> None:
-            total = f"/{p.total}" if p.total else ""
-            print(f"{description}: {p.done}{total} {p.detail}", file=sys.stderr, flush=True)
+            print(f"{description}: {p.count_text()} {p.detail}", file=sys.stderr, flush=True)
 
         return run(gen, _after(throttled(line, every_s=10), 10))
     return _drive_bar(gen, description, show_after)

@@ -119,7 +119,7 @@ class Study:
         total_steps keep counting study steps (what the Jobs screen shows)."""
 
         def note(p: Progress) -> None:
-            count = f"{p.done}/{p.total}"
+            count = p.count_text()
             # Generation's details already say "model: 27/171"; a second copy read "27/171 27/171".
             of = f" {count}" if p.total and count not in (p.detail or "") else ""
             self.ctx.event(message=f"  {p.detail or 'working'}{of}")

@@ -102,7 +102,7 @@ def import_outputs(
             )
             if read % BATCH == 0:
                 check_cancel(cancel)
-                yield Progress(src.position(), src.size or 1, f"{len(rows):,} matched")
+                yield Progress(src.position(), src.size or 1, f"{len(rows):,} matched", unit="bytes")
         if read == 0:
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
         if not rows:

@@ -129,6 +129,7 @@ def import_data(
                         done_bytes + src.position(),
                         total_bytes,
                         f"{before['imported'] + sink.stats['imported']:,} imported",
+                        unit="bytes",
                     )
             if batch:
                 sink.submit(batch, convs, stats["read"] - len(batch))
@@ -149,7 +150,7 @@ def import_data(
                 }
             )
             done_bytes += src.size
-            yield Progress(done_bytes, total_bytes, f"{stats['imported']:,} imported")
+            yield Progress(done_bytes, total_bytes, f"{stats['imported']:,} imported", unit="bytes")
         bulk.close()
         stats["tokens"] = ws.db.execute(
             "select coalesce(sum(n_tokens), 0) from examples where dataset_id = ?", [stage.id]

@@ -149,7 +149,7 @@ def import_suite(
             if len(batch) >= BATCH:
                 check_cancel(cancel)
                 _flush_items(ws, stage.id, batch, stats, target)
-                yield Progress(src.position(), src.size or 1, f"{stats['imported']:,} items")
+                yield Progress(src.position(), src.size or 1, f"{stats['imported']:,} items", unit="bytes")
         _flush_items(ws, stage.id, batch, stats, target)
         if stats["read"] == 0:  # a suite with no items is refused, --skip-bad or not
             raise BadInput(src.label, "no records" if not badrows.n else "no good records")
