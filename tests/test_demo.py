@@ -173,5 +173,6 @@ def test_study_progress_notes_give_the_count_once(ws):
     note(Progress(27, 171, "teacher: 27/171"))
     note(Progress(3, 8, "embedding"))
     note(Progress(0, 0, "starting"))
-    messages = [e["message"] for e in jobs.events(ws, job_id)][-3:]
-    assert messages == ["  teacher: 27/171", "  embedding 3/8", "  starting"]
+    note(Progress(36463, 40208, "48 imported", unit="bytes"))  # a position in a file, not rows
+    messages = [e["message"] for e in jobs.events(ws, job_id)][-4:]
+    assert messages == ["  teacher: 27/171", "  embedding 3/8", "  starting", "  48 imported 91%"]
