@@ -19,6 +19,17 @@ def test_init_creates_layout_and_is_idempotent(tmp_path):
     assert again.db.execute("select count(*) from models").fetchone()[0] == 1
 
 
+def test_new_database_gets_16k_pages_and_an_old_one_keeps_its_own(tmp_path):
+    import sqlite3
+
+    db = connect(tmp_path / "new.db")
+    assert db.execute("pragma page_size").fetchone()[0] == 16384 and db.journal_mode == "wal"
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("create table t (x)")  # an existing database, made with SQLite's 4 KB default
+    old.close()
+    assert connect(tmp_path / "old.db").execute("pragma page_size").fetchone()[0] == 4096
+
+
 def test_open_missing_workspace_names_it(tmp_path):
     with pytest.raises(WorkspaceError, match="not a mirage workspace"):
         Workspace.open(tmp_path / "nothing")

@@ -79,7 +79,8 @@ class TokenCounter:
 
         turns = [t["content"] for conv in convs for t in conv]
         per_turn = np.asarray(_count_builtin(turns, self._classes, self.RUN, self.LEVELS), dtype=np.int64)
-        sizes = np.fromiter((len(conv) for conv in convs), dtype=np.int64, count=len(convs))
+        # map(len, ...) rather than a generator: a C loop, not a Python frame step per item
+        sizes = np.fromiter(map(len, convs), dtype=np.int64, count=len(convs))
         starts = np.zeros(len(convs), dtype=np.int64)
         np.cumsum(sizes[:-1], out=starts[1:])
         return (np.add.reduceat(per_turn, starts) + sizes - 1).tolist()
@@ -96,13 +97,17 @@ def _count_builtin(texts: list[str], classes: bytes, run: int, levels: int) -> l
     """
     import numpy as np
 
-    if all(t.isascii() for t in texts):  # O(1) each; then bytes = characters, one encode
-        raw = "\x00".join([*texts, ""]).encode("ascii")  # a NUL after each, one copy fewer than + "\x00"
-        lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
+    joined = "\x00".join([*texts, ""])  # a NUL after each, one copy fewer than + "\x00"
+    # One isascii() of the join (O(1): CPython keeps the flag) instead of one Python call per text;
+    # lengths by map(len, ...) in C. Per-text Python steps were half this function's time.
+    if joined.isascii():  # then bytes = characters, one encode
+        raw = joined.encode("ascii")
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
     else:
         enc = [t.encode("utf-8", "surrogatepass") for t in texts]
         raw = b"\x00".join(enc) + b"\x00"
-        lengths = np.fromiter((len(e) + 1 for e in enc), dtype=np.int64, count=len(enc))
+        lengths = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)) + 1
+    del joined
     bounds = np.zeros(len(texts) + 1, dtype=np.int64)  # text i is bits [bounds[i], bounds[i+1])
     np.cumsum(lengths, out=bounds[1:])
     cls = np.frombuffer(raw.translate(classes), dtype=np.uint8)
