@@ -678,3 +678,13 @@ def test_a_cpu_run_gets_eager_attention_and_cheap_dropout_and_checkpointing_repl
     cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", attn_implementation="sdpa")
     peft_model, _ = trainer.build_model(trainer.make_plan(data_ws, cfg), "cpu")
     assert peft_model.get_base_model().config._attn_implementation == "sdpa"
+
+
+def test_building_a_run_prints_no_transformers_deprecation_of_peft_or_ours(tiny_base, data_ws):
+    import warnings
+
+    cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", gradient_checkpointing=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.build_model(trainer.make_plan(data_ws, cfg), "cpu")
+    assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]

@@ -303,3 +303,18 @@ def test_loading_a_model_draws_no_progress_bar(tiny_folder, capfd):
     loading.load_folder(tiny_folder, dtype=None, device="cpu")
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "it/s" not in err, err
+
+
+def test_the_gguf_conversion_silences_the_readers_bar_and_puts_it_back(capfd):
+    """`mirage demo` printed transformers' "Converting and de-quantizing GGUF tensors...: 11%|█"
+    frames between the conversion's own progress lines."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    from core.models import packaged
+
+    real = reader.tqdm
+    with packaged._gguf_reader_quiet():
+        for _ in reader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "de-quantizing" not in capfd.readouterr().err
+    assert reader.tqdm is real

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from core.finetune.checkpoints import latest_checkpoint, load_checkpoint, save_c
 from core.finetune.config import human_tokens
 from core.finetune.data import Selection, collate, epoch_batches, load_tokenizer, select
 from core.finetune.loss import trainable_module
-from core.models.loading import has_chat_template
+from core.models.loading import has_chat_template, peft_quietly
 from core.runtime.progress import Progress, Work
 from core.store.workspace import Workspace
 
@@ -272,9 +271,7 @@ def build_model(plan: Plan, device: str):
         target_modules=targets,
     )
     try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing` alias: its warning, not ours.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        with peft_quietly():
             peft_model = get_peft_model(model, lora)
     except ValueError as e:
         raise BadInput("--target-modules", str(e).splitlines()[0], field="target_modules") from None

@@ -6,10 +6,21 @@ Everything here works on folders; which folder a registered model has is its kin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 from core.errors import ModelError
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` alias when it wraps a model:
+    its FutureWarning, printed into mirage's output, not something a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 def has_chat_template(folder_or_tokenizer) -> bool:
@@ -81,7 +92,8 @@ def load_adapter(base_model, base_tokenizer, path: Path):
 
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"{path}: adapter folder is gone")
-    model = PeftModel.from_pretrained(base_model, str(path))
+    with peft_quietly():
+        model = PeftModel.from_pretrained(base_model, str(path))
     tok = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else base_tokenizer
     model.eval()
     return model, tok

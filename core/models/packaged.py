@@ -196,6 +196,27 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _gguf_reader_quiet():
+    """transformers' GGUF reader draws a bare tqdm bar ("Converting and de-quantizing GGUF
+    tensors") that neither its progress-bar switch nor TQDM_DISABLE (read at tqdm's import) turns
+    off; the conversion reports its own progress, so the reader's module gets a disabled tqdm
+    for the duration of the load."""
+    import functools
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        yield
+        return
+    real = reader.tqdm
+    reader.tqdm = functools.partial(real, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = real
+
+
 def _convert_gguf(gguf: Path, out: Path, meta: dict) -> None:
     """GGUF -> safetensors folder. save_pretrained refuses a GGUF-loaded model, so the weights are
     copied into a model built from the same config (no quantization_config, architectures set)."""
@@ -206,7 +227,8 @@ def _convert_gguf(gguf: Path, out: Path, meta: dict) -> None:
     # The conversion reports its own progress; transformers' load and shard-writing bars would
     # print between those lines.
     hf_logging.disable_progress_bar()
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_reader_quiet():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
