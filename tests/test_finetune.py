@@ -314,28 +314,39 @@ def test_chunked_loss_matches_the_full_logits_loss_and_its_gradients(tiny_base, 
             torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_checkpointing_is_on_when_asked_and_changes_no_gradient(tiny_base, data_ws):
+def _with_and_without_checkpointing(tiny_base, data_ws, dropout: float):
+    """{checkpointing: (loss, LoRA grads, peft model)} for one seeded step on the same batch, with
+    the adapter initialised to matter (LoRA B starts at zero)."""
     import torch
 
-    grads, losses = {}, {}
+    out = {}
     for ckpt in (False, True):
-        cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.0, gradient_checkpointing=ckpt)
+        cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=dropout, gradient_checkpointing=ckpt)
         plan = trainer.make_plan(data_ws, cfg)
         peft_model, _ = trainer.build_model(plan, "cpu")
-        assert peft_model.get_base_model().is_activation_checkpointing is ckpt
         torch.manual_seed(1)
         for _, p in peft_model.named_parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.05)
         module = loss.trainable_module(peft_model, cfg["logit_chunk"])
         module.train()
+        torch.manual_seed(2)
         loss_sum, n = module(*ftdata.collate(plan, [0, 1, 2], "cpu"))
         (loss_sum / n).backward()
-        losses[ckpt] = float(loss_sum.detach() / n)
-        grads[ckpt] = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
-    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
-    for k in grads[False]:
-        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-5, atol=1e-7)
+        grads = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+        out[ckpt] = (float(loss_sum.detach() / n), grads, peft_model)
+    return out
+
+
+def test_gradient_checkpointing_is_on_when_asked_and_changes_no_gradient(tiny_base, data_ws):
+    import torch
+
+    runs = _with_and_without_checkpointing(tiny_base, data_ws, dropout=0.0)
+    for ckpt, (_, _, peft_model) in runs.items():
+        assert peft_model.get_base_model().is_activation_checkpointing is ckpt
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for k in runs[False][1]:
+        torch.testing.assert_close(runs[True][1][k], runs[False][1][k], rtol=1e-5, atol=1e-7)
 
 
 # -- training ---------------------------------------------------------------------------------------------------
@@ -654,26 +665,13 @@ def test_a_cpu_run_gets_eager_attention_and_cheap_dropout_and_checkpointing_repl
     draws the same dropout masks (torch's generator restored for the recompute)."""
     import torch
 
-    grads = {}
-    for ckpt in (False, True):
-        cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.3, gradient_checkpointing=ckpt)
-        plan = trainer.make_plan(data_ws, cfg)
-        peft_model, _ = trainer.build_model(plan, "cpu")
+    runs = _with_and_without_checkpointing(tiny_base, data_ws, dropout=0.3)
+    for _, _, peft_model in runs.values():
         assert peft_model.get_base_model().config._attn_implementation == "eager"
         kinds = {type(m).__name__ for m in peft_model.modules()}
         assert "CheapDropout" in kinds and "Dropout" not in kinds
-        torch.manual_seed(1)
-        for _, p in peft_model.named_parameters():
-            if p.requires_grad:
-                torch.nn.init.normal_(p, std=0.05)
-        module = loss.trainable_module(peft_model, cfg["logit_chunk"])
-        module.train()
-        torch.manual_seed(2)
-        loss_sum, n = module(*ftdata.collate(plan, [0, 1, 2], "cpu"))
-        (loss_sum / n).backward()
-        grads[ckpt] = {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
-    for k in grads[False]:
-        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-5, atol=1e-7)
+    for k in runs[False][1]:
+        torch.testing.assert_close(runs[True][1][k], runs[False][1][k], rtol=1e-5, atol=1e-7)
     # An explicit kernel is kept.
     cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", attn_implementation="sdpa")
     peft_model, _ = trainer.build_model(trainer.make_plan(data_ws, cfg), "cpu")
