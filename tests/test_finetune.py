@@ -398,6 +398,8 @@ def test_a_run_trains_saves_a_peft_adapter_and_registers_it(data_ws, tiny_base):
     listed = runs.list_runs(data_ws)
     assert listed[0]["name"] == "tiny-arith" and listed[0]["adapter"] == "tiny-arith"
     assert listed[0]["step"] == 40 and listed[0]["status"] == "done"
+    # The run's record names the attention kernel "auto" became (eager: a CPU, short sequences).
+    assert runs.run_record(data_ws, job_id)["attn_implementation"] == "eager"
     assert not list((data_ws.artifacts / "jobs" / str(job_id)).glob("ckpt-*"))
 
 

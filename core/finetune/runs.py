@@ -358,6 +358,8 @@ def run_job(ctx) -> None:
         base_hub_id=base_id,
         world_size=trainer.world,
         dtype=dtype,
+        # The kernel "auto" resolved to (eager on a CPU for short sequences, core/finetune/cpu.py).
+        attn_implementation=getattr(trainer.peft_model.get_base_model().config, "_attn_implementation", None),
     )
     _write_record(record, rec)
     ctx.event(message=f"adapter saved as model '{model_name}'", adapter=model_name)
