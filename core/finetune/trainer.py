@@ -222,19 +222,7 @@ def build_model(plan: Plan, device: str):
     torch.manual_seed(cfg["seed"])
     kwargs: dict[str, Any] = {"dtype": dtype}
     attn = cfg.get("attn_implementation", "auto")
-    if attn == "auto" and not cfg.get("qlora"):
-        from transformers import AutoConfig
-
-        from core.finetune.cpu import attention_for
-
-        attn = attention_for(
-            AutoConfig.from_pretrained(str(plan.folder)),
-            device=device,
-            batch_size=cfg["batch_size"],
-            max_length=cfg["max_length"],
-            checkpointing=bool(cfg.get("gradient_checkpointing")),
-        )
-    if attn and attn != "auto":
+    if attn != "auto":
         kwargs["attn_implementation"] = attn
     if cfg.get("qlora"):
         kwargs.update(_qlora_kwargs(device, dtype))
@@ -247,6 +235,19 @@ def build_model(plan: Plan, device: str):
             raise BadInput("--attn-implementation", str(e).splitlines()[0], field="attn_implementation") from None
         raise
     model.config.use_cache = False
+    if attn == "auto" and not cfg.get("qlora"):
+        from core.finetune.cpu import attention_for
+
+        # Decided on the loaded model's own config; switching kernels on a loaded model is transformers' own API.
+        chosen = attention_for(
+            model.config,
+            device=device,
+            batch_size=cfg["batch_size"],
+            max_length=cfg["max_length"],
+            checkpointing=bool(cfg.get("gradient_checkpointing")),
+        )
+        if chosen:
+            model.set_attn_implementation(chosen)
     if cfg.get("qlora"):
         from peft import prepare_model_for_kbit_training
 
