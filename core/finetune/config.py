@@ -81,7 +81,7 @@ class FinetuneConfig:
     )
     attn_implementation: str = setting(
         "auto",
-        "Attention kernel; auto = eager on a CPU where its memory is small (faster on short sequences), else transformers' choice (sdpa where supported).",
+        "Attention kernel; auto = eager on a CPU while its memory is small, else transformers' choice (sdpa).",
         choices=("auto", "sdpa", "eager", "flash_attention_2"),
     )
     qlora: bool = setting(

@@ -1,10 +1,10 @@
 """Choices that make a LoRA step cheaper on a CPU without changing what is trained.
 
-Measured on SmolLM2-135M (batch 4, max length 256, bf16, AMD EPYC Zen 4, 2 threads), in a profile
-of mirage's step: torch's dropout drew its mask at 2.4 ms per LoRA input (one mt19937 draw per
-element, serially; twice per layer with activation checkpointing, which replays it), ~10% of the
-step, and SDPA's CPU flash kernel took ~18% on these short sequences, where the plain matmul-softmax
-attention is cheaper. Each was worth ~1.12x tokens/s alone, 1.27x together.
+In a profile of mirage's step (`python benchmarks/profile_finetune.py`: SmolLM2-135M, batch 4,
+max length 256, bf16, checkpointing), torch's dropout drew its LoRA masks one mt19937 draw per
+element, serially, and twice per layer (checkpointing replays it): ~10% of the step; SDPA's CPU
+flash kernel took ~18% on these short sequences, where the plain matmul-softmax attention is
+cheaper. `benchmarks/bench_finetune.py`'s `torch_layers` ablation measures the two together.
 """
 
 from __future__ import annotations

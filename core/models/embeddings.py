@@ -264,10 +264,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 # 1.53x compiled at 64 in the run before it, while eager at 256 beat eager at 64 by 1.7x.
 COMPILE_MIN_TEXTS = SHARD_ROWS
 # In bf16 under autocast alone each Linear re-casts and re-lays out its weights on every call (now
-# done once, `core.models.packed`), a cost that does not shrink with the batch: batches of 256 short texts rather than 64 ran 1.7x faster here at the same
-# recall (fp32 encode at 64 as the baseline: 1.43x -> 2.47x, loaded machine). Capped by tokens so
-# that long texts keep attention's memory (batch x heads x length^2) what a batch of 64 at full
-# length costs.
+# done once, `core.models.packed`), a cost that does not shrink with the batch: batches of 256
+# short texts rather than 64 ran 1.7x faster here at the same recall (fp32 encode at 64 as the
+# baseline: 1.43x -> 2.47x, loaded machine). Capped by tokens so that long texts keep attention's
+# memory (batch x heads x length^2) what a batch of 64 at full length costs.
 BF16_BATCH = 256
 BF16_BATCH_TOKENS = 64 * 256
 

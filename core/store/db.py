@@ -29,9 +29,9 @@ def connect(path: Path | str, *, migrate: bool = True) -> sqlite_utils.Database:
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         # A new database gets 16 KB pages (SQLite's default is 4 KB): an example row is ~5 KB of
-        # text, which on 4 KB pages spills into overflow pages; on 16 KB pages ~3 fit in one, and
-        # writing a large import costs ~40% less CPU. Only settable before the first table exists
-        # (and before WAL), so existing workspaces keep their page size.
+        # text, which on 4 KB pages spills into overflow pages; on 16 KB pages ~3 fit in one
+        # (benchmarks/bench_import.py --baseline DIR compares). Only settable before the first
+        # table exists (and before WAL), so existing workspaces keep their page size.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     db = sqlite_utils.Database(conn)
     if db.journal_mode != "wal":
