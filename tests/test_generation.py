@@ -381,3 +381,28 @@ def test_packed_linears_are_used_for_small_forwards_only_and_restored(tiny_folde
             again = model(input_ids=ids).logits
     torch.testing.assert_close(again, doubled, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(doubled, plain)
+
+
+def test_bf16_packed_linears_give_autocasts_products_and_leave_the_layers_as_they_were():
+    """Coverage embeds through `packed_linears(..., torch.bfloat16)` under autocast: the same bf16
+    products as autocast's own linear (weights cast once instead of on every call)."""
+    import torch
+
+    from core.models import embeddings, packed
+
+    if not (packed.available() and embeddings.cpu_bf16()):
+        pytest.skip("this CPU has no native bf16 matmul (coverage embeds in fp32 there)")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32)).eval()
+    x = torch.randn(40, 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = net(x)
+        with packed.packed_linears(net, 40, torch.bfloat16):
+            assert all("forward" in m.__dict__ for m in net if isinstance(m, torch.nn.Linear))
+            got = net(x)
+    assert got.dtype == ref.dtype == torch.bfloat16
+    # Bit for bit on the Zen 4 this was written on; another CPU's oneDNN kernels may block the sums
+    # differently, so within a bf16 rounding step.
+    torch.testing.assert_close(got.float(), ref.float(), rtol=1e-2, atol=1e-2)
+    assert not any("forward" in m.__dict__ for m in net)
+    assert net[0].weight.dtype == torch.float32  # the model's own weights are untouched
