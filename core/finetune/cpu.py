@@ -60,18 +60,14 @@ def dropout_module():
     return CheapDropout
 
 
-def cheapen_lora_dropout(peft_model) -> int:
-    """Swap peft's nn.Dropout on each LoRA input for CheapDropout of the same p; returns how many."""
+def cheapen_lora_dropout(peft_model) -> None:
+    """Swap peft's nn.Dropout on each LoRA input for CheapDropout of the same p."""
     import torch
 
     cheap = dropout_module()
-    swapped = 0
     for m in peft_model.modules():
         drops = getattr(m, "lora_dropout", None)
-        if not isinstance(drops, torch.nn.ModuleDict):
-            continue
-        for name in list(drops.keys()):
-            if type(drops[name]) is torch.nn.Dropout:
-                drops[name] = cheap(drops[name].p)
-                swapped += 1
-    return swapped
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name in list(drops.keys()):
+                if type(drops[name]) is torch.nn.Dropout:
+                    drops[name] = cheap(drops[name].p)
