@@ -16,10 +16,12 @@ Ablations of mirage's loop (each a worker too): `full_logits` (the model's own l
 whole vocabulary at every position, instead of chunked logits at label positions only),
 `no_grouping` (shuffled batches instead of length-grouped ones) and `torch_layers` (SDPA attention
 and torch's nn.Dropout, where mirage on a CPU picks eager attention for short sequences and cheaper
-dropout masks, core/finetune/cpu.py; TRL runs with its defaults, SDPA and nn.Dropout).
+dropout masks, core/finetune/cpu.py; TRL runs with its defaults, SDPA and nn.Dropout) and
+`peft_lora` (peft's own LoRA forward: fp32 adapter arithmetic on full-width activations, where
+mirage on a CPU computes the adapters in the base's dtype on the rank-wide intermediate).
 
 Usage: python benchmarks/bench_finetune.py [--models smollm2-135m-instruct,gemma3-270m] [--steps 10]
-       [--ablations full_logits,no_grouping,torch_layers]
+       [--ablations full_logits,no_grouping,torch_layers,peft_lora]
 Prints one JSON line per measurement.
 """
 
@@ -142,6 +144,8 @@ def _plans(args):
         "no_grouping": {"group_by_length": False},
         # torch's own layers where mirage picks cheaper ones on a CPU (core/finetune/cpu.py)
         "torch_layers": {"attn_implementation": "sdpa", "cheap_dropout": False},
+        # peft's own LoRA forward (fp32 adapter arithmetic on full-width activations)
+        "peft_lora": {"lean_lora": False},
         "trl": {},
     }[args.worker]
     plan = make_plan(ws, make_config(args.folder, "train", **common, **extra))
@@ -472,6 +476,7 @@ def bench_model(model_name: str, args, root: Path) -> None:
         ("full_logits", "chunked_label_only_logits"),
         ("no_grouping", "length_grouped_batches"),
         ("torch_layers", "cpu_attention_and_dropout"),
+        ("peft_lora", "lean_lora_forward"),
     ):
         if k in stats:
             emit(

@@ -688,3 +688,41 @@ def test_building_a_run_prints_no_transformers_deprecation_of_peft_or_ours(tiny_
         warnings.simplefilter("always")
         trainer.build_model(trainer.make_plan(data_ws, cfg), "cpu")
     assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_lean_lora_forward_gives_peft_s_output_and_gradients_and_a_cpu_run_uses_it(tiny_base, data_ws):
+    """In fp32 the lean forward is peft's arithmetic regrouped: same loss, same adapter gradients
+    (dropout on, the same masks under one seed)."""
+    import copy
+
+    import torch
+
+    from core.finetune.cpu import lean_lora_forwards
+
+    cfg = config.make_config(str(tiny_base), "arith", dtype="fp32", dropout=0.3, lean_lora=False)
+    plan = trainer.make_plan(data_ws, cfg)
+    peft_model, _ = trainer.build_model(plan, "cpu")
+    for n, p in peft_model.named_parameters():
+        if "lora_B" in n:  # peft starts B at zero, which would hide A's gradient
+            torch.nn.init.normal_(p, std=0.1)
+    lean = copy.deepcopy(peft_model)
+    assert lean_lora_forwards(lean) > 0
+    from core.finetune.data import collate
+
+    ids, att, labels = collate(plan, [0, 1], "cpu")
+    grads = []
+    for m in (peft_model, lean):
+        m.train()
+        torch.manual_seed(5)
+        loss = m(input_ids=ids, attention_mask=att, labels=labels).loss
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for k, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][k], g, rtol=1e-4, atol=1e-6)
+        assert float(g.abs().max()) > 0, k
+    # A CPU run gets it by default; the LoRA weights stay fp32 master weights.
+    built, _ = trainer.build_model(trainer.make_plan(data_ws, config.make_config(str(tiny_base), "arith")), "cpu")
+    layers = [m for m in built.modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A")]
+    assert layers and all("_lean_forward" in getattr(m.forward, "__name__", "") for m in layers)
+    assert {p.dtype for p in built.parameters() if p.requires_grad} == {torch.float32}

@@ -101,6 +101,7 @@ class FinetuneKnobs:
         "chunked", "full: the model's own loss over full-vocabulary logits.", choices=("chunked", "full")
     )
     cheap_dropout: bool = setting(True, "On a CPU, LoRA dropout masks from 16-bit draws (core/finetune/cpu.py).")
+    lean_lora: bool = setting(True, "On a CPU, LoRA adapters computed in the base's dtype (core/finetune/cpu.py).")
     throttle_s: float = setting(0.0, "Pause after each step (a window to kill a run mid-way).")
     eval_max_examples: int = setting(200, "At most this many held-out examples (eval time stays small).", at_least=1)
 

@@ -47,12 +47,15 @@ def dropout_module():
         def forward(self, x):
             if not self.training or self.p == 0.0:
                 return x
+            return x * self.keep_mask(x) * (1.0 / (1.0 - self.p))
+
+        def keep_mask(self, x):
+            """The boolean keep mask forward multiplies by (training, p > 0)."""
             n = x.numel()
             # The full int64 range: a bare random_() leaves the top bit 0, and so one int16 in four
             # would never drop.
             draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-            keep = draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
-            return x * keep * (1.0 / (1.0 - self.p))
+            return draws.view(torch.int16)[:n].view(x.shape) >= self.threshold
 
         def extra_repr(self) -> str:
             return f"p={self.p}"
@@ -71,3 +74,64 @@ def cheapen_lora_dropout(peft_model) -> None:
             for name in list(drops.keys()):
                 if type(drops[name]) is torch.nn.Dropout:
                     drops[name] = cheap(drops[name].p)
+
+
+def lean_lora_forwards(peft_model) -> int:
+    """Give each peft LoRA Linear a forward that computes its adapter in the base's dtype, with
+    the same result: `base(x) + B(A(dropout(x))) * scaling`. Returns how many layers got it.
+
+    peft casts the input to the adapter's fp32 and runs dropout, A, B, the scaling and the sum on
+    full-width fp32 tensors, a copy and about six elementwise passes over the activations per
+    adapted layer, replayed under checkpointing. Here only A and B (rank x width, small) are cast
+    to the base's dtype each call (their fp32 values stay the optimizer's master weights, and
+    their gradients come back through the cast in fp32), the dropout scale and `scaling` are applied
+    to the rank-wide intermediate, and the sum is the output matmul's own accumulate (addmm).
+    That is autocast's arithmetic (TRL's bf16 on a CPU) without autocast's per-op dispatch.
+    Layers peft runs differently (merged, disabled, several adapters, variants such as DoRA,
+    adapter biases, per-call adapter names) keep peft's forward.
+    """
+    import types
+
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    n = 0
+    for m in peft_model.modules():
+        if type(m) is LoraLinear:
+            m.forward = types.MethodType(_lean_forward, m)
+            n += 1
+    return n
+
+
+def _lean_forward(self, x, *args, **kwargs):
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    active = self.active_adapters
+    name = active[0] if len(active) == 1 else None
+    if (
+        args
+        or kwargs
+        or name is None
+        or self.disable_adapters
+        or self.merged
+        or name not in self.lora_A
+        or name in self.lora_variant
+        or self.lora_B[name].bias is not None
+    ):
+        return LoraLinear.forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    dtype = result.dtype
+    drop = self.lora_dropout[name]
+    scale = self.scaling[name]
+    if isinstance(drop, torch.nn.Identity) or not drop.training or getattr(drop, "p", 0.0) == 0.0:
+        dropped = x
+    elif hasattr(drop, "keep_mask"):  # CheapDropout: its 1/(1-p) goes onto the rank-wide tensor
+        dropped = x * drop.keep_mask(x)
+        scale = scale / (1.0 - drop.p)
+    else:
+        dropped = drop(x)
+    a = self.lora_A[name].weight.to(dtype)
+    b = self.lora_B[name].weight.to(dtype)
+    h = torch.nn.functional.linear(dropped.to(dtype), a) * scale
+    out = result.reshape(-1, result.shape[-1])
+    return torch.addmm(out, h.reshape(-1, h.shape[-1]), b.t()).view(result.shape)

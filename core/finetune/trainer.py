@@ -282,6 +282,10 @@ def build_model(plan: Plan, device: str):
         from core.finetune.cpu import cheapen_lora_dropout
 
         cheapen_lora_dropout(peft_model)
+    if str(device).startswith("cpu") and cfg.get("lean_lora", True):
+        from core.finetune.cpu import lean_lora_forwards
+
+        lean_lora_forwards(peft_model)
     return peft_model.to(device), dtype
 
 
