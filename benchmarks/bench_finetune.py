@@ -18,10 +18,12 @@ whole vocabulary at every position, instead of chunked logits at label positions
 and torch's nn.Dropout, where mirage on a CPU picks eager attention for short sequences and cheaper
 dropout masks, core/finetune/cpu.py; TRL runs with its defaults, SDPA and nn.Dropout) and
 `peft_lora` (peft's own LoRA forward: fp32 adapter arithmetic on full-width activations, where
-mirage on a CPU computes the adapters in the base's dtype on the rank-wide intermediate).
+mirage on a CPU computes the adapters in the base's dtype on the rank-wide intermediate) and
+`torch_norm` (autograd through the model's own RMSNorm ops, where mirage on a CPU gives frozen
+norms a written-out backward).
 
 Usage: python benchmarks/bench_finetune.py [--models smollm2-135m-instruct,gemma3-270m] [--steps 10]
-       [--ablations full_logits,no_grouping,torch_layers,peft_lora]
+       [--ablations full_logits,no_grouping,torch_layers,peft_lora,torch_norm]
 Prints one JSON line per measurement.
 """
 
@@ -146,6 +148,8 @@ def _plans(args):
         "torch_layers": {"attn_implementation": "sdpa", "cheap_dropout": False},
         # peft's own LoRA forward (fp32 adapter arithmetic on full-width activations)
         "peft_lora": {"lean_lora": False},
+        # autograd's backward through the model's own RMSNorm ops
+        "torch_norm": {"fused_norm": False},
         "trl": {},
     }[args.worker]
     plan = make_plan(ws, make_config(args.folder, "train", **common, **extra))
@@ -477,6 +481,7 @@ def bench_model(model_name: str, args, root: Path) -> None:
         ("no_grouping", "length_grouped_batches"),
         ("torch_layers", "cpu_attention_and_dropout"),
         ("peft_lora", "lean_lora_forward"),
+        ("torch_norm", "fused_rms_norm"),
     ):
         if k in stats:
             emit(

@@ -726,3 +726,51 @@ def test_lean_lora_forward_gives_peft_s_output_and_gradients_and_a_cpu_run_uses_
     layers = [m for m in built.modules() if type(m).__name__ == "Linear" and hasattr(m, "lora_A")]
     assert layers and all("_lean_forward" in getattr(m.forward, "__name__", "") for m in layers)
     assert {p.dtype for p in built.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_fused_rms_norm_gives_the_module_s_output_and_input_gradient_and_a_cpu_run_uses_it(tiny_base, data_ws):
+    """bf16 as a run has it: the forward is the module's bit for bit, the input gradient as close
+    to an fp64 one as autograd's is; a norm of another formula (Gemma's) keeps its forward."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    from core.finetune.cpu import fused_rms_norms
+
+    small = dict(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=1)
+    heads = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(**small, **heads)).to(torch.bfloat16).requires_grad_(False)
+    norm = llama.model.norm
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(48))
+    x0 = torch.randn(3, 7, 48, dtype=torch.bfloat16) * 4
+    g = torch.randn(3, 7, 48, dtype=torch.bfloat16)
+
+    def run():
+        x = x0.clone().requires_grad_(True)
+        y = norm(x)
+        y.backward(g)
+        return y.detach(), x.grad
+
+    y_ref, gx_ref = run()
+    assert fused_rms_norms(llama) == 3  # both of the layer's norms and the final one
+    y, gx = run()
+    assert torch.equal(y, y_ref)
+    x64 = x0.double().requires_grad_(True)
+    w64 = norm.weight.double()
+    (w64 * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)).backward(g.double())
+    err, err_ref = (gx.double() - x64.grad).abs().max(), (gx_ref.double() - x64.grad).abs().max()
+    assert err <= err_ref * 1.01 + 1e-6, (float(err), float(err_ref))
+    torch.testing.assert_close(gx, gx_ref, rtol=0.02, atol=0.02)
+
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(**small, **heads)).to(torch.bfloat16).requires_grad_(False)
+    assert fused_rms_norms(gemma) == 0
+    trained = LlamaForCausalLM(LlamaConfig(**small, **heads))  # weights that train keep autograd's backward
+    assert fused_rms_norms(trained) == 0
+
+    built, _ = trainer.build_model(trainer.make_plan(data_ws, config.make_config(str(tiny_base), "arith")), "cpu")
+    norms = [m for m in built.modules() if "RMSNorm" in type(m).__name__]
+    assert norms and all(getattr(m.forward, "__name__", "") == "_fused_norm_forward" for m in norms)
+    off = config.make_config(str(tiny_base), "arith", fused_norm=False)
+    built, _ = trainer.build_model(trainer.make_plan(data_ws, off), "cpu")
+    assert not [m for m in built.modules() if getattr(m.forward, "__name__", "") == "_fused_norm_forward"]

@@ -102,6 +102,7 @@ class FinetuneKnobs:
     )
     cheap_dropout: bool = setting(True, "On a CPU, LoRA dropout masks from 16-bit draws (core/finetune/cpu.py).")
     lean_lora: bool = setting(True, "On a CPU, LoRA adapters computed in the base's dtype (core/finetune/cpu.py).")
+    fused_norm: bool = setting(True, "On a CPU, frozen RMSNorms with a written-out backward (core/finetune/cpu.py).")
     throttle_s: float = setting(0.0, "Pause after each step (a window to kill a run mid-way).")
     eval_max_examples: int = setting(200, "At most this many held-out examples (eval time stays small).", at_least=1)
 

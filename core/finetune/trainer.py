@@ -286,6 +286,10 @@ def build_model(plan: Plan, device: str):
         from core.finetune.cpu import lean_lora_forwards
 
         lean_lora_forwards(peft_model)
+    if str(device).startswith("cpu") and cfg.get("fused_norm", True):
+        from core.finetune.cpu import fused_rms_norms
+
+        fused_rms_norms(peft_model)
     return peft_model.to(device), dtype
 
 
