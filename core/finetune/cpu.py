@@ -145,27 +145,27 @@ def rms_norm_function():
 
     class FrozenRMSNorm(torch.autograd.Function):
         """Llama-style RMSNorm, `w * (x.float() * rsqrt(mean(x²) + eps)).to(x.dtype)`, with a frozen
-        weight and a backward written out. The forward is the module's own arithmetic, op for op
-        (so its output is the module's, bit for bit); autograd's backward through those ops (pow,
-        mean, rsqrt, two casts, two products) is about a dozen passes over the activations, this
-        one is five, and it keeps only the input and the per-row rstd."""
+        weight and a backward written out. The forward is the module's own arithmetic (so its
+        output is the module's, bit for bit; a product written into a tensor of x's dtype rounds
+        as the module's cast does); autograd's backward through those ops (pow, mean, rsqrt, two
+        casts, two products) is about a dozen passes over the activations, this one is four. It
+        keeps the fp32 input it made for the forward rather than casting x again."""
 
         @staticmethod
         def forward(ctx, x, weight, eps):
             xf = x.float()
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            ctx.save_for_backward(x, weight, rstd)
-            return weight * (xf * rstd).to(x.dtype)
+            ctx.save_for_backward(xf, weight, rstd)
+            return torch.mul(xf, rstd, out=torch.empty_like(x)).mul_(weight)
 
         @staticmethod
         def backward(ctx, grad):
-            x, weight, rstd = ctx.saved_tensors
-            xf = x.float()
-            gh = (grad * weight).float()  # the product autograd forms in x's dtype, then its cast
+            xf, weight, rstd = ctx.saved_tensors
+            # autograd's product of grad and weight is in x's dtype, then cast: the same here
+            gh = torch.mul(grad, weight, out=torch.empty_like(xf))
             # d/dx of x * rsqrt(mean(x²) + eps): rstd * gh - x * rstd³ * mean(gh * x)
-            coef = torch.linalg.vecdot(gh, xf).unsqueeze(-1) * rstd.pow(3) / x.shape[-1]
-            torch.addcmul(gh.mul_(rstd), xf, coef, value=-1, out=gh)
-            return gh.to(x.dtype), None, None
+            coef = torch.linalg.vecdot(gh, xf).unsqueeze(-1) * rstd.pow(3) / xf.shape[-1]
+            return torch.addcmul(gh.mul_(rstd), xf, coef, value=-1, out=torch.empty_like(grad)), None, None
 
     return FrozenRMSNorm
 
