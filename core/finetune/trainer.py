@@ -278,18 +278,15 @@ def build_model(plan: Plan, device: str):
         raise BadInput("--target-modules", str(e).splitlines()[0], field="target_modules") from None
     if cfg.get("qlora"):  # bitsandbytes placed the quantised weights on the GPU already
         return peft_model, dtype
-    if str(device).startswith("cpu") and cfg.get("cheap_dropout", True):
-        from core.finetune.cpu import cheapen_lora_dropout
+    if str(device).startswith("cpu"):
+        from core.finetune.cpu import cheapen_lora_dropout, fused_rms_norms, lean_lora_forwards
 
-        cheapen_lora_dropout(peft_model)
-    if str(device).startswith("cpu") and cfg.get("lean_lora", True):
-        from core.finetune.cpu import lean_lora_forwards
-
-        lean_lora_forwards(peft_model)
-    if str(device).startswith("cpu") and cfg.get("fused_norm", True):
-        from core.finetune.cpu import fused_rms_norms
-
-        fused_rms_norms(peft_model)
+        if cfg.get("cheap_dropout", True):
+            cheapen_lora_dropout(peft_model)
+        if cfg.get("lean_lora", True):
+            lean_lora_forwards(peft_model)
+        if cfg.get("fused_norm", True):
+            fused_rms_norms(peft_model)
     return peft_model.to(device), dtype
 
 
