@@ -19,7 +19,7 @@ background for a large import); a second line times the import until that is don
 in the same runs, so a change is measured against the code before it under the same load.
 
     python benchmarks/bench_import.py [--conversations 100000] [--runs 5] [--tokenizer PATH]
-        [--ablations executemany,batch_2000,no_bulk_settings] [--baseline DIR]
+        [--ablations executemany,batch_2000,write_1000,gc_on,no_bulk_settings] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ ABLATIONS = {
     "executemany": "staging.insert_rows = lambda conn, sql, rows: conn.executemany(sql, rows).rowcount if rows else 0",
     # 2,000-row chunks (each its own transaction) instead of 1,000, in every module that reads BATCH
     "batch_2000": "for m in (staging, sources, pipeline, suites, outputs):\n    m.BATCH = 2000",
+    # data imports written 1,000 rows a transaction (one parse chunk) instead of WRITE_ROWS
+    "write_1000": "pipeline.WRITE_ROWS = 1000",
+    # the cyclic garbage collector left on during the import
+    "gc_on": "pipeline._no_cyclic_gc = contextlib.nullcontext",
     # none of bulk_writes's settings (page cache, checkpoints, temp store, switch interval)
     "no_bulk_settings": "pipeline.bulk_writes = lambda ws: contextlib.nullcontext()",
 }

@@ -836,3 +836,41 @@ def test_stored_json_is_the_key_sorted_dumps_in_every_format(ws, tmp_path):
         assert raw[0] == dumps(json.loads(raw[0]))
         assert raw[1] == hashlib.sha256(dumps(ex["conversation"]).encode()).hexdigest()
         assert ex["conversation"][0] == {"role": "system", "content": "S"}
+
+
+def test_a_data_import_writes_several_parse_chunks_a_transaction_and_the_rest_at_the_end(ws, tmp_path, monkeypatch):
+    from core.data.ingest import pipeline
+
+    monkeypatch.setattr(pipeline, "BATCH", 2)  # parse chunks of 2 rows
+    monkeypatch.setattr(pipeline, "WRITE_ROWS", 5)  # written once 5 or more are counted
+    sizes = []
+    real = pipeline._flush_examples
+    monkeypatch.setattr(
+        pipeline, "_flush_examples", lambda ws, sid, rows, *a: (sizes.append(len(rows)), real(ws, sid, rows, *a))
+    )
+    f = write_jsonl(tmp_path / "d.jsonl", [sharegpt(f"q{i}", f"a{i}") for i in range(21)] + [sharegpt("q0", "a0")])
+    s = run(import_data(ws, [f], "d"))
+    assert sizes == [6, 6, 6, 4]  # 3 chunks a transaction; the last 4 (one a duplicate) at the end
+    assert (s["imported"], s["duplicates"]) == (21, 1)
+    assert [e["idx"] for e in iter_examples(ws, "d")] == list(range(21))
+
+
+def test_the_cyclic_collector_is_off_while_an_import_parses_and_back_on_after_it_even_on_failure(
+    ws, tmp_path, monkeypatch
+):
+    import gc
+
+    from core.data.ingest import pipeline
+
+    seen = []
+    real = pipeline.normalise_conversation
+    monkeypatch.setattr(
+        pipeline, "normalise_conversation", lambda rec, fmt: (seen.append(gc.isenabled()), real(rec, fmt))[1]
+    )
+    good = write_jsonl(tmp_path / "good.jsonl", [sharegpt("q", "a")])
+    run(import_data(ws, [good], "d"))
+    assert seen == [False] and gc.isenabled()
+    bad = write_jsonl(tmp_path / "bad.jsonl", [sharegpt("q2", "a2"), {"conversations": 3}])
+    with pytest.raises(BadInput):
+        run(import_data(ws, [bad], "e"))
+    assert gc.isenabled()

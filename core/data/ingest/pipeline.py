@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import threading
@@ -57,6 +58,7 @@ def import_data(
     bulk = contextlib.ExitStack()
     try:
         bulk.enter_context(bulk_writes(ws))
+        bulk.enter_context(_no_cyclic_gc())
         for src in sources:
             kind = src.kind()
             if kind == "txt":
@@ -196,6 +198,20 @@ def import_data(
     }
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic garbage collector off while an import runs: the rows and conversations it
+    builds hold no reference cycles, and with 100,000s of container objects made and freed its
+    passes over the young ones were ~8% of the parsing thread's samples (py-spy, bench_import)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _dumps_bytes(obj) -> bytes:
     """`workspace.dumps(obj)` as UTF-8 bytes (same text: compact, sorted keys), via orjson when it can.
 
@@ -210,21 +226,36 @@ def _dumps_bytes(obj) -> bytes:
         return dumps(obj).encode("utf-8", "surrogatepass")
 
 
+# Rows per write transaction of a data import: five parse chunks. Each transaction rewrites every
+# page of the content-hash index it touches (the hashes land all over it), so on the benchmark's
+# 100,000 rows 1,000-row transactions wrote 971 MB to the WAL and 5,000-row ones 623 MB
+# (`benchmarks/bench_import.py --ablations write_1000` times the import with 1,000). A lock hold
+# is still a fraction of a second.
+WRITE_ROWS = 5 * BATCH
+
+
 class _ExampleSink:
     """Counts, hashes and writes one file's chunks of staged example rows, on two threads.
 
     Token counting and content hashing run on a thread of their own between the parser and the
     database writer (numpy and SQLite release the GIL), so a chunk is counted while the one
     before it is written. Threads, not a writer process: pickling chunks through a pipe costs
-    about what the shared GIL does.
+    about what the shared GIL does. Counted chunks are written WRITE_ROWS at a time.
     """
 
     def __init__(self, ws: Workspace, stage_id: int, target: dict | None, counter: TokenCounter):
         self.stats = {"imported": 0, "duplicates": 0}
-        self._db = Writer(lambda rows: _flush_examples(ws, stage_id, rows, self.stats, target))
-        self._measure = Writer(
-            lambda chunk: self._db.submit(_measure_rows(counter, *chunk)), name="mirage-import-counter"
-        )
+        self._counter = counter
+        self._pending: list[tuple] = []  # counted rows not yet handed to the writer (counter thread)
+        # depth 1: with WRITE_ROWS rows a transaction, one waiting is enough to keep SQLite busy
+        self._db = Writer(lambda rows: _flush_examples(ws, stage_id, rows, self.stats, target), depth=1)
+        self._measure = Writer(self._measured, name="mirage-import-counter")
+
+    def _measured(self, chunk: tuple) -> None:
+        self._pending += _measure_rows(self._counter, *chunk)
+        if len(self._pending) >= WRITE_ROWS:
+            rows, self._pending = self._pending, []
+            self._db.submit(rows)
 
     def submit(self, batch: list[tuple], convs: list[list[dict]], base: int) -> None:
         self._measure.submit((batch, convs, base))
@@ -232,12 +263,16 @@ class _ExampleSink:
     def finish(self) -> dict:
         """Wait for every chunk to be written; the file's {imported, duplicates}."""
         self._measure.finish()
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._db.submit(rows)
         self._db.finish()
         return dict(self.stats)
 
     def abort(self) -> None:
         """Stop after the chunks in hand; nothing is written after this returns."""
         self._measure.finish_quietly()
+        self._pending = []
         self._db.finish_quietly()
 
 

@@ -93,7 +93,7 @@ def bulk_writes(ws: Workspace):
 
     - a 64 MB page cache: each chunk's rows land at random places in the content-hash index, and
       with the default 2 MB cache those index pages are evicted and read back, chunk after chunk;
-    - a WAL checkpoint every ~40 MB instead of every ~4 MB (one per chunk);
+    - a WAL checkpoint every ~160 MB instead of every ~16 MB;
     - temporary tables in memory: a multi-row insert into a table with row triggers (the FTS ones)
       goes through a temporary table, otherwise a temp file written to disk;
     - a 1 ms GIL switch interval instead of 5: the counter and the writer give the GIL up around
@@ -121,12 +121,12 @@ class Writer(threading.Thread):
     """Runs `flush(chunk)` for each submitted chunk on its own thread; the first error stops it
     and is re-raised on the next submit() or finish()."""
 
-    def __init__(self, flush: Callable[[Any], None], name: str = "mirage-import-writer"):
+    def __init__(self, flush: Callable[[Any], None], name: str = "mirage-import-writer", depth: int = 2):
         super().__init__(daemon=True, name=name)
         import queue
 
         self.flush = flush
-        self.queue: Any = queue.Queue(maxsize=2)  # bounded: the reader never runs far ahead
+        self.queue: Any = queue.Queue(maxsize=depth)  # bounded: the reader never runs far ahead
         self.error: BaseException | None = None
         self.start()
 
