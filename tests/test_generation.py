@@ -406,3 +406,37 @@ def test_bf16_packed_linears_give_autocasts_products_and_leave_the_layers_as_the
     torch.testing.assert_close(got.float(), ref.float(), rtol=1e-2, atol=1e-2)
     assert not any("forward" in m.__dict__ for m in net)
     assert net[0].weight.dtype == torch.float32  # the model's own weights are untouched
+
+
+def test_a_failure_packing_bf16_linears_leaves_autocast_off(monkeypatch):
+    """On a CPU whose oneDNN refuses bf16 weights, packing raised inside the embedding call and
+    left bf16 autocast on for the rest of the process (every later fp32 result came out rounded)."""
+    import contextlib
+
+    import torch
+
+    from core.models import embeddings, packed
+
+    @contextlib.contextmanager
+    def refusing(*a, **k):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support ...")
+        yield
+
+    monkeypatch.setattr(packed, "packed_linears", refusing)
+    with pytest.raises(RuntimeError):
+        embeddings._encode(object(), ["a text"], 8, None, bf16=True)
+    assert not torch.is_autocast_enabled("cpu")
+    assert torch.randn(3, 3).matmul(torch.randn(3, 3)).dtype == torch.float32
+
+
+def test_bf16_weights_are_not_packed_where_onednn_has_no_bf16(monkeypatch):
+    import torch
+
+    from core.models import packed
+
+    if not packed.available():
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    lin = torch.nn.Linear(8, 4)
+    assert packed._packed(lin, 2, torch.bfloat16) is None
+    assert packed._packed(lin, 2, torch.float32) is not None

@@ -312,11 +312,11 @@ def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.nd
 
     from core.models import packed
 
-    ctx = contextlib.ExitStack()
-    if bf16:
-        ctx.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-        ctx.enter_context(packed.packed_linears(st, batch_size, torch.bfloat16))
-    with ctx:
+    # Entered inside the `with`: should packing fail, autocast is left again, not on for good.
+    with contextlib.ExitStack() as ctx:
+        if bf16:
+            ctx.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            ctx.enter_context(packed.packed_linears(st, batch_size, torch.bfloat16))
         vecs = st.encode(
             texts,
             batch_size=batch_size,

@@ -33,6 +33,8 @@ def _packed(lin, batch: int, dtype):
     w = lin.weight
     if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16) or w.dim() != 2:
         return None
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None  # oneDNN refuses bf16 weights without AVX512-BW/VL/DQ or AVX-NE-CONVERT (AVX2-only CPUs)
     key = (dtype, w._version, w.data_ptr())
     hit = _PACKED.get(lin)
     if hit is not None and hit[0] == key:
