@@ -202,7 +202,7 @@ def import_data(
 def _no_cyclic_gc():
     """The cyclic garbage collector off while an import runs: the rows and conversations it
     builds hold no reference cycles, and with 100,000s of container objects made and freed its
-    passes over the young ones were ~8% of the parsing thread's samples (py-spy, bench_import)."""
+    passes over the young ones are pure cost (ablation `gc_on` of benchmarks/bench_import.py)."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -227,10 +227,9 @@ def _dumps_bytes(obj) -> bytes:
 
 
 # Rows per write transaction of a data import: five parse chunks. Each transaction rewrites every
-# page of the content-hash index it touches (the hashes land all over it), so on the benchmark's
-# 100,000 rows 1,000-row transactions wrote 971 MB to the WAL and 5,000-row ones 623 MB
-# (`benchmarks/bench_import.py --ablations write_1000` times the import with 1,000). A lock hold
-# is still a fraction of a second.
+# page of the content-hash index it touches (the hashes land all over it), so fewer, larger
+# transactions write far less to the WAL; a lock hold stays a fraction of a second. The
+# `write_1000` ablation of benchmarks/bench_import.py measures the difference.
 WRITE_ROWS = 5 * BATCH
 
 
@@ -254,8 +253,11 @@ class _ExampleSink:
     def _measured(self, chunk: tuple) -> None:
         self._pending += _measure_rows(self._counter, *chunk)
         if len(self._pending) >= WRITE_ROWS:
-            rows, self._pending = self._pending, []
-            self._db.submit(rows)
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        rows, self._pending = self._pending, []
+        self._db.submit(rows)
 
     def submit(self, batch: list[tuple], convs: list[list[dict]], base: int) -> None:
         self._measure.submit((batch, convs, base))
@@ -264,8 +266,7 @@ class _ExampleSink:
         """Wait for every chunk to be written; the file's {imported, duplicates}."""
         self._measure.finish()
         if self._pending:
-            rows, self._pending = self._pending, []
-            self._db.submit(rows)
+            self._write_pending()
         self._db.finish()
         return dict(self.stats)
 
