@@ -37,12 +37,34 @@ async def test_selection_holds_still_between_polls(ws):
         picks: list[int | None] = []
         select = screen._select
         screen._select = lambda job_id: (picks.append(job_id), select(job_id))
-        for _ in range(3):  # three polls, each rebuilding the table
+        for _ in range(3):  # three polls, each writing the table again
             screen.poll()
             await app.workers.wait_for_complete()
             await pilot.pause()
         assert screen.selected == ids[-1]
         assert [p for p in picks if p != ids[-1]] == []
+
+
+async def test_a_poll_leaves_the_table_where_the_reader_scrolled_it(ws):
+    """Scrolled up to old jobs, the table jumped back to the cursor's row every second."""
+    ids = [jobs.submit(ws, "selftest", f"j{i}", {"steps": 1, "sleep": 0.0}, detach=False) for i in range(40)]
+    app = MirageApp(ws.root, start="jobs")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        table = screen.query_one("#jobs-table", DataTable)
+        await wait_for(pilot, lambda: screen.selected == ids[-1] and table.row_count == 40)
+        await wait_for(pilot, lambda: table.scroll_y > 0)  # the cursor, on the newest job, is in view
+        table.scroll_to(y=0, animate=False)
+        await pilot.pause()
+        with ws.transaction():
+            ws.db.execute("update jobs set loss = 9.5 where id = ?", [ids[0]])
+        for _ in range(2):
+            screen.poll()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+        assert table.get_row(str(ids[0]))[5] == "9.5000"  # the change is shown, in place
+        assert table.scroll_y == 0
+        assert screen.selected == ids[-1] and table.cursor_row == 39
 
 
 async def test_lists_jobs_with_progress_loss_curve_and_log_then_reattaches(ws):

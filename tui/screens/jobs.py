@@ -160,6 +160,10 @@ class JobsScreen(MirageScreen):
         self.eval_losses: list[tuple[int, float]] = []
         self.job_rows: list[dict] = []
         self.estimate_result: dict | None = None
+        # What the table shows now, by row key, to tell a poll that changed nothing from one that did.
+        self.shown_rows: dict[str, list] = {}
+        self.shown_narrow: bool | None = None
+        self.column_keys: list = []
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="jobs-form"):
@@ -185,7 +189,7 @@ class JobsScreen(MirageScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#jobs-table", DataTable)
-        table.add_columns("id", "name", "kind", "status", "progress", "loss", "ETA", "error")
+        self.column_keys = table.add_columns("id", "name", "kind", "status", "progress", "loss", "ETA", "error")
         # Left to itself the screen focused the hidden launch form's scroller: ↑/↓ did nothing.
         table.focus()
         self._draw_loss()
@@ -206,8 +210,6 @@ class JobsScreen(MirageScreen):
     def show(self, state: dict) -> None:
         self.job_rows = state["jobs"]
         table = self.query_one("#jobs-table", DataTable)
-        cursor_id = self.selected
-        table.clear()
         # Below 100 columns (80x24) the error column was off the screen: the bar goes (the count
         # stays), long names are cut, and the error gets what is left (in full in the log below).
         narrow = self.size.width < 100
@@ -232,14 +234,13 @@ class JobsScreen(MirageScreen):
         room = max(12, min(60, self.size.width - used - 2))
         for r, row in zip(self.job_rows, rows):
             err = r.get("error") or ""
-            table.add_row(*row, err if len(err) <= room else err[: room - 1] + "…", key=str(r["id"]))
-        if self.job_rows:
-            ids = [r["id"] for r in self.job_rows]
-            if cursor_id not in ids:
-                cursor_id = ids[-1]
-            table.move_cursor(row=ids.index(cursor_id), animate=False)
-            if cursor_id != self.selected:
-                self._select(cursor_id)
+            row.append(err if len(err) <= room else err[: room - 1] + "…")
+        keys = [str(r["id"]) for r in self.job_rows]
+        if keys == list(self.shown_rows) and narrow == self.shown_narrow:
+            self._update_rows(table, dict(zip(keys, rows)))
+        else:
+            self._rebuild_rows(table, keys, rows)
+        self.shown_narrow = narrow
         if state["selected"] == self.selected and state["events"]:
             log = self.query_one("#jobs-log", RichLog)
             for e in state["events"]:
@@ -257,6 +258,29 @@ class JobsScreen(MirageScreen):
             f"{len(self.job_rows)} job{'' if len(self.job_rows) == 1 else 's'}, {running} running, {queued} queued"
             " — n new run · c cancel · r resume"
         )
+
+    def _update_rows(self, table: DataTable, rows: dict[str, list]) -> None:
+        # The same jobs as last poll: only the cells that changed are written. Clearing the table
+        # on every poll scrolled it back to the cursor under a reader scrolling through the jobs.
+        for key, row in rows.items():
+            for col, new, old in zip(self.column_keys, row, self.shown_rows[key]):
+                if new != old:
+                    table.update_cell(key, col, new, update_width=True)
+        self.shown_rows = rows
+
+    def _rebuild_rows(self, table: DataTable, keys: list[str], rows: list[list]) -> None:
+        cursor_id = self.selected
+        table.clear()
+        for key, row in zip(keys, rows):
+            table.add_row(*row, key=key)
+        self.shown_rows = dict(zip(keys, rows))
+        if self.job_rows:
+            ids = [r["id"] for r in self.job_rows]
+            if cursor_id not in ids:
+                cursor_id = ids[-1]
+            table.move_cursor(row=ids.index(cursor_id), animate=False)
+            if cursor_id != self.selected:
+                self._select(cursor_id)
 
     def _select(self, job_id: int | None) -> None:
         if job_id == self.selected:
