@@ -415,3 +415,28 @@ def test_bf16_batches_grow_for_short_texts_only(ws, tmp_path):
     assert emb._batch_for(st, ["who wrote carmen"] * 3, 64) == emb.BF16_BATCH
     assert emb._batch_for(st, ["word " * 2000], 64) == max(64, min(emb.BF16_BATCH, emb.BF16_BATCH_TOKENS // max_len))
     assert emb._batch_for(st, ["word " * 2000], 512) == 512  # never below what was asked
+
+
+def test_embed_compile_swaps_in_the_compiled_transformer(ws, tmp_path):
+    """MIRAGE_EMBED_COMPILE=1 compiled nothing that ran: the compiled module was set on a read-only
+    alias and registered beside the eager one, which kept running."""
+    import shutil as sh
+
+    import torch
+
+    model = emb.resolve_model(str(_tiny_sentence_model(tmp_path)), precision="fp32")
+    st = emb.load(model)
+    eager = st[0].auto_model
+    texts = ["who wrote carmen", "a longer question about the river and its bridges"]
+    ref = st.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    try:
+        emb._compile(st)
+        if sh.which("cc") or sh.which("gcc"):  # inductor builds C++: without a compiler it stays eager
+            assert st[0]._mirage_compiled is True
+            assert st[0].auto_model is not eager and hasattr(st[0].auto_model, "_orig_mod")
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = st.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+            assert float((got * ref).sum(axis=1).min()) > 0.98
+    finally:
+        st[0].model = eager
+        del st[0]._mirage_compiled

@@ -291,13 +291,15 @@ def _compile(st) -> None:
         eager = first.auto_model
         first._mirage_compiled = False
         try:
-            first.auto_model = torch.compile(eager, dynamic=True)
+            # `auto_model` only reads `model` in sentence-transformers 6: assigning it registered the
+            # compiled module beside `model`, which stayed eager and ran. The swap goes to `model`.
+            first.model = torch.compile(eager, dynamic=True)
             # Inductor compiles on the first call: a missing C compiler shows up here, not later.
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 st.encode(["warm up"] * 2, batch_size=2, show_progress_bar=False)
             first._mirage_compiled = True
         except Exception:
-            first.auto_model = eager
+            first.model = eager
 
 
 def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.ndarray:
