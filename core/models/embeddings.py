@@ -291,8 +291,8 @@ def _compile(st) -> None:
         eager = first.auto_model
         first._mirage_compiled = False
         try:
-            # `auto_model` only reads `model` in sentence-transformers 6: assigning it registered the
-            # compiled module beside `model`, which stayed eager and ran. The swap goes to `model`.
+            # `model` is what the module's forward runs; `auto_model` is only a read-only view of it
+            # in sentence-transformers 6, so the compiled module must replace `model` itself.
             first.model = torch.compile(eager, dynamic=True)
             # Inductor compiles on the first call: a missing C compiler shows up here, not later.
             with torch.autocast("cpu", dtype=torch.bfloat16):

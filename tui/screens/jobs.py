@@ -260,8 +260,8 @@ class JobsScreen(MirageScreen):
         )
 
     def _update_rows(self, table: DataTable, rows: dict[str, list]) -> None:
-        # The same jobs as last poll: only the cells that changed are written. Clearing the table
-        # on every poll scrolled it back to the cursor under a reader scrolling through the jobs.
+        # The same jobs as last poll: only the cells that changed are written, since clearing the
+        # table would scroll it back to the cursor under a reader looking through older jobs.
         for key, row in rows.items():
             for col, new, old in zip(self.column_keys, row, self.shown_rows[key]):
                 if new != old:

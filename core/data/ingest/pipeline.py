@@ -201,8 +201,8 @@ def import_data(
 @contextlib.contextmanager
 def _no_cyclic_gc():
     """The cyclic garbage collector off while an import runs: the rows and conversations it
-    builds hold no reference cycles, and with 100,000s of container objects made and freed its
-    passes over the young ones are pure cost (ablation `gc_on` of benchmarks/bench_import.py)."""
+    builds hold no reference cycles, so with 100,000s of container objects made and freed its
+    passes over the young ones find nothing to free and only cost time."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -228,8 +228,7 @@ def _dumps_bytes(obj) -> bytes:
 
 # Rows per write transaction of a data import: five parse chunks. Each transaction rewrites every
 # page of the content-hash index it touches (the hashes land all over it), so fewer, larger
-# transactions write far less to the WAL; a lock hold stays a fraction of a second. The
-# `write_1000` ablation of benchmarks/bench_import.py measures the difference.
+# transactions write far less to the WAL, while a lock hold stays a fraction of a second.
 WRITE_ROWS = 5 * BATCH
 
 
