@@ -419,6 +419,55 @@ def test_results_attach_to_the_items_of_an_existing_suite_by_prompt(ws, tmp_path
     assert record(compare_imported(ws, "nq"), "lm_eval:exact_match")["agreement"] == 1.0
 
 
+def test_tool_scores_follow_the_decoding_scored_and_models_without_them_are_skipped(ws, tmp_path):
+    from click.testing import CliRunner
+
+    from core.cli import cli
+    from core.data.ingest import import_suite
+    from core.scores.decodings import decoding_id
+
+    nq = tmp_path / "nq.jsonl"
+    samples = lm_samples("mirage_qa")
+    nq.write_text(
+        "".join(json.dumps({"question": s["doc"]["question"], "answer": s["doc"]["answer"]}) + "\n" for s in samples)
+    )
+    run(import_suite(ws, nq, "nq"))
+    (qa,) = LM.glob("samples_mirage_qa_2*.jsonl")
+    run(import_results(ws, [qa], suite="nq"))
+    (model,) = [r[0] for r in ws.db.execute("select distinct model from generations")]
+    (recorded_json,) = ws.db.execute("select decoding from generations limit 1").fetchone()
+    recorded = decoding_id(recorded_json)
+    # The same model sampled later at temperature 0.7 (its latest decoding), and a model of mirage's
+    # own with outputs but no tool's scores.
+    with ws.transaction():
+        for extra_model, decoding in ((model, '{"temperature":0.7}'), ("mine", recorded_json)):
+            ws.db.execute(
+                "insert into generations (model, fingerprint, item_id, prompt, decoding, cache_key, output, meta,"
+                " created_at) select ?, fingerprint, item_id, prompt, ?, cache_key || ? || ?, output, meta, created_at"
+                " from generations where model = ?",
+                [extra_model, decoding, extra_model, decoding, model],
+            )
+    run(score_suite(ws, "nq", decoding=recorded))
+    both = compare_imported(ws, "nq", models=["mine", model], decoding=recorded)
+    assert both == compare_imported(ws, "nq", decoding=recorded)
+    assert {r["model"] for r in both} == {model}
+    assert record(both, "lm_eval:exact_match")["agreement"] == 1.0
+    # Read at the latest decoding, the tool scored none of the outputs: nothing to set beside.
+    assert compare_imported(ws, "nq") == []
+
+    def score(*args):
+        r = CliRunner().invoke(cli, ["score", "--suite", "nq", "--json", *args, "--workspace", str(ws.root)])
+        assert r.exit_code == 0, r.output
+        return [x for x in json.loads(r.output) if x.get("source") == "imported"]
+
+    assert score() == []
+    tool = score("--decoding", recorded)
+    assert record(tool, "lm_eval:exact_match")["agreement"] == 1.0
+    from core.analysis import report
+
+    assert report.build(ws, "nq", decoding=recorded)["imported"] == both
+
+
 def test_import_suite_and_outputs_point_a_tools_file_at_import_results(ws):
     from core.data.ingest import import_outputs, import_suite
 

@@ -97,31 +97,43 @@ def agreement(tool: list[float], mine: list[float], mirage_metric: str) -> dict:
 
 
 def compare_imported(
-    ws: Workspace, suite: str, *, models: list[str] | None = None, n_boot: int = stats.N_BOOT
+    ws: Workspace,
+    suite: str,
+    *,
+    models: list[str] | None = None,
+    decoding: dict | str | None = None,
+    n_boot: int = stats.N_BOOT,
 ) -> list[dict]:
     """Records {model, task, metric, value, ci_low, ci_high, n} (the `score --json` shape) for
     every imported metric, each with `source: "imported"`, the `tool`, and its comparison with
     mirage's counterpart on the same outputs: `compared_with`, `mirage_value` (mirage's mean on the
     items both scored), `agreement`, `kappa`, `n_both`; `agreements` lists every counterpart."""
-    kind = get_suite(ws, suite)["kind"]
-    if models is None:
-        models = [
-            r[0]
-            for r in ws.db.execute(
-                "select distinct g.model from imported_scores x join generations g on g.id = x.generation_id"
-                " join items i on i.id = g.item_id where i.suite_id = ? order by g.model",
-                [get_suite(ws, suite)["id"]],
-            )
-        ]
+    s = get_suite(ws, suite)
+    kind = s["kind"]
+    # Only the models that have imported scores: reading every output and score of the others
+    # would find nothing to compare, and was most of a cached `score --json`.
+    with_imported = [
+        r[0]
+        for r in ws.db.execute(
+            "select distinct g.model from imported_scores x join generations g on g.id = x.generation_id"
+            " join items i on i.id = g.item_id where i.suite_id = ? order by g.model",
+            [s["id"]],
+        )
+    ]
+    models = with_imported if models is None else [m for m in models if m in set(with_imported)]
     if not models:
         return []
-    gens, mine = score_rows(ws, suite, models)
+    gens, mine = score_rows(ws, suite, models, decoding=decoding)
     theirs = imported_values(ws, [g["generation_id"] for g in gens])
     task_of = {g["item_id"]: g["task"] for g in gens}
     groups = [("all", None)] + [(t, t) for t in sorted(set(task_of.values())) if t != "all"]
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for g in gens:
+        if g["generation_id"] in theirs:
+            by_model[g["model"]].append(g)
     records = []
     for model in models:
-        rows = [g for g in gens if g["model"] == model and g["generation_id"] in theirs]
+        rows = by_model[model]
         metrics = sorted({m for g in rows for m in theirs[g["generation_id"]]})
         for metric in metrics:
             for name, task in groups:

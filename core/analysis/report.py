@@ -122,7 +122,9 @@ def build(
         out["sweep"].sort(key=lambda r: r["tokens"])
     from core.analysis.imported import compare_imported
 
-    out["imported"] = compare_imported(ws, suite, models=models)  # other tools' figures (import results)
+    out["imported"] = compare_imported(
+        ws, suite, models=models, decoding=decoding
+    )  # other tools' figures (import results)
     return out
 
 

@@ -86,7 +86,9 @@ def score(
     records = aggregate(ws, suite, models=counts["models"], teacher=counts["teacher"], decoding=selector)
     from core.analysis.imported import compare_imported
 
-    imported = compare_imported(ws, suite, models=counts["models"])  # other tools' figures, beside mirage's
+    imported = compare_imported(
+        ws, suite, models=counts["models"], decoding=selector
+    )  # other tools' figures, beside mirage's
     if as_json:
         emit_json(records + imported)
         return
