@@ -12,7 +12,7 @@ from core.api import registry
 from core.api.suites import suite_kind
 from core.data.datasets import get_suite
 from core.scores import stats
-from core.scores.outputs import latest_generations, score_rows
+from core.scores.outputs import score_rows
 from core.store.db import select_in
 from core.store.workspace import Workspace
 
@@ -188,27 +188,3 @@ def compare_imported(
                     )
                 records.append(rec)
     return records
-
-
-def disagreements(ws: Workspace, suite: str, model: str, metric: str, mirage_metric: str) -> list[dict]:
-    """The outputs where the tool's score and mirage's disagree: item, output and both values."""
-    gens = latest_generations(ws, suite, [model])
-    _, mine = score_rows(ws, suite, [model])
-    theirs = imported_values(ws, [g["generation_id"] for g in gens])
-    out = []
-    for g in gens:
-        t = theirs.get(g["generation_id"], {}).get(metric)
-        m = mine.get(g["generation_id"], {}).get(mirage_metric)
-        if t is None or m is None or (1 if t >= 0.5 else 0) == _binary(m, mirage_metric):
-            continue
-        out.append(
-            {
-                "idx": g["idx"],
-                "prompt": g["item_prompt"],
-                "gold": g["gold"],
-                "output": g["output"],
-                "tool": t,
-                "mirage": m,
-            }
-        )
-    return out
