@@ -64,18 +64,6 @@ def imported_values(ws: Workspace, gen_ids: list[int]) -> dict[int, dict[str, fl
     return dict(out)
 
 
-def has_imported(ws: Workspace, suite: str) -> bool:
-    s = get_suite(ws, suite)
-    return (
-        ws.db.execute(
-            "select 1 from imported_scores x join generations g on g.id = x.generation_id"
-            " join items i on i.id = g.item_id where i.suite_id = ? limit 1",
-            [s["id"]],
-        ).fetchone()
-        is not None
-    )
-
-
 def _binary(v: float, metric: str) -> int:
     at = registry.metric(metric).correct_at if registry.is_registered(metric) else 0.5
     return 1 if v >= at else 0

@@ -72,16 +72,6 @@ def output_generation(ws: Workspace, suite: str, model: str, item: int) -> int:
     return gen[0]
 
 
-def mark_output(
-    ws: Workspace, suite: str, model: str, item: int, mark: str | None, *, rater: str | None = None
-) -> dict:
-    """Mark (None: unmark) the output Compare shows for (model, item); what `mirage mark` writes."""
-    gid = output_generation(ws, suite, model, item)
-    rater = default_rater() if rater is None else rater
-    set_mark(ws, gid, mark, rater=rater)
-    return {"generation_id": gid, "model": model, "item": item, "mark": mark, "rater": rater}
-
-
 def cohen_kappa(a: list[int], b: list[int]) -> float | None:
     """Cohen's kappa for two binary raters; None when chance agreement is total (kappa undefined).
 
