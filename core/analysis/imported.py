@@ -98,8 +98,8 @@ def compare_imported(
     items both scored), `agreement`, `kappa`, `n_both`; `agreements` lists every counterpart."""
     s = get_suite(ws, suite)
     kind = s["kind"]
-    # Only the models that have imported scores: reading every output and score of the others
-    # would find nothing to compare, and was most of a cached `score --json`.
+    # Only the models that have imported scores: every output and score of the others would be
+    # read to find nothing to compare.
     with_imported = [
         r[0]
         for r in ws.db.execute(
@@ -108,7 +108,10 @@ def compare_imported(
             [s["id"]],
         )
     ]
-    models = with_imported if models is None else [m for m in models if m in set(with_imported)]
+    if models is not None:
+        keep = set(with_imported)
+        with_imported = [m for m in models if m in keep]
+    models = with_imported
     if not models:
         return []
     gens, mine = score_rows(ws, suite, models, decoding=decoding)
