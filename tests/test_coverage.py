@@ -409,12 +409,21 @@ def test_bf16_embedding_keeps_the_fp32_neighbours(ws):
     assert cos.min() > 0.99 and not np.array_equal(got["bf16"][1], got["fp32"][1])  # close, yet really bf16
 
 
-def test_bf16_batches_grow_for_short_texts_only(ws, tmp_path):
+def test_bf16_batches_group_texts_by_token_count(ws, tmp_path):
+    """Batches sorted by characters padded short-token texts to their batch's longest: batches now
+    hold texts of near-equal token counts, grow for short texts and never fall below what was asked."""
     st = emb.load(emb.resolve_model(str(_tiny_sentence_model(tmp_path)), precision="fp32"))
     max_len = st.max_seq_length
-    assert emb._batch_for(st, ["who wrote carmen"] * 3, 64) == emb.BF16_BATCH
-    assert emb._batch_for(st, ["word " * 2000], 64) == max(64, min(emb.BF16_BATCH, emb.BF16_BATCH_TOKENS // max_len))
-    assert emb._batch_for(st, ["word " * 2000], 512) == 512  # never below what was asked
+    texts = ["who wrote carmen"] * 600 + ["word " * 2000] + ["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] * 3
+    batches = emb._token_batches(st, texts, 64)
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    assert batches[0][0] == 600  # the longest in tokens comes first
+    assert len(batches[0]) == max(64, min(emb.BF16_BATCH, emb.BF16_BATCH_TOKENS // max_len))
+    lengths = [len(st.tokenizer(texts[i], truncation=True, max_length=max_len)["input_ids"]) for i in range(len(texts))]
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)
+    assert max(len(b) for b in batches) == emb.BF16_BATCH
+    assert len(emb._token_batches(st, ["word " * 2000] * 600, 512)[0]) == 512  # never below what was asked
 
 
 def test_embed_compile_swaps_in_the_compiled_transformer(ws, tmp_path):

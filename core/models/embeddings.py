@@ -272,12 +272,29 @@ BF16_BATCH = 256
 BF16_BATCH_TOKENS = 64 * 256
 
 
-def _batch_for(st, chunk: Sequence[str], batch_size: int) -> int:
-    """The bf16 batch for a chunk sorted longest first: up to BF16_BATCH texts, BF16_BATCH_TOKENS
-    tokens at the chunk's longest text (~4 characters a token), never below `batch_size`."""
+def _token_batches(st, texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """`texts`' positions in batches of equal or near-equal token counts, longest first: each up to
+    BF16_BATCH texts and BF16_BATCH_TOKENS tokens at its longest text, never below `batch_size`.
+
+    Why not encode()'s own batching: it sorts by characters, so a batch of 256 pads every text to
+    its longest in tokens; on the coverage benchmark's texts that was 10.5% of the tokens the
+    linears multiplied, against 1% sorted by tokens. Counting tokens costs one fast-tokenizer pass.
+    """
     max_len = getattr(st, "max_seq_length", None) or 512
-    longest = min(max_len, len(chunk[0]) // 4 + 2) if chunk else max_len
-    return max(batch_size, min(BF16_BATCH, BF16_BATCH_TOKENS // max(1, longest)))
+    tok = getattr(st, "tokenizer", None)
+    if tok is not None and getattr(tok, "is_fast", False):
+        ids = tok(list(texts), truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+        lengths = [len(x) for x in ids]
+    else:  # no fast tokenizer to count with: ~4 characters a token
+        lengths = [min(max_len, len(t) // 4 + 2) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        longest = max(1, lengths[order[start]])
+        size = max(batch_size, min(BF16_BATCH, BF16_BATCH_TOKENS // longest))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
 
 
 def _compile(st) -> None:
@@ -318,7 +335,20 @@ def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.nd
     with contextlib.ExitStack() as ctx:
         if bf16:
             ctx.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
-            ctx.enter_context(packed.packed_linears(st, batch_size, torch.bfloat16))
+            ctx.enter_context(packed.packed_linears(st, max(batch_size, BF16_BATCH), torch.bfloat16))
+            vecs = None
+            for batch in _token_batches(st, texts, batch_size):
+                got = st.encode(
+                    [texts[i] for i in batch],
+                    batch_size=len(batch),
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+                if vecs is None:
+                    vecs = np.empty((len(texts), got.shape[1]), dtype=np.float32)
+                vecs[batch] = got
+            return vecs if vecs is not None else np.empty((0, 0), dtype=np.float32)
         vecs = st.encode(
             texts,
             batch_size=batch_size,
@@ -373,7 +403,7 @@ def embed(
             for start in range(0, len(unique), SHARD_ROWS):
                 check_cancel(cancel)
                 chunk = unique[start : start + SHARD_ROWS]
-                vecs = _encode(st, chunk, _batch_for(st, chunk, batch_size) if fast else batch_size, pool, bf16=fast)
+                vecs = _encode(st, chunk, batch_size, pool, bf16=fast)
                 rows = [i for i, t in enumerate(chunk) for _ in by_text[t]]
                 store.add([k for t in chunk for k in by_text[t]], vecs[rows])
                 embedded += len(rows)
