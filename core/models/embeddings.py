@@ -331,33 +331,29 @@ def _encode(st, texts: list[str], batch_size: int, pool, *, bf16: bool) -> np.nd
 
     from core.models import packed
 
+    if not texts:
+        return np.empty((0, 0), dtype=np.float32)
     # Entered inside the `with`: should packing fail, autocast is left again, not on for good.
     with contextlib.ExitStack() as ctx:
         if bf16:
             ctx.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
             ctx.enter_context(packed.packed_linears(st, max(batch_size, BF16_BATCH), torch.bfloat16))
-            vecs = None
-            for batch in _token_batches(st, texts, batch_size):
-                got = st.encode(
-                    [texts[i] for i in batch],
-                    batch_size=len(batch),
-                    convert_to_numpy=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-                if vecs is None:
-                    vecs = np.empty((len(texts), got.shape[1]), dtype=np.float32)
-                vecs[batch] = got
-            return vecs if vecs is not None else np.empty((0, 0), dtype=np.float32)
-        vecs = st.encode(
-            texts,
-            batch_size=batch_size,
-            pool=pool,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-    return np.asarray(vecs, dtype=np.float32)
+        # In fp32 encode() batches the whole chunk itself (and can hand it to a pool).
+        batches = _token_batches(st, texts, batch_size) if bf16 else [list(range(len(texts)))]
+        vecs = None  # sized by the first batch's output, so the width comes from the model
+        for batch in batches:
+            got = st.encode(
+                [texts[i] for i in batch],
+                batch_size=len(batch) if bf16 else batch_size,
+                pool=pool,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+            if vecs is None:
+                vecs = np.empty((len(texts), got.shape[1]), dtype=np.float32)
+            vecs[batch] = got
+    return vecs
 
 
 def embed(
