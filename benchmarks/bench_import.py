@@ -19,7 +19,7 @@ background for a large import); a second line times the import until that is don
 in the same runs, so a change is measured against the code before it under the same load.
 
     python benchmarks/bench_import.py [--conversations 100000] [--runs 5] [--tokenizer PATH]
-        [--ablations executemany,batch_2000,write_1000,gc_on,no_bulk_settings] [--baseline DIR]
+        [--ablations executemany,batch_2000,write_1000,gc_on,no_bulk_settings,no_count,no_hash,no_writes] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ ABLATIONS = {
     "gc_on": "pipeline._no_cyclic_gc = contextlib.nullcontext",
     # none of bulk_writes's settings (page cache, checkpoints, temp store, switch interval)
     "no_bulk_settings": "pipeline.bulk_writes = lambda ws: contextlib.nullcontext()",
+    # Stages left out, not measures undone: how long the import would take if a stage cost
+    # nothing, the most that making it faster (or moving it off the GIL) could gain.
+    # no token counts (every count 0)
+    "no_count": "pipeline.TokenCounter.count_conversations = lambda self, convs: [0] * len(convs)",
+    # no content hashes (a distinct placeholder per row, so no row is taken for a duplicate)
+    "no_hash": "import itertools\npipeline._sha256_holding_gil = lambda data, _n=itertools.count(): str(next(_n))",
+    # no database writes of the examples (counted as imported, never inserted)
+    "no_writes": (
+        "pipeline._flush_examples = lambda ws, stage_id, rows, stats, target:"
+        " stats.__setitem__('imported', stats['imported'] + len(rows))"
+    ),
 }
 
 
@@ -112,7 +123,8 @@ def _cli_command(ablation: str) -> list[str]:
     code = (
         "import contextlib\n"
         "from core.data.ingest import outputs, pipeline, sources, staging, suites\n"
-        f"{ABLATIONS[ablation]}\nfrom core.cli import main\nmain()\n"
+        + "".join(ABLATIONS[a] + "\n" for a in ablation.split("+"))  # a+b: both at once
+        + "from core.cli import main\nmain()\n"
     )
     return [sys.executable, "-c", code]
 
@@ -171,7 +183,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokenizer", default="", help="tokenizer.json / folder (default: built-in counter)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "mirage-bench"))
-    ap.add_argument("--ablations", default="", help=f"comma-separated, from: {', '.join(ABLATIONS)}")
+    ap.add_argument(
+        "--ablations", default="", help=f"comma-separated, from: {', '.join(ABLATIONS)}; a+b undoes both at once"
+    )
     ap.add_argument("--baseline", help="another checkout whose import is also timed, in the same runs")
     args = ap.parse_args()
     checkout = Path(args.baseline).resolve() if args.baseline else None
@@ -179,7 +193,7 @@ def main() -> None:
         ap.error(f"--baseline {args.baseline}: not a mirage checkout (no core/data)")
     ablations = [a for a in args.ablations.split(",") if a]
     for a in ablations:
-        if a not in ABLATIONS:
+        if any(part not in ABLATIONS for part in a.split("+")):
             ap.error(f"unknown ablation {a!r} (expected one of {', '.join(ABLATIONS)})")
 
     cache = Path(args.cache)
