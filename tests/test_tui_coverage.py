@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pilot_helpers import wait_for
 from test_coverage import CODE, COOKING, PLANTED, add_dataset, add_suite, study  # noqa: F401  (fixture)
@@ -71,6 +73,15 @@ async def test_compute_drill_down_clusters_and_subset(study):  # noqa: F811
 
 async def test_cancel_while_computing_then_continue(ws, monkeypatch):
     monkeypatch.setattr(emb, "SHARD_ROWS", 2)
+    # Each shard takes at least 20 ms, so the Escape lands while shards are left: on a fast CPU
+    # the 120 two-row shards of the real model could all finish before the key is handled.
+    encode = emb._encode
+
+    def paced(*a, **k):
+        time.sleep(0.02)
+        return encode(*a, **k)
+
+    monkeypatch.setattr(emb, "_encode", paced)
     add_dataset(ws, "big", [(f"{q} (variant {i})", "ok", "chat") for i in range(20) for q in COOKING + CODE])
     add_suite(ws, "qa", [(q, ["x"], "t") for q in CODE])
     app = MirageApp(ws.root, start="coverage", start_args={"data": "big", "suite": "qa"})
